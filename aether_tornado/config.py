@@ -1,0 +1,167 @@
+"""Settings: one frozen object, read from flags, ``AETHER_*`` variables and a TOML file.
+
+Precedence, lowest first: defaults, the ``--config`` file, the environment, the flags.
+"""
+
+import argparse
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the setting and its source."""
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value <= 0:
+        raise SettingsError(f"{attribute.name} must be greater than 0, got {value}")
+
+
+def _not_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if value < 0:
+        raise SettingsError(f"{attribute.name} must be 0 or more, got {value}")
+
+
+def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise SettingsError(f"{attribute.name} must be between 0 and 65535, got {value}")
+
+
+def _log_level(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value not in LOG_LEVELS:
+        raise SettingsError(f"{attribute.name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+
+
+def _setting(default: Any, help: str, validator: Any = None) -> Any:
+    return attrs.field(default=default, validator=validator, metadata={"help": help})
+
+
+@attrs.frozen
+class Settings:
+    """Every knob of the server, each with a production default."""
+
+    host: str = _setting("127.0.0.1", "address to listen on")
+    port: int = _setting(8888, "port to listen on (0 picks a free one)", _port)
+    max_message_bytes: int = _setting(
+        65536, "largest frame a client may send; a larger one closes with 1009", _positive
+    )
+    rate_limit: float = _setting(100.0, "messages per second a connection may send, sustained", _positive)
+    rate_burst: int = _setting(1000, "messages a connection may send in one burst", _positive)
+    rate_strikes: int = _setting(
+        100, "rate_limited replies in a row after which a client still sending is closed with 1008", _positive
+    )
+    idle_timeout: float = _setting(
+        180.0, "seconds without a message from a client before it is closed with 1001", _positive
+    )
+    lease_seconds: float = _setting(
+        90.0, "presence lease; a client of a process that died leaves after this long", _positive
+    )
+    max_connections: int = _setting(20000, "open WebSockets per process; more are refused with 503", _positive)
+    allow_client_broadcast: bool = _setting(True, "whether clients may send target 'broadcast'")
+    outbound_buffer_bytes: int = _setting(
+        1048576, "unsent bytes held for one connection before it is closed with 1013", _positive
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (), "extra browser origins allowed to connect, comma-separated (the server's own host always is)"
+    )
+    ping_interval: float = _setting(
+        25.0, "seconds between WebSocket pings that find dead peers (0 turns them off)", _not_negative
+    )
+    shutdown_timeout: float = _setting(
+        10.0, "seconds to wait for sockets to close on SIGTERM before exiting", _positive
+    )
+    log_level: str = _setting(
+        "info",
+        "debug, info, warning or error",
+        _log_level,
+    )
+
+
+def _env_name(name: str) -> str:
+    return "AETHER_" + name.upper()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse(field: attrs.Attribute, raw: Any, source: str) -> Any:
+    """Convert a raw value from a file, the environment or a flag to the field's type."""
+    kind = field.type
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            if isinstance(raw, (bool, float)):
+                raise ValueError("expected a whole number")
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            return float(raw)
+        if kind == tuple[str, ...]:
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        return str(raw)
+    except ValueError as error:
+        raise SettingsError(f"{source}: cannot use {raw!r}: {error}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aether_tornado",
+        description="Serve the Aether V3 WebSocket protocol. Every setting may also come "
+        "from an AETHER_<NAME> environment variable or a TOML --config file.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file of settings (keys as below, with _)")
+    for field in attrs.fields(Settings):
+        default = field.default if field.default != () else ""
+        parser.add_argument(
+            _flag(field.name),
+            dest=field.name,
+            metavar=field.name.upper(),
+            help=f"{field.metadata['help']} [env {_env_name(field.name)}, default {default}]",
+        )
+    return parser
+
+
+def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build Settings from flags, environment and file; raise SettingsError on any bad value."""
+    args = build_parser().parse_args(argv)
+    environ = os.environ if environ is None else environ
+    known = {field.name: field for field in attrs.fields(Settings)}
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            table = tomllib.loads(Path(args.config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise SettingsError(f"--config {args.config}: {error}") from None
+        for name, raw in table.items():
+            if name not in known:
+                raise SettingsError(f"--config {args.config}: unknown setting {name!r}")
+            values[name] = _parse(known[name], raw, f"{args.config}: {name}")
+    for name, field in known.items():
+        if _env_name(name) in environ:
+            values[name] = _parse(field, environ[_env_name(name)], _env_name(name))
+        flag_value = getattr(args, name)
+        if flag_value is not None:
+            values[name] = _parse(field, flag_value, _flag(name))
+    try:
+        return Settings(**values)
+    except SettingsError:
+        raise
+    except ValueError as error:
+        raise SettingsError(str(error)) from None

@@ -1,0 +1,43 @@
+"""Protocol error codes and WebSocket close codes, in one place."""
+
+from typing import Final
+
+# Error codes carried in the ``payload.code`` of an ERROR frame (PROTOCOL section 5).
+INVALID_JSON: Final = "invalid_json"
+UNSUPPORTED_FRAME: Final = "unsupported_frame"
+INVALID_MESSAGE: Final = "invalid_message"
+FORBIDDEN: Final = "forbidden"
+RECIPIENT_OFFLINE: Final = "recipient_offline"
+RATE_LIMITED: Final = "rate_limited"
+UNAVAILABLE: Final = "unavailable"
+
+# Codes of a refused handshake's JSON body (PROTOCOL section 1).
+INVALID_ID: Final = "invalid_id"
+FORBIDDEN_ORIGIN: Final = "forbidden_origin"
+UNAUTHORIZED: Final = "unauthorized"
+OVER_CAPACITY: Final = "over_capacity"
+NOT_FOUND: Final = "not_found"
+
+# WebSocket close codes (RFC 6455 section 7.4.1) and the reasons sent with them.
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY_VIOLATION: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_TRY_AGAIN_LATER: Final = 1013
+
+REASON_IDLE: Final = "idle timeout"
+REASON_SHUTDOWN: Final = "server shutdown"
+REASON_RATE: Final = "rate limit exceeded"
+REASON_BACKLOG: Final = "outbound buffer full"
+
+
+class ProtocolError(Exception):
+    """A message the server cannot accept: answered to its sender, never fatal.
+
+    ``problems`` holds ``{"field", "problem"}`` pairs, the ``payload.errors`` list.
+    """
+
+    def __init__(self, code: str, msg: str, problems: list[dict[str, str]] | None = None):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.problems = problems or []

@@ -1,0 +1,180 @@
+"""WS_Message_V3: the one message shape, its strict decoder and its encoder.
+
+Decoding reports every problem of a message at once, each with the field it concerns,
+so a frontend developer fixes a message in one round trip instead of one per typo.
+"""
+
+import re
+import time
+from typing import Any, Literal, NewType, get_args
+
+import attrs
+import orjson
+from cattrs import ClassValidationError, Converter, ForbiddenExtraKeysError
+from cattrs.literals import is_literal
+
+from .errors import INVALID_JSON, INVALID_MESSAGE, ProtocolError
+from .ids import id_problem
+
+MsgType = Literal["msg", "cmd", "heartbeat", "presence"]
+Target = Literal["direct", "group", "broadcast", "echo"]
+Version = Literal["3"]
+VisionId = NewType("VisionId", str)
+CmdName = NewType("CmdName", str)
+Payload = NewType("Payload", dict)
+
+_CMD_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+@attrs.frozen(kw_only=True)
+class WSMessageV3:
+    """One frame in either direction; the server always sends all ten keys."""
+
+    version: Version = "3"
+    msg_type: MsgType
+    target: Target
+    from_id: VisionId | None = None
+    to_id: VisionId | None = None
+    group_id: VisionId | None = None
+    cmd: CmdName | None = None
+    msg: str | None = None
+    payload: Payload | None = None
+    sent_at: str | None = None
+
+
+FIELDS = tuple(field.name for field in attrs.fields(WSMessageV3))
+
+
+def _structure_str(value: Any, _: type) -> str:
+    # cattrs would call str() on anything; the protocol wants a real string.
+    if not isinstance(value, str):
+        raise ValueError("not a string")
+    return value
+
+
+def _structure_vision_id(value: Any, _: type) -> str:
+    why = id_problem(_structure_str(value, str))
+    if why is not None:
+        raise ValueError(f"not a Vision ID: {why}")
+    return value
+
+
+def _structure_cmd(value: Any, _: type) -> str:
+    if not _CMD_NAME.fullmatch(_structure_str(value, str)):
+        raise ValueError("not a command name: 1 to 64 characters of A-Z a-z 0-9 _ . : -")
+    return value
+
+
+def _structure_payload(value: Any, _: type) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _structure_literal(value: Any, literal: Any) -> str:
+    choices = get_args(literal)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError("not one of " + ", ".join(f"'{choice}'" for choice in choices))
+    return value
+
+
+converter = Converter(forbid_extra_keys=True, detailed_validation=True)
+converter.register_structure_hook(str, _structure_str)
+converter.register_structure_hook(VisionId, _structure_vision_id)
+converter.register_structure_hook(CmdName, _structure_cmd)
+converter.register_structure_hook(Payload, _structure_payload)
+converter.register_structure_hook_func(is_literal, _structure_literal)
+
+
+def _field_problems(error: ClassValidationError) -> dict[str, str]:
+    """Turn cattrs' collected exceptions into ``{field: problem}``."""
+    problems: dict[str, str] = {}
+    with_notes, without_notes = error.group_exceptions()
+    for exc, note in with_notes:
+        problems[note.name] = "required" if isinstance(exc, KeyError) else str(exc)
+    for exc in without_notes:
+        if isinstance(exc, ForbiddenExtraKeysError):
+            for key in sorted(exc.extra_fields):
+                problems[key] = "not a field of WS_Message_V3"
+        else:  # pragma: no cover - cattrs reports nothing else without a field
+            problems["message"] = str(exc)
+    return problems
+
+
+def _rule_problems(fields: dict[str, Any], bad: dict[str, str]) -> dict[str, str]:
+    """Rules that tie two fields; each names the field that must change."""
+    problems: dict[str, str] = {}
+    target, msg_type = fields.get("target"), fields.get("msg_type")
+    if "target" not in bad and "to_id" not in bad and target is not None:
+        if target == "direct" and "to_id" not in fields:
+            problems["to_id"] = "required for target 'direct'"
+        elif target != "direct" and "to_id" in fields:
+            problems["to_id"] = f"not allowed for target '{target}'"
+    if "msg_type" not in bad and msg_type is not None:
+        if "cmd" not in bad:
+            if msg_type == "cmd" and "cmd" not in fields:
+                problems["cmd"] = "required for msg_type 'cmd'"
+            elif msg_type != "cmd" and "cmd" in fields:
+                problems["cmd"] = f"not allowed for msg_type '{msg_type}'"
+        needs_echo = msg_type in ("heartbeat", "presence")
+        if needs_echo and "target" not in bad and target is not None and target != "echo":
+            problems["target"] = f"required to be 'echo' for msg_type '{msg_type}'"
+    return problems
+
+
+def decode(frame: str | bytes) -> WSMessageV3:
+    """Parse one client frame, or raise ProtocolError listing every problem.
+
+    ``null`` counts as absent and a client's ``sent_at`` is ignored, whatever its value.
+    """
+    try:
+        data = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError(INVALID_JSON, "The frame is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(INVALID_JSON, "A message must be a JSON object.")
+    fields = {key: value for key, value in data.items() if value is not None}
+    fields.pop("sent_at", None)
+    try:
+        message = converter.structure(fields, WSMessageV3)
+        problems: dict[str, str] = {}
+    except ClassValidationError as error:
+        message = None
+        problems = _field_problems(error)
+    problems |= _rule_problems(fields, problems)
+    if problems:
+        order = {name: index for index, name in enumerate(FIELDS)}
+        ordered = sorted(problems.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
+        raise ProtocolError(
+            INVALID_MESSAGE,
+            "; ".join(f"{field} is {problem}" for field, problem in ordered),
+            [{"field": field, "problem": problem} for field, problem in ordered],
+        )
+    assert message is not None  # structure() either returns or raises
+    return message
+
+
+def encode(message: WSMessageV3) -> bytes:
+    """Serialize a message with all ten keys; done once per message, never per receiver."""
+    return orjson.dumps(
+        {
+            "version": message.version,
+            "msg_type": message.msg_type,
+            "target": message.target,
+            "from_id": message.from_id,
+            "to_id": message.to_id,
+            "group_id": message.group_id,
+            "cmd": message.cmd,
+            "msg": message.msg,
+            "payload": message.payload,
+            "sent_at": message.sent_at,
+        }
+    )
+
+
+def utc_timestamp() -> str:
+    """Now as ISO 8601 UTC with milliseconds and ``Z``: the ``sent_at`` format."""
+    now = time.time()
+    seconds = int(now)
+    millis = int((now - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
