@@ -1,0 +1,101 @@
+"""Local indices of open connections, by group and by client. No I/O, no policy.
+
+``add`` and ``remove`` report whether a group or client index became non-empty or
+empty, which is when the node subscribes to or unsubscribes from its bridge channel.
+"""
+
+from collections.abc import Iterable
+from typing import NamedTuple, Protocol
+
+
+class Connection(Protocol):
+    """What the hub and the node need of one open WebSocket."""
+
+    group_id: str
+    client_id: str
+    lease_key: str
+    last_seen: float
+
+    def send(self, frame: bytes) -> None:
+        """Queue one ready-made WebSocket frame; never blocks, never raises."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start a clean close with this code and reason."""
+
+
+class Added(NamedTuple):
+    first_in_group: bool
+    first_of_client: bool
+
+
+class Removed(NamedTuple):
+    last_in_group: bool
+    last_of_client: bool
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._groups: dict[str, set[Connection]] = {}
+        self._clients: dict[str, set[Connection]] = {}
+        self._all: set[Connection] = set()
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def add(self, conn: Connection) -> Added:
+        self._all.add(conn)
+        return Added(
+            _add(self._groups, conn.group_id, conn),
+            _add(self._clients, conn.client_id, conn),
+        )
+
+    def remove(self, conn: Connection) -> Removed:
+        if conn not in self._all:
+            return Removed(False, False)
+        self._all.discard(conn)
+        return Removed(
+            _remove(self._groups, conn.group_id, conn),
+            _remove(self._clients, conn.client_id, conn),
+        )
+
+    def group(self, group_id: str) -> Iterable[Connection]:
+        return self._groups.get(group_id, ())
+
+    def client(self, client_id: str) -> Iterable[Connection]:
+        return self._clients.get(client_id, ())
+
+    def all(self) -> Iterable[Connection]:
+        return self._all
+
+    def groups(self) -> Iterable[str]:
+        return self._groups.keys()
+
+    def clients(self) -> Iterable[str]:
+        return self._clients.keys()
+
+    @staticmethod
+    def deliver(conns: Iterable[Connection], frame: bytes) -> int:
+        """Hand the same frame to every connection; return how many got it."""
+        count = 0
+        for conn in tuple(conns):
+            conn.send(frame)
+            count += 1
+        return count
+
+
+def _add(index: dict[str, set[Connection]], key: str, conn: Connection) -> bool:
+    members = index.get(key)
+    if members is None:
+        index[key] = {conn}
+        return True
+    members.add(conn)
+    return False
+
+
+def _remove(index: dict[str, set[Connection]], key: str, conn: Connection) -> bool:
+    members = index[key]
+    members.discard(conn)
+    if members:
+        return False
+    del index[key]
+    return True

@@ -1,0 +1,231 @@
+"""The node: the one place that ties the hub, the bridge and presence together.
+
+It owns the routing policy (who gets a message), presence events, lease refresh, the
+idle sweep and shutdown. Handlers hand it decoded messages and nothing else.
+"""
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any
+
+import attrs
+
+from . import messages
+from .bridge import BROADCAST_CHANNEL, Bridge, client_channel, group_channel
+from .config import Settings
+from .errors import (
+    CLOSE_GOING_AWAY,
+    FORBIDDEN,
+    REASON_IDLE,
+    REASON_SHUTDOWN,
+    RECIPIENT_OFFLINE,
+    ProtocolError,
+)
+from .hub import Connection, Hub
+from .presence import Lease, Presence
+from .schema import WSMessageV3, encode, utc_timestamp
+from .wire import text_frame
+
+log = logging.getLogger(__name__)
+
+
+def frame_of(message: WSMessageV3) -> bytes:
+    """Encode a message and frame it, once for all its receivers."""
+    return text_frame(encode(message))
+
+
+class Node:
+    def __init__(self, settings: Settings, hub: Hub, bridge: Bridge, presence: Presence) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.bridge = bridge
+        self.presence = presence
+        self.node_id = uuid.uuid4().hex[:12]
+        self._lease_numbers = itertools.count(1)
+        self._tasks: list[asyncio.Task] = []
+        self._spawned: set[asyncio.Task] = set()
+        self._detached = asyncio.Event()
+        self.connecting = 0
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections, counting those still being attached."""
+        return len(self.hub) + self.connecting
+
+    def new_lease_key(self) -> str:
+        """A lease key unique across the cluster: this node's id and a counter."""
+        return f"{self.node_id}:{next(self._lease_numbers)}"
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, keeping a reference until it is done."""
+        task = asyncio.ensure_future(work)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+    async def start(self) -> None:
+        await self.bridge.start(self._on_bridge_message)
+        idle_sweep = min(self.settings.idle_timeout / 4, 5.0)
+        lease_tick = self.settings.lease_seconds / 3
+        self._tasks = [
+            asyncio.create_task(self._every(idle_sweep, self._close_idle), name="idle sweep"),
+            asyncio.create_task(self._every(lease_tick, self._refresh_leases), name="leases"),
+        ]
+
+    async def stop(self) -> None:
+        """Close every connection with 1001 and wait, up to the shutdown timeout, for them to go."""
+        for conn in tuple(self.hub.all()):
+            conn.close(CLOSE_GOING_AWAY, REASON_SHUTDOWN)
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        while self.connection_count and time.monotonic() < deadline:
+            self._detached.clear()
+            try:
+                await asyncio.wait_for(self._detached.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.bridge.close()
+
+    # Connections coming and going.
+
+    async def attach(self, conn: Connection) -> None:
+        """Register a new connection: snapshot to it first, then its join to the group."""
+        lease = Lease(conn.group_id, conn.client_id, conn.lease_key)
+        self.connecting += 1
+        try:
+            became_present = await self.presence.join(lease)
+            conn.send(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
+            added = self.hub.add(conn)
+        finally:
+            self.connecting -= 1
+        if added.first_in_group:
+            await self.bridge.subscribe(group_channel(conn.group_id))
+        if added.first_of_client:
+            await self.bridge.subscribe(client_channel(conn.client_id))
+        if became_present:
+            await self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
+        log.debug("open %s/%s lease %s", conn.group_id, conn.client_id, conn.lease_key)
+
+    async def detach(self, conn: Connection) -> None:
+        """Forget a closed connection; the group hears ``leave`` if it was the client's last."""
+        removed = self.hub.remove(conn)
+        self._detached.set()
+        if removed.last_in_group:
+            await self.bridge.unsubscribe(group_channel(conn.group_id))
+        if removed.last_of_client:
+            await self.bridge.unsubscribe(client_channel(conn.client_id))
+        if await self.presence.leave(Lease(conn.group_id, conn.client_id, conn.lease_key)):
+            await self._to_group(conn.group_id, messages.left(conn.group_id, conn.client_id, "closed"))
+        log.debug("closed %s/%s lease %s", conn.group_id, conn.client_id, conn.lease_key)
+
+    # Messages from clients.
+
+    async def receive(self, conn: Connection, message: WSMessageV3) -> None:
+        """Route one valid message from ``conn``; problems come back as ProtocolError."""
+        _check_identity(conn, message)
+        if message.msg_type == "heartbeat":
+            await self.presence.refresh([Lease(conn.group_id, conn.client_id, conn.lease_key)])
+            conn.send(frame_of(messages.heartbeat_reply(conn.group_id, message)))
+            return
+        if message.msg_type == "presence":
+            clients = await self.presence.members(conn.group_id)
+            conn.send(frame_of(messages.snapshot(conn.group_id, clients)))
+            return
+        stamped = attrs.evolve(message, from_id=conn.client_id, group_id=conn.group_id, sent_at=utc_timestamp())
+        if message.target == "echo":
+            conn.send(frame_of(stamped))
+        elif message.target == "group":
+            await self._to_group(conn.group_id, stamped)
+        elif message.target == "direct":
+            await self._to_client(stamped)
+        elif message.target == "broadcast":
+            if not self.settings.allow_client_broadcast:
+                raise ProtocolError(
+                    FORBIDDEN,
+                    "Broadcast from clients is disabled on this server.",
+                    [{"field": "target", "problem": "broadcast is disabled for clients"}],
+                )
+            await self._publish(BROADCAST_CHANNEL, self.hub.all(), stamped)
+
+    def error_frame(self, conn: Connection, problem: ProtocolError) -> bytes:
+        return frame_of(messages.error(conn.group_id, problem))
+
+    # Delivery: local sockets first, then one copy for the other processes.
+
+    async def _to_group(self, group_id: str, message: WSMessageV3) -> None:
+        await self._publish(group_channel(group_id), self.hub.group(group_id), message)
+
+    async def _to_client(self, message: WSMessageV3) -> None:
+        assert message.to_id is not None  # the schema requires it for target 'direct'
+        local = list(self.hub.client(message.to_id))
+        remote = await self._publish(client_channel(message.to_id), local, message)
+        if not local and not remote:
+            raise ProtocolError(
+                RECIPIENT_OFFLINE,
+                f"{message.to_id} has no open connection.",
+                [{"field": "to_id", "problem": "has no open connection"}],
+            )
+
+    async def _publish(self, channel: str, local: Iterable[Connection], message: WSMessageV3) -> int:
+        payload = encode(message)
+        self.hub.deliver(local, text_frame(payload))
+        return await self.bridge.publish(channel, payload)
+
+    def _on_bridge_message(self, channel: str, payload: bytes) -> None:
+        kind, _, name = channel.partition(":")
+        if kind == "group":
+            receivers = self.hub.group(name)
+        elif kind == "client":
+            receivers = self.hub.client(name)
+        else:
+            receivers = self.hub.all()
+        self.hub.deliver(receivers, text_frame(payload))
+
+    # Housekeeping.
+
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` every ``seconds``; a failure is logged once until a step succeeds."""
+        failing = False
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await step()
+            except Exception:
+                if not failing:
+                    log.exception("%s failed; retrying every %.1f s", step.__name__, seconds)
+                failing = True
+            else:
+                if failing:
+                    log.warning("%s works again", step.__name__)
+                failing = False
+
+    async def _close_idle(self) -> None:
+        cutoff = time.monotonic() - self.settings.idle_timeout
+        for conn in tuple(self.hub.all()):
+            if conn.last_seen < cutoff:
+                log.debug("idle %s/%s", conn.group_id, conn.client_id)
+                conn.close(CLOSE_GOING_AWAY, REASON_IDLE)
+
+    async def _refresh_leases(self) -> None:
+        leases = [Lease(c.group_id, c.client_id, c.lease_key) for c in self.hub.all()]
+        for lease in await self.presence.refresh(leases):
+            await self._to_group(lease.group_id, messages.joined(lease.group_id, lease.client_id))
+        for group_id, client_id in await self.presence.expire():
+            await self._to_group(group_id, messages.left(group_id, client_id, "timeout"))
+
+
+def _check_identity(conn: Connection, message: WSMessageV3) -> None:
+    """A client may restate its own from_id and group_id, never claim another's."""
+    problems = []
+    if message.from_id is not None and message.from_id != conn.client_id:
+        problems.append({"field": "from_id", "problem": "is not this connection's client_id"})
+    if message.group_id is not None and message.group_id != conn.group_id:
+        problems.append({"field": "group_id", "problem": "is not this connection's group"})
+    if problems:
+        fields = " and ".join(problem["field"] for problem in problems)
+        raise ProtocolError(FORBIDDEN, f"{fields} must be your own or left out.", problems)

@@ -1,0 +1,32 @@
+"""Presence: which client_ids hold at least one open connection in a group.
+
+Each open connection holds a lease, keyed by ``Lease.key``, refreshed while it is open.
+Guarantee: ``join`` returns True exactly once per presence span (the client's first
+lease in the group) and ``leave`` or ``expire`` reports its end exactly once, however
+many connections and processes take part.
+"""
+
+from typing import NamedTuple, Protocol
+
+
+class Lease(NamedTuple):
+    group_id: str
+    client_id: str
+    key: str
+
+
+class Presence(Protocol):
+    async def join(self, lease: Lease) -> bool:
+        """Take a lease; True when the client just became present in the group."""
+
+    async def leave(self, lease: Lease) -> bool:
+        """Drop a lease; True when it was the client's last one in the group."""
+
+    async def refresh(self, leases: list[Lease]) -> list[Lease]:
+        """Extend leases; return those that had expired and made their client present again."""
+
+    async def expire(self) -> list[tuple[str, str]]:
+        """Drop overdue leases; return each (group_id, client_id) whose presence ended."""
+
+    async def members(self, group_id: str) -> list[str]:
+        """The group's present client_ids, sorted in code point order."""

@@ -1,0 +1,59 @@
+"""Presence of a process that serves alone: leases in a dict, expiry by the monotonic clock."""
+
+import time
+
+from . import Lease
+
+
+class MemoryPresence:
+    def __init__(self, lease_seconds: float) -> None:
+        self._lease_seconds = lease_seconds
+        # group_id -> client_id -> lease key -> expiry (monotonic seconds)
+        self._groups: dict[str, dict[str, dict[str, float]]] = {}
+
+    async def join(self, lease: Lease) -> bool:
+        return self._put(lease, time.monotonic() + self._lease_seconds)
+
+    async def leave(self, lease: Lease) -> bool:
+        clients = self._groups.get(lease.group_id, {})
+        keys = clients.get(lease.client_id)
+        if keys is None or keys.pop(lease.key, None) is None:
+            return False
+        if keys:
+            return False
+        del clients[lease.client_id]
+        if not clients:
+            del self._groups[lease.group_id]
+        return True
+
+    async def refresh(self, leases: list[Lease]) -> list[Lease]:
+        expiry = time.monotonic() + self._lease_seconds
+        return [lease for lease in leases if self._put(lease, expiry)]
+
+    async def expire(self) -> list[tuple[str, str]]:
+        now = time.monotonic()
+        ended = []
+        for group_id, clients in list(self._groups.items()):
+            for client_id, keys in list(clients.items()):
+                for key, expiry in list(keys.items()):
+                    if expiry <= now:
+                        del keys[key]
+                if not keys:
+                    del clients[client_id]
+                    ended.append((group_id, client_id))
+            if not clients:
+                del self._groups[group_id]
+        return ended
+
+    async def members(self, group_id: str) -> list[str]:
+        return sorted(self._groups.get(group_id, ()))
+
+    def _put(self, lease: Lease, expiry: float) -> bool:
+        """Set a lease's expiry; True when its client was not present before."""
+        clients = self._groups.setdefault(lease.group_id, {})
+        keys = clients.get(lease.client_id)
+        if keys is None:
+            clients[lease.client_id] = {lease.key: expiry}
+            return True
+        keys[lease.key] = expiry
+        return False
