@@ -1,0 +1,93 @@
+"""Wiring: builds the node with its backends and the Tornado application, and serves."""
+
+import asyncio
+import logging
+import signal
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from .bridge.memory import MemoryBridge
+from .config import Settings
+from .handlers import ClientSocket, IndexPage, NotFound
+from .hub import Hub
+from .node import Node
+from .presence.memory import MemoryPresence
+
+log = logging.getLogger(__name__)
+
+
+def build_node(settings: Settings) -> Node:
+    """The one place that picks the backends."""
+    return Node(settings, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds))
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Upgrades and successes at debug (one line per connection), refusals at info, failures at warning."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+    request = handler.request
+    log.log(
+        level,
+        "%d %s %s (%s) %.1f ms",
+        status,
+        request.method,
+        request.uri,
+        request.remote_ip,
+        1000 * request.request_time(),
+    )
+
+
+def make_app(node: Node) -> tornado.web.Application:
+    settings = node.settings
+    return tornado.web.Application(
+        [
+            (r"/", IndexPage),
+            (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node}),
+        ],
+        default_handler_class=NotFound,
+        log_function=_log_request,
+        websocket_max_message_size=settings.max_message_bytes,
+        websocket_ping_interval=settings.ping_interval or None,
+    )
+
+
+class Server:
+    """A started node listening on its port; ``stop`` is the graceful shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node = build_node(settings)
+        self.http = tornado.httpserver.HTTPServer(make_app(self.node), xheaders=True)
+        self.port = settings.port
+
+    async def start(self) -> None:
+        await self.node.start()
+        sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
+        self.port = sockets[0].getsockname()[1]
+        self.http.add_sockets(sockets)
+
+    async def stop(self) -> None:
+        self.http.stop()
+        await self.node.stop()
+        await self.http.close_all_connections()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = Server(settings)
+    await server.start()
+    log.info(
+        "aether-tornado serving ws://%s:%d/v3/ws/group/{group_id}/client/{client_id} (in memory)",
+        settings.host,
+        server.port,
+    )
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutting down: closing %d connections", server.node.connection_count)
+    await server.stop()
+    log.info("stopped")

@@ -1,0 +1,101 @@
+"""The command line: settings from flags, environment and file; a real server process."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from aether_tornado.config import Settings, SettingsError, load_settings
+
+from .wsclient import Client
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "aether_tornado", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_precedence_is_file_then_environment_then_flags(tmp_path):
+    config = tmp_path / "aether.toml"
+    config.write_text('port = 7001\nrate_limit = 5\nallowed_origins = ["https://a.example"]\nidle_timeout = 30\n')
+    settings = load_settings(
+        ["--config", str(config), "--rate-limit", "7"],
+        {"AETHER_PORT": "7002", "AETHER_RATE_LIMIT": "6", "AETHER_ALLOW_CLIENT_BROADCAST": "false"},
+    )
+    assert settings == Settings(
+        port=7002,
+        rate_limit=7.0,
+        allowed_origins=("https://a.example",),
+        idle_timeout=30.0,
+        allow_client_broadcast=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "names"),
+    [
+        (["--port", "eighty"], {}, "--port"),
+        (["--port", "70000"], {}, "port"),
+        ([], {"AETHER_RATE_LIMIT": "-1"}, "rate_limit"),
+        ([], {"AETHER_ALLOW_CLIENT_BROADCAST": "maybe"}, "AETHER_ALLOW_CLIENT_BROADCAST"),
+        (["--max-message-bytes", "1.5"], {}, "--max-message-bytes"),
+        (["--log-level", "loud"], {}, "log_level"),
+    ],
+)
+def test_bad_settings_are_refused_with_their_name(argv, environ, names):
+    with pytest.raises(SettingsError, match=names):
+        load_settings(argv, environ)
+
+
+def test_help_explains_every_setting():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for flag, env in [("--max-message-bytes", "AETHER_MAX_MESSAGE_BYTES"), ("--idle-timeout", "AETHER_IDLE_TIMEOUT")]:
+        assert flag in result.stdout and env in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("--port", "x"), {}), ((), {"AETHER_LEASE_SECONDS": "0"}), (("--config", "/nonexistent.toml"), {})],
+)
+def test_a_bad_setting_ends_the_process_with_status_2_and_one_line(args, env):
+    result = run_cli(*args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aether_tornado: error:")
+
+
+async def test_a_real_process_serves_and_shuts_down_gracefully_on_sigterm():
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aether_tornado", "--port", str(port), "--log-level", "debug",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 10)):
+            assert line, "the server exited before serving"
+        client = await Client.joined(f"ws://127.0.0.1:{port}/v3/ws/group/g_cli/client/c_cli")
+        await client.send(msg_type="msg", target="echo", msg="ping")
+        assert (await client.recv_where(msg="ping"))["from_id"] == "c_cli"
+        process.send_signal(signal.SIGTERM)
+        assert await client.closed() == (1001, "server shutdown")
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -1,0 +1,114 @@
+"""PROTOCOL section 5 limits: frame size, rate, outbound buffer, idle time, dead peers."""
+
+import asyncio
+
+import orjson
+
+from .conftest import ws_url
+from .wsclient import Client, RawSocket, errors_of
+
+
+def message_of_size(size: int) -> str:
+    """A valid echo message whose JSON is exactly ``size`` bytes."""
+    empty = len(orjson.dumps({"msg_type": "msg", "target": "echo", "msg": ""}))
+    return orjson.dumps({"msg_type": "msg", "target": "echo", "msg": "x" * (size - empty)}).decode()
+
+
+async def test_frame_of_exactly_the_limit_passes_and_one_more_byte_closes_1009(url):
+    client = await Client.joined(url("g_big", "c_big"))
+    await client.recv_where(event="join")
+    await client.send_raw(message_of_size(65536))
+    assert len((await client.recv())["msg"]) > 65000
+    await client.send_raw(message_of_size(65537))
+    code, _ = await client.closed()
+    assert code in (1009, None)  # 1009, or an abrupt close if the frame was cut short
+    assert client.conn.close_code == 1009
+
+
+async def test_flooding_client_is_rate_limited_then_closed_1008(start_server):
+    server = await start_server(rate_limit=1, rate_burst=5, rate_strikes=3)
+    client = await Client.joined(ws_url(server, "g_flood", "c_flood"))
+    await client.recv_where(event="join")
+    for n in range(5):
+        await client.send(msg_type="msg", target="echo", payload={"n": n})
+        assert (await client.recv())["payload"] == {"n": n}
+    for _ in range(3):
+        await client.send(msg_type="msg", target="echo")
+        code, errors = errors_of(await client.recv())
+        assert code == "rate_limited" and errors == []
+    await client.send(msg_type="msg", target="echo")
+    assert await client.closed() == (1008, "rate limit exceeded")
+
+
+async def test_rate_limit_refills(start_server):
+    server = await start_server(rate_limit=20, rate_burst=1, rate_strikes=100)
+    client = await Client.joined(ws_url(server, "g_refill", "c_r"))
+    await client.recv_where(event="join")
+    await client.send(msg_type="msg", target="echo", msg="first")
+    await client.send(msg_type="msg", target="echo", msg="too soon")
+    assert (await client.recv())["msg"] == "first"
+    assert errors_of(await client.recv())[0] == "rate_limited"
+    await asyncio.sleep(0.1)  # two tokens' worth of time
+    await client.send(msg_type="msg", target="echo", msg="later")
+    assert (await client.recv())["msg"] == "later"
+
+
+async def test_a_client_that_stops_reading_is_closed_1013_and_others_keep_receiving(start_server):
+    server = await start_server(outbound_buffer_bytes=256 * 1024, rate_limit=100000, rate_burst=100000)
+    sender = await Client.joined(ws_url(server, "g_slow", "c_sender"))
+    fast = await Client.joined(ws_url(server, "g_slow", "c_fast"))
+    slow = await RawSocket.open(server.port, "/v3/ws/group/g_slow/client/c_slow", recv_buffer=4096)
+    await fast.recv_where(event="join", client_id="c_slow")
+    total = 2000
+    body = "y" * 4000
+
+    async def send_all():
+        for n in range(total):
+            await sender.send(msg_type="msg", target="group", msg=body, payload={"n": n})
+
+    async def receive_all():
+        received = []
+        while len(received) < total:
+            message = await fast.recv()
+            if message["msg_type"] == "msg":
+                received.append(message["payload"]["n"])
+        return received
+
+    _, received = await asyncio.wait_for(asyncio.gather(send_all(), receive_all()), 60)
+    assert received == list(range(total))
+    frames, code = await slow.close_code(timeout=10)
+    assert code == 1013
+    assert frames < total
+    slow.close()
+    leave = await fast.recv_where(event="leave", client_id="c_slow")
+    assert leave["payload"]["reason"] == "closed"
+
+
+async def test_idle_connection_is_closed_1001_while_a_heartbeating_one_stays(start_server):
+    server = await start_server(idle_timeout=0.6)
+    idle = await Client.joined(ws_url(server, "g_idle", "c_idle"))
+    alive = await Client.joined(ws_url(server, "g_idle", "c_alive"))
+
+    async def heartbeat():
+        for _ in range(8):
+            await alive.send(msg_type="heartbeat", target="echo")
+            await asyncio.sleep(0.15)
+
+    beating = asyncio.create_task(heartbeat())
+    assert await idle.closed(timeout=3) == (1001, "idle timeout")
+    await beating
+    await alive.send(msg_type="msg", target="echo", msg="still open")
+    assert (await alive.recv_where(msg="still open"))["target"] == "echo"
+
+
+async def test_a_peer_that_never_answers_pings_is_dropped(start_server):
+    server = await start_server(ping_interval=0.2)
+    watcher = await Client.joined(ws_url(server, "g_ping", "c_watch"))
+    dead = await RawSocket.open(server.port, "/v3/ws/group/g_ping/client/c_dead")
+    await watcher.recv_where(event="join", client_id="c_dead")
+    # Tornado sends a close frame after the missed pong and drops the peer 5 s later.
+    leave = await watcher.recv_where(event="leave", client_id="c_dead", timeout=8)
+    assert leave["payload"]["reason"] == "closed"
+    dead.close()
+    await watcher.send(msg_type="msg", target="echo", msg="alive")
+    assert (await watcher.recv_where(msg="alive"))["msg"] == "alive"

@@ -1,0 +1,56 @@
+"""PROTOCOL section 4 through a real server: snapshots, join and leave events."""
+
+from .wsclient import Client
+
+
+async def test_snapshot_is_sorted_in_code_point_order(url):
+    for client_id in ["b", "B", "a_", "A", "_z", "-y"]:
+        await Client.joined(url("g_sort", client_id))
+    last = await Client.joined(url("g_sort", "Z"))
+    assert last.snapshot["payload"]["clients"] == sorted(["b", "B", "a_", "A", "_z", "-y", "Z"])
+    assert last.snapshot["payload"]["clients"][:3] == ["-y", "A", "B"]
+
+
+async def test_join_and_leave_reach_the_group_only(url):
+    alice = await Client.joined(url("g_p", "c_alice"))
+    await alice.recv_where(event="join", client_id="c_alice")
+    outsider = await Client.joined(url("g_q", "c_out"))
+    await outsider.recv_where(event="join", client_id="c_out")
+    bob = await Client.joined(url("g_p", "c_bob"))
+    assert bob.snapshot["payload"]["clients"] == ["c_alice", "c_bob"]
+    own_join = await bob.recv()
+    assert own_join["payload"] == {"event": "join", "client_id": "c_bob"}
+    join = await alice.recv()
+    assert (join["msg_type"], join["target"], join["from_id"], join["group_id"]) == (
+        "presence",
+        "group",
+        "c_bob",
+        "g_p",
+    )
+    bob.close()
+    leave = await alice.recv()
+    assert leave["payload"] == {"event": "leave", "client_id": "c_bob", "reason": "closed"}
+    assert leave["from_id"] == "c_bob" and leave["target"] == "group"
+    await outsider.nothing_within(0.2)
+
+
+async def test_exactly_one_join_and_one_leave_per_presence_span(url):
+    watcher = await Client.joined(url("g_span", "c_watch"))
+    await watcher.recv_where(event="join", client_id="c_watch")
+    tabs = [await Client.joined(url("g_span", "c_tabs")) for _ in range(3)]
+    for tab in tabs:
+        tab.close()
+        await tab.closed()
+    await watcher.send(msg_type="msg", target="echo", msg="end")
+    events = []
+    while (message := await watcher.recv())["msg"] != "end":
+        events.append((message["payload"]["event"], message["payload"]["client_id"]))
+    assert events == [("join", "c_tabs"), ("leave", "c_tabs")]
+
+
+async def test_presence_is_empty_after_everyone_left(url):
+    client = await Client.joined(url("g_gone", "c_one"))
+    client.close()
+    await client.closed()
+    probe = await Client.joined(url("g_gone", "c_probe"))
+    assert probe.snapshot["payload"]["clients"] == ["c_probe"]

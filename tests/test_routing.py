@@ -1,0 +1,156 @@
+"""PROTOCOL sections 2 and 3: stamping, and who receives each target."""
+
+import asyncio
+import re
+
+from .wsclient import Client, errors_of
+
+SENT_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+async def room(url, group_id, *client_ids):
+    """Connect clients to one group and drain presence, so each next frame is a message."""
+    clients = [await Client.joined(url(group_id, client_id)) for client_id in client_ids]
+    for index, client in enumerate(clients):
+        for later in client_ids[index:]:
+            await client.recv_where(event="join", client_id=later)
+    return clients
+
+
+async def test_group_reaches_every_member_including_sender_and_no_other_group(url):
+    alice, bob = await room(url, "g_r", "c_alice", "c_bob")
+    (outsider,) = await room(url, "g_other", "c_out")
+    await alice.send(msg_type="msg", target="group", msg="Hello team!", payload={"n": 1}, sent_at="1999")
+    for receiver in (alice, bob):
+        message = await receiver.recv()
+        assert message == {
+            "version": "3",
+            "msg_type": "msg",
+            "target": "group",
+            "from_id": "c_alice",
+            "to_id": None,
+            "group_id": "g_r",
+            "cmd": None,
+            "msg": "Hello team!",
+            "payload": {"n": 1},
+            "sent_at": message["sent_at"],
+        }
+        assert SENT_AT.fullmatch(message["sent_at"]) and message["sent_at"] != "1999"
+    await outsider.nothing_within(0.2)
+
+
+async def test_direct_reaches_every_connection_of_the_recipient_in_any_group(url):
+    (alice,) = await room(url, "g_a", "c_alice")
+    (bob_1,) = await room(url, "g_b", "c_bob")
+    (bob_2,) = await room(url, "g_c", "c_bob")
+    (carol,) = await room(url, "g_b2", "c_carol")
+    await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="Private")
+    for receiver in (bob_1, bob_2):
+        message = await receiver.recv()
+        assert (message["target"], message["from_id"], message["to_id"], message["group_id"]) == (
+            "direct",
+            "c_alice",
+            "c_bob",
+            "g_a",
+        )
+    await alice.nothing_within(0.1)
+    await carol.nothing_within(0.1)
+
+
+async def test_direct_to_nobody_is_recipient_offline(url):
+    (alice,) = await room(url, "g_a", "c_alice")
+    await alice.send(msg_type="msg", target="direct", to_id="c_ghost", msg="anyone?")
+    code, errors = errors_of(await alice.recv())
+    assert code == "recipient_offline" and errors == [{"field": "to_id", "problem": "has no open connection"}]
+
+
+async def test_broadcast_reaches_everybody(url):
+    alice, bob = await room(url, "g_1", "c_alice", "c_bob")
+    (carol,) = await room(url, "g_2", "c_carol")
+    await alice.send(msg_type="cmd", target="broadcast", cmd="MAINTENANCE_WARNING")
+    for receiver in (alice, bob, carol):
+        message = await receiver.recv()
+        assert (message["target"], message["cmd"], message["from_id"], message["group_id"]) == (
+            "broadcast",
+            "MAINTENANCE_WARNING",
+            "c_alice",
+            "g_1",
+        )
+
+
+async def test_broadcast_can_be_forbidden(start_server):
+    server = await start_server(allow_client_broadcast=False)
+    alice = await Client.joined(f"ws://127.0.0.1:{server.port}/v3/ws/group/g_1/client/c_alice")
+    await alice.recv_where(event="join")
+    await alice.send(msg_type="msg", target="broadcast", msg="all")
+    code, errors = errors_of(await alice.recv())
+    assert code == "forbidden" and errors[0]["field"] == "target"
+
+
+async def test_echo_returns_to_the_sending_connection_only(url):
+    first, other = await room(url, "g_e", "c_same", "c_other")
+    (second,) = await room(url, "g_e2", "c_same")
+    await first.send(msg_type="msg", target="echo", msg="Ping!")
+    message = await first.recv()
+    assert (message["target"], message["msg"], message["from_id"]) == ("echo", "Ping!", "c_same")
+    await second.nothing_within(0.1)
+    await other.nothing_within(0.1)
+
+
+async def test_command_keeps_cmd_and_payload(url):
+    alice, bob = await room(url, "g_c", "c_alice", "c_bob")
+    await alice.send(msg_type="cmd", target="group", cmd="RELOAD_UI", payload={"force": True})
+    message = await bob.recv()
+    assert (message["msg_type"], message["cmd"], message["payload"]) == ("cmd", "RELOAD_UI", {"force": True})
+
+
+async def test_own_ids_and_version_may_be_restated(url):
+    (alice,) = await room(url, "g_own", "c_alice")
+    await alice.send(version="3", msg_type="msg", target="echo", from_id="c_alice", group_id="g_own", to_id=None)
+    assert (await alice.recv())["msg_type"] == "msg"
+
+
+async def test_heartbeat_is_answered_to_sender(url):
+    alice, bob = await room(url, "g_h", "c_alice", "c_bob")
+    await alice.send(msg_type="heartbeat", target="echo", payload={"t": 12})
+    answer = await alice.recv()
+    assert (answer["msg_type"], answer["target"], answer["from_id"], answer["group_id"]) == (
+        "heartbeat",
+        "echo",
+        None,
+        "g_h",
+    )
+    assert answer["payload"] == {"t": 12} and SENT_AT.fullmatch(answer["sent_at"])
+    await bob.nothing_within(0.1)
+
+
+async def test_presence_query_is_answered_with_a_snapshot(url):
+    alice, _ = await room(url, "g_p", "c_zed", "c_Alpha")
+    await alice.send(msg_type="presence", target="echo")
+    answer = await alice.recv()
+    assert answer["payload"] == {"event": "snapshot", "clients": ["c_Alpha", "c_zed"]}
+    assert answer["from_id"] is None and answer["target"] == "echo"
+
+
+async def test_order_is_kept_per_sender_and_receiver_across_targets(url):
+    alice, bob = await room(url, "g_o", "c_alice", "c_bob")
+    targets = ["group", "direct", "broadcast"]
+    for n in range(300):
+        target = targets[n % 3]
+        extra = {"to_id": "c_bob"} if target == "direct" else {}
+        await alice.send(msg_type="msg", target=target, payload={"n": n}, **extra)
+    received = [(await bob.recv())["payload"]["n"] for _ in range(300)]
+    assert received == list(range(300))
+
+
+async def test_fan_out_encodes_once_for_all_receivers(url, server, monkeypatch):
+    from aether_tornado import node as node_module
+
+    clients = await room(url, "g_f", *[f"c_{n}" for n in range(5)])
+    calls = []
+    original = node_module.encode
+    monkeypatch.setattr(node_module, "encode", lambda message: calls.append(message) or original(message))
+    await clients[0].send(msg_type="msg", target="group", msg="once")
+    received = await asyncio.gather(*(client.recv() for client in clients))
+    assert {message["msg"] for message in received} == {"once"}
+    assert len(calls) == 1

@@ -1,0 +1,159 @@
+"""A test client over a real socket, with a timeout on every wait."""
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+from typing import Any
+
+import orjson
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+TIMEOUT = 5.0
+
+
+class Client:
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def connect(cls, url: str, headers: dict[str, str] | None = None) -> "Client":
+        request = HTTPRequest(url, headers=headers or {})
+        conn = await asyncio.wait_for(websocket_connect(request), TIMEOUT)
+        return cls(conn)
+
+    @classmethod
+    async def joined(cls, url: str, **kwargs: Any) -> "Client":
+        """Connect and consume the snapshot and the client's own join event, if any."""
+        client = await cls.connect(url, **kwargs)
+        snapshot = await client.recv()
+        assert snapshot["payload"]["event"] == "snapshot", snapshot
+        client.snapshot = snapshot
+        return client
+
+    async def send(self, **fields: Any) -> None:
+        await self.conn.write_message(orjson.dumps(fields).decode())
+
+    async def send_raw(self, frame: str | bytes, binary: bool = False) -> None:
+        await self.conn.write_message(frame, binary=binary)
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        frame = await asyncio.wait_for(self.conn.read_message(), timeout)
+        assert frame is not None, f"closed: {self.conn.close_code} {self.conn.close_reason}"
+        return orjson.loads(frame)
+
+    async def recv_where(self, timeout: float = TIMEOUT, **match: Any) -> dict[str, Any]:
+        """Skip frames until one whose fields (or payload fields) equal ``match``."""
+
+        async def find() -> dict[str, Any]:
+            while True:
+                message = await self.recv(timeout)
+                fields = {**message, **(message.get("payload") or {})}
+                if all(fields.get(key) == value for key, value in match.items()):
+                    return message
+
+        return await asyncio.wait_for(find(), timeout)
+
+    async def closed(self, timeout: float = TIMEOUT) -> tuple[int | None, str | None]:
+        """Read until the server closes; return its close code and reason."""
+
+        async def drain() -> None:
+            while await self.conn.read_message() is not None:
+                pass
+
+        await asyncio.wait_for(drain(), timeout)
+        return self.conn.close_code, self.conn.close_reason
+
+    async def nothing_within(self, seconds: float) -> None:
+        """Assert that no frame arrives for ``seconds``."""
+        try:
+            frame = await asyncio.wait_for(self.conn.read_message(), seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame: {frame!r}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def errors_of(message: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
+    assert message["cmd"] == "ERROR", message
+    return message["payload"]["code"], message["payload"]["errors"]
+
+
+class RawSocket:
+    """A hand-made WebSocket client, for what a well-behaved library refuses to do."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, path: str, recv_buffer: int | None = None) -> "RawSocket":
+        sock = socket.socket()
+        if recv_buffer:  # set before connecting, so the TCP window stays small
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), TIMEOUT)
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert response.startswith(b"HTTP/1.1 101"), response
+        return cls(reader, writer)
+
+    def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        mask = os.urandom(4)
+        head = bytes([(0x80 if fin else 0) | opcode])
+        length = len(payload)
+        if length < 126:
+            head += bytes([0x80 | length])
+        elif length <= 0xFFFF:
+            head += bytes([0x80 | 126]) + struct.pack("!H", length)
+        else:
+            head += bytes([0x80 | 127]) + struct.pack("!Q", length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(head + mask + masked)
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        """One server frame as (opcode, payload); server frames are never masked."""
+        head = await self.reader.readexactly(2)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", await self.reader.readexactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+        return head[0] & 0x0F, await self.reader.readexactly(length)
+
+    async def close_code(self, timeout: float = TIMEOUT) -> tuple[int, int]:
+        """Read until the close frame; return (text frames read before it, close code)."""
+
+        async def drain() -> tuple[int, int]:
+            frames = 0
+            while True:
+                opcode, payload = await self.read_frame()
+                if opcode == 0x8:
+                    return frames, struct.unpack("!H", payload[:2])[0]
+                frames += opcode == 0x1
+
+        return await asyncio.wait_for(drain(), timeout)
+
+    async def at_eof(self, timeout: float = TIMEOUT) -> bool:
+        """Wait until the server drops the connection, discarding what it sent."""
+
+        async def drain() -> None:
+            while await self.reader.read(65536):
+                pass
+
+        await asyncio.wait_for(drain(), timeout)
+        return True
+
+    def close(self) -> None:
+        self.writer.close()
