@@ -1,0 +1,25 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    serve one in-memory process on 127.0.0.1:8888 (ARGS="--port 9000" to change)
+#   make test   lint and run the whole test suite
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: run test lint
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m aether_tornado $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(VENV)/.installed lint
+	scripts/system-packages.sh
+	$(PY) -m pytest
