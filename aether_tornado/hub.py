@@ -17,7 +17,13 @@ class Connection(Protocol):
     last_seen: float
 
     def send(self, frame: bytes) -> None:
-        """Queue one ready-made WebSocket frame; never blocks, never raises."""
+        """Queue one ready-made WebSocket frame; never blocks, never raises.
+
+        Frames sent before ``release`` are held back, so the snapshot comes first.
+        """
+
+    def release(self, first: bytes) -> None:
+        """Write ``first`` (the presence snapshot), then every frame held back so far."""
 
     def close(self, code: int, reason: str) -> None:
         """Start a clean close with this code and reason."""

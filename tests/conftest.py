@@ -1,12 +1,15 @@
 """Fixtures: in-process servers on free ports, with settings per test."""
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from aether_tornado.app import Server
 from aether_tornado.config import Settings
+
+from .processes import RedisServer, ServerProcess
 
 StartServer = Callable[..., Awaitable[Server]]
 
@@ -40,3 +43,37 @@ async def server(start_server: StartServer) -> Server:
 @pytest.fixture
 def url(server: Server) -> Callable[[str, str], str]:
     return lambda group_id, client_id: ws_url(server, group_id, client_id)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port; tests may kill and restart it."""
+    redis = RedisServer()
+    yield redis
+    redis.kill()
+
+
+@pytest.fixture
+def start_process(redis_server: RedisServer) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``python -m aether_tornado`` processes on the test's Redis; all are stopped after."""
+    processes: list[ServerProcess] = []
+
+    def start(*args: str, ready: str = "Redis bridge up") -> ServerProcess:
+        process = ServerProcess("--redis-url", redis_server.url, *args, ready=ready)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
+
+
+@pytest.fixture(params=["one process", "two processes on Redis"])
+def spread_url(request: pytest.FixtureRequest) -> Callable[[str, str], str]:
+    """A URL maker that puts successive clients on alternating processes when there are two."""
+    if request.param == "one process":
+        server = request.getfixturevalue("server")
+        return lambda group_id, client_id: ws_url(server, group_id, client_id)
+    start = request.getfixturevalue("start_process")
+    processes = itertools.cycle([start(), start()])
+    return lambda group_id, client_id: next(processes).url(group_id, client_id)

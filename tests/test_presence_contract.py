@@ -3,16 +3,23 @@
 import asyncio
 
 import pytest
+from redis.asyncio import Redis
 
 from aether_tornado.presence import Lease
 from aether_tornado.presence.memory import MemoryPresence
+from aether_tornado.presence.redis import RedisPresence
 
 LEASE = 0.3
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "redis"])
 async def presence(request):
-    return MemoryPresence(LEASE)
+    if request.param == "memory":
+        yield MemoryPresence(LEASE)
+        return
+    redis = Redis.from_url(request.getfixturevalue("redis_server").url, socket_timeout=5)
+    yield RedisPresence(redis, "test", LEASE)
+    await redis.aclose()
 
 
 async def test_join_is_true_once_per_span_and_leave_on_the_last_lease(presence):
@@ -65,3 +72,41 @@ async def test_refresh_of_an_expired_lease_makes_the_client_present_again(presen
     assert await presence.expire() == [("g", "c")]
     assert await presence.refresh([lease]) == [lease]
     assert await presence.members("g") == ["c"]
+
+
+async def test_resync_registers_open_leases_without_a_join(presence):
+    lease = Lease("g", "c", "n:1")
+    await presence.resync([lease])
+    assert await presence.members("g") == (["c"] if isinstance(presence, RedisPresence) else [])
+
+
+async def test_redis_presence_is_shared_and_expiry_reported_by_one_process_only(redis_server):
+    redis = Redis.from_url(redis_server.url, socket_timeout=5)
+    first, second, third = (RedisPresence(redis, "test", LEASE) for _ in range(3))
+    assert await first.join(Lease("g", "c", "a:1")) is True
+    assert await second.join(Lease("g", "c", "b:1")) is False  # another process, same client
+    assert await third.members("g") == ["c"]
+    await asyncio.sleep(LEASE * 1.2)  # both processes "died": nobody refreshed
+    reports = await asyncio.gather(first.expire(), second.expire(), third.expire())
+    assert sorted(map(len, reports)) == [0, 0, 1] and [("g", "c")] in reports
+    await redis.aclose()
+
+
+async def test_redis_presence_answers_locally_while_redis_is_down_and_resyncs(redis_server):
+    redis = Redis.from_url(redis_server.url, socket_connect_timeout=1, socket_timeout=5)
+    here, elsewhere = RedisPresence(redis, "test", 30), RedisPresence(redis, "test", 30)
+    await elsewhere.join(Lease("g", "remote", "b:1"))
+    stays, goes = Lease("g", "stays", "a:1"), Lease("g", "goes", "a:2")
+    await here.join(stays)
+    await here.join(goes)
+    redis_server.kill()
+    assert await here.leave(goes) is True  # decided from this process's own leases
+    assert await here.join(Lease("g", "new", "a:3")) is True
+    assert await here.members("g") == ["new", "stays"]
+    assert here.down
+    redis_server.start()  # empty: every process puts its own leases back
+    await elsewhere.resync([Lease("g", "remote", "b:1")])
+    await here.resync([stays, Lease("g", "new", "a:3")])
+    assert not here.down
+    assert await here.members("g") == ["new", "remote", "stays"]
+    await redis.aclose()

@@ -5,11 +5,19 @@ the other processes (local delivery never depends on it). Messages from one proc
 one channel arrive at each subscriber in the order they were published.
 """
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-# Called with (channel, data) for every message another process published.
+# Called with (channel, payload) for every message another process published.
 OnMessage = Callable[[str, bytes], None]
+# Called each time the transport (re)connects, after it has resubscribed.
+OnUp = Callable[[], Awaitable[None]]
+# The channels this process needs now: the hub's own list, the source of truth.
+Wanted = Callable[[], Iterable[str]]
+
+BROADCAST_CHANNEL = "broadcast"
+# A process that reconnected after an outage asks every process to resend snapshots.
+RESYNC_CHANNEL = "resync"
 
 
 def group_channel(group_id: str) -> str:
@@ -20,18 +28,23 @@ def client_channel(client_id: str) -> str:
     return "client:" + client_id
 
 
-BROADCAST_CHANNEL = "broadcast"
+class BridgeDown(Exception):
+    """The transport is unreachable; only local delivery happened."""
 
 
 class Bridge(Protocol):
-    async def start(self, on_message: OnMessage) -> None:
+    @property
+    def up(self) -> bool:
+        """Whether other processes can be reached now."""
+
+    async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         """Begin delivering other processes' messages to ``on_message``."""
 
-    async def publish(self, channel: str, data: bytes) -> int:
-        """Send ``data`` to the other processes subscribed to ``channel``.
+    async def publish(self, channel: str, payload: bytes) -> int:
+        """Send ``payload`` to the other processes subscribed to ``channel``.
 
-        Returns how many processes other than this one received it (0 when there
-        are none, or when the transport is down).
+        Returns how many processes other than this one received it; raises BridgeDown
+        when the transport is unreachable.
         """
 
     async def subscribe(self, channel: str) -> None:

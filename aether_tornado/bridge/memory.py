@@ -1,13 +1,15 @@
 """The bridge of a process that serves alone: there is nobody else to reach."""
 
-from . import OnMessage
+from . import OnMessage, OnUp, Wanted
 
 
 class MemoryBridge:
-    async def start(self, on_message: OnMessage) -> None:
+    up = True
+
+    async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         pass
 
-    async def publish(self, channel: str, data: bytes) -> int:
+    async def publish(self, channel: str, payload: bytes) -> int:
         return 0
 
     async def subscribe(self, channel: str) -> None:

@@ -30,3 +30,6 @@ class Presence(Protocol):
 
     async def members(self, group_id: str) -> list[str]:
         """The group's present client_ids, sorted in code point order."""
+
+    async def resync(self, leases: list[Lease]) -> None:
+        """After a shared store's outage, register this process's open leases again, silently."""

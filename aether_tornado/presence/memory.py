@@ -48,6 +48,9 @@ class MemoryPresence:
     async def members(self, group_id: str) -> list[str]:
         return sorted(self._groups.get(group_id, ()))
 
+    async def resync(self, leases: list[Lease]) -> None:
+        pass  # nothing is shared, so nothing was lost
+
     def _put(self, lease: Lease, expiry: float) -> bool:
         """Set a lease's expiry; True when its client was not present before."""
         clients = self._groups.setdefault(lease.group_id, {})

@@ -1,0 +1,158 @@
+"""The bridge over Redis pub/sub: one subscriber connection per process, supervised.
+
+Channels are ``{prefix}:group:{id}``, ``{prefix}:client:{id}``, ``{prefix}:broadcast`` and
+``{prefix}:resync``. Every published payload starts with the publisher's node id, so a
+process skips its own copies (it has delivered them locally already).
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+# How long one read waits before checking the state again (and letting health checks run).
+READ_TIMEOUT = 1.0
+
+
+class RedisBridge:
+    def __init__(self, redis: Redis, prefix: str, node_id: str) -> None:
+        self._redis = redis
+        self._prefix = prefix + ":"
+        self._origin = node_id.encode()
+        self._pubsub: PubSub | None = None
+        self._subscribed: set[str] = set()
+        # Subscription changes not yet sent: channel -> wanted; the last change wins.
+        self._changes: dict[str, bool] = {}
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._reported_up: bool | None = None
+        self.up = False
+
+    async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
+        self._on_message, self._wanted, self._on_up = on_message, wanted, on_up
+        self._task = asyncio.create_task(self._supervise(), name="redis bridge")
+
+    async def publish(self, channel: str, payload: bytes) -> int:
+        if not self.up:
+            raise BridgeDown
+        try:
+            receivers = await self._redis.publish(self._prefix + channel, self._origin + payload)
+        except (RedisError, OSError) as error:
+            self._lost(error)
+            raise BridgeDown from None
+        return receivers - (channel in self._subscribed)
+
+    async def subscribe(self, channel: str) -> None:
+        self._changes[channel] = True
+        await self._apply_changes()
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._changes[channel] = False
+        await self._apply_changes()
+
+    def reconnect(self, error: BaseException) -> None:
+        """Start over (resubscribe, then resync presence): another user of Redis lost it."""
+        self._lost(error)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.up = False
+        await self._drop_pubsub()
+
+    async def _apply_changes(self) -> None:
+        """Send pending subscription changes in the order the hub made them."""
+        async with self._lock:
+            changes, self._changes = self._changes, {}
+            if not self.up or self._pubsub is None:
+                return  # the next connection subscribes from the hub's own list
+            add = [channel for channel, on in changes.items() if on and channel not in self._subscribed]
+            drop = [channel for channel, on in changes.items() if not on and channel in self._subscribed]
+            try:
+                if add:
+                    await self._pubsub.subscribe(*(self._prefix + channel for channel in add))
+                    self._subscribed.update(add)
+                if drop:
+                    await self._pubsub.unsubscribe(*(self._prefix + channel for channel in drop))
+                    self._subscribed.difference_update(drop)
+            except (RedisError, OSError) as error:
+                self._lost(error)
+
+    async def _supervise(self) -> None:
+        """Connect, resubscribe, read; on any failure back off (capped, full jitter) and retry."""
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                await self._connect()
+                delay = BACKOFF_FIRST
+                await self._on_up()
+                await self._read()
+            except (RedisError, OSError) as error:
+                self._lost(error)
+            except Exception:
+                log.exception("Redis bridge failed; reconnecting")
+                self.up = False
+            await self._drop_pubsub()
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _connect(self) -> None:
+        async with self._lock:
+            # Connections pooled before an outage are dead even if Redis is back: drop them all.
+            await self._redis.connection_pool.disconnect()
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = pubsub
+            channels = {RESYNC_CHANNEL, *self._wanted()}
+            await pubsub.subscribe(*(self._prefix + channel for channel in channels))
+            self._subscribed = channels
+            self.up = True
+        self._report(True, f"subscribed to {len(channels)} channels")
+
+    async def _read(self) -> None:
+        pubsub = self._pubsub
+        assert pubsub is not None
+        skip = len(self._origin)
+        while self.up:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
+            if message is None or message["type"] != "message":
+                continue
+            data = message["data"]
+            if data[:skip] == self._origin:
+                continue
+            channel = message["channel"][len(self._prefix) :].decode()
+            try:
+                self._on_message(channel, data[skip:])
+            except Exception:
+                log.exception("delivering a message from channel %s failed", channel)
+        raise RedisConnectionError("a publish or subscribe on another connection failed")
+
+    def _lost(self, error: BaseException) -> None:
+        self.up = False
+        self._report(False, str(error) or type(error).__name__)
+
+    def _report(self, up: bool, detail: str) -> None:
+        """One log line per change of state, not one per failed attempt."""
+        if up != self._reported_up:
+            self._reported_up = up
+            if up:
+                log.info("Redis bridge up: %s", detail)
+            else:
+                log.warning("Redis bridge down, serving local connections only: %s", detail)
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()

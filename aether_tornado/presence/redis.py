@@ -1,0 +1,137 @@
+"""Presence in Redis, shared by every process, with a local view for Redis outages.
+
+Keys: ``{prefix}:presence:leases`` (sorted set of "group client key" scored by expiry in
+ms, Redis's own clock) and ``{prefix}:presence:group:{group}`` (hash client -> live
+leases). The Lua scripts beside this file make join, leave and expiry atomic, so each
+presence span starts and ends exactly once however many processes race. The scripts
+build group keys from their arguments: a standalone Redis, not Redis Cluster.
+
+While Redis is unreachable, answers come from this process's own leases; ``on_lost``
+tells the bridge, whose reconnection calls ``resync``, which puts them back into Redis,
+silently, as the protocol asks.
+"""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import Lease
+from .memory import MemoryPresence
+
+log = logging.getLogger(__name__)
+
+SCRIPTS = Path(__file__).parent / "lua"
+# Leases per refresh call and per expiry pass, so one script never blocks Redis for long.
+BATCH = 1000
+
+
+class RedisPresence:
+    def __init__(
+        self, redis: Redis, prefix: str, lease_seconds: float, on_lost: Callable[[BaseException], None] | None = None
+    ) -> None:
+        self._redis = redis
+        self._on_lost = on_lost
+        self._leases_key = f"{prefix}:presence:leases"
+        self._group_prefix = f"{prefix}:presence:group:"
+        self._lease_ms = int(lease_seconds * 1000)
+        self._local = MemoryPresence(lease_seconds)
+        self._left_while_down: set[Lease] = set()
+        self.down = False
+        self._join, self._leave, self._refresh, self._expire = (
+            redis.register_script((SCRIPTS / f"{name}.lua").read_text())
+            for name in ("join", "leave", "refresh", "expire")
+        )
+
+    async def join(self, lease: Lease) -> bool:
+        first_here = await self._local.join(lease)
+        if self.down:
+            return first_here
+        try:
+            return bool(
+                await self._join(keys=self._keys(lease), args=[_member(lease), lease.client_id, self._lease_ms])
+            )
+        except (RedisError, OSError) as error:
+            self._lost(error)
+            return first_here
+
+    async def leave(self, lease: Lease) -> bool:
+        last_here = await self._local.leave(lease)
+        if not self.down:
+            try:
+                return bool(await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id]))
+            except (RedisError, OSError) as error:
+                self._lost(error)
+        self._left_while_down.add(lease)
+        return last_here
+
+    async def refresh(self, leases: list[Lease]) -> list[Lease]:
+        back = await self._local.refresh(leases)
+        if self.down:
+            return back
+        try:
+            return await self._refresh_in_redis(leases)
+        except (RedisError, OSError) as error:
+            self._lost(error)
+            return back
+
+    async def expire(self) -> list[tuple[str, str]]:
+        if self.down:
+            return await self._local.expire()
+        try:
+            ended = []
+            while True:
+                flat = await self._expire(keys=[self._leases_key], args=[self._group_prefix, BATCH])
+                ended += [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+                if len(flat) < 2 * BATCH:
+                    return ended
+        except (RedisError, OSError) as error:
+            self._lost(error)
+            return []
+
+    async def members(self, group_id: str) -> list[str]:
+        if not self.down:
+            try:
+                return sorted(client.decode() for client in await self._redis.hkeys(self._group_prefix + group_id))
+            except (RedisError, OSError) as error:
+                self._lost(error)
+        return await self._local.members(group_id)
+
+    async def resync(self, leases: list[Lease]) -> None:
+        """After an outage: drop leases that ended meanwhile, re-register the open ones, silently."""
+        for lease in list(self._left_while_down):
+            await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id])
+            self._left_while_down.discard(lease)
+        await self._refresh_in_redis(leases)
+        if self.down:
+            log.info("presence back in Redis: %d leases re-registered", len(leases))
+        self.down = False
+
+    async def _refresh_in_redis(self, leases: list[Lease]) -> list[Lease]:
+        back = []
+        for start in range(0, len(leases), BATCH):
+            batch = leases[start : start + BATCH]
+            keys = [self._leases_key, *(self._group_prefix + lease.group_id for lease in batch)]
+            args: list[str | int] = [self._lease_ms]
+            for lease in batch:
+                args += [_member(lease), lease.client_id]
+            back += [batch[index - 1] for index in await self._refresh(keys=keys, args=args)]
+        return back
+
+    def _keys(self, lease: Lease) -> list[str]:
+        return [self._leases_key, self._group_prefix + lease.group_id]
+
+    def _lost(self, error: BaseException) -> None:
+        """Answer locally from now on, until ``resync`` after Redis is reached again."""
+        if not self.down:
+            log.warning("presence falls back to this process's own leases: %s", error)
+            if self._on_lost is not None:
+                self._on_lost(error)
+        self.down = True
+
+
+def _member(lease: Lease) -> str:
+    # Vision IDs and lease keys hold no spaces, so the member splits back unambiguously.
+    return f"{lease.group_id} {lease.client_id} {lease.key}"

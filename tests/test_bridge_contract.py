@@ -1,0 +1,148 @@
+"""The bridge contract: the memory bridge of a lone process, and the Redis bridge between processes."""
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from aether_tornado.bridge import BridgeDown
+from aether_tornado.bridge.memory import MemoryBridge
+from aether_tornado.bridge.redis import RedisBridge
+
+TIMEOUT = 5.0
+
+
+class Process:
+    """One bridge with what a node gives it: a channel list (the hub's) and callbacks."""
+
+    def __init__(self, bridge) -> None:
+        self.bridge = bridge
+        self.channels: set[str] = set()
+        self.received: asyncio.Queue = asyncio.Queue()
+        self.ups: asyncio.Queue = asyncio.Queue()
+
+    async def start(self) -> None:
+        await self.bridge.start(self._on_message, lambda: self.channels, self._on_up)
+
+    def _on_message(self, channel: str, payload: bytes) -> None:
+        self.received.put_nowait((channel, payload))
+
+    async def _on_up(self) -> None:
+        self.ups.put_nowait(True)
+
+    async def subscribe(self, channel: str) -> None:
+        self.channels.add(channel)
+        await self.bridge.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        await self.bridge.unsubscribe(channel)
+
+    async def next(self) -> tuple[str, bytes]:
+        return await asyncio.wait_for(self.received.get(), TIMEOUT)
+
+    async def wait_up(self) -> None:
+        await asyncio.wait_for(self.ups.get(), TIMEOUT * 2)
+
+
+def redis_client(redis_server) -> Redis:
+    return Redis.from_url(redis_server.url, socket_connect_timeout=1, socket_timeout=5)
+
+
+async def stop(process: Process) -> None:
+    await asyncio.wait_for(process.bridge.close(), TIMEOUT)
+    await asyncio.wait_for(process.bridge._redis.aclose(), TIMEOUT)
+
+
+@pytest.fixture
+async def redis_processes(redis_server):
+    """Two processes, each with its own Redis client, as two real processes would have."""
+    processes = [Process(RedisBridge(redis_client(redis_server), "test", f"node{n:08d}")) for n in range(2)]
+    for process in processes:
+        await process.start()
+        await process.wait_up()
+    yield processes
+    for process in processes:
+        await stop(process)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def lone_process(request):
+    if request.param == "memory":
+        process = Process(MemoryBridge())
+        await process.start()
+        yield process
+        return
+    process = Process(RedisBridge(redis_client(request.getfixturevalue("redis_server")), "test", "node00000000"))
+    await process.start()
+    await process.wait_up()
+    yield process
+    await stop(process)
+
+
+async def test_a_lone_process_reaches_nobody(lone_process):
+    await lone_process.subscribe("group:g")
+    assert await lone_process.bridge.publish("group:g", b"x") == 0
+    assert await lone_process.bridge.publish("client:c", b"x") == 0
+    assert lone_process.received.empty()
+
+
+async def test_subscribers_get_each_message_once_and_the_publisher_skips_its_own(redis_processes):
+    a, b = redis_processes
+    await a.subscribe("group:g")
+    await b.subscribe("group:g")
+    assert await b.bridge.publish("group:g", b'{"n": 1}') == 1  # a, not b itself
+    assert await a.next() == ("group:g", b'{"n": 1}')
+    await b.bridge.publish("broadcast", b"unsubscribed")
+    assert await b.bridge.publish("group:g", b"marker") == 1
+    assert await a.next() == ("group:g", b"marker")
+    assert b.received.empty()
+
+
+async def test_order_is_kept_per_publisher_and_channel(redis_processes):
+    a, b = redis_processes
+    await a.subscribe("client:c")
+    for n in range(500):
+        await b.bridge.publish("client:c", str(n).encode())
+    assert [int((await a.next())[1]) for _ in range(500)] == list(range(500))
+
+
+async def test_unsubscribe_stops_delivery(redis_processes):
+    a, b = redis_processes
+    await a.subscribe("group:g")
+    await a.subscribe("group:h")
+    await a.unsubscribe("group:g")
+    assert await b.bridge.publish("group:g", b"gone") == 0
+    await b.bridge.publish("group:h", b"kept")
+    assert await a.next() == ("group:h", b"kept")
+
+
+async def test_after_redis_restarts_the_bridge_resubscribes_from_the_hub(redis_server, redis_processes):
+    a, b = redis_processes
+    await a.subscribe("group:before")
+    redis_server.kill()
+    with pytest.raises(BridgeDown):
+        for _ in range(50):  # the first publish after the crash may still be in flight
+            await b.bridge.publish("group:before", b"lost")
+    a.channels.add("group:meanwhile")  # joined while Redis was away
+    await a.bridge.subscribe("group:meanwhile")
+    redis_server.start()
+    await a.wait_up()
+    await b.wait_up()
+    assert a.bridge.up and b.bridge.up
+    await b.bridge.publish("group:before", b"1")
+    await b.bridge.publish("group:meanwhile", b"2")
+    assert [await a.next(), await a.next()] == [("group:before", b"1"), ("group:meanwhile", b"2")]
+
+
+async def test_redis_unreachable_at_start_then_found(redis_server):
+    redis_server.kill()
+    process = Process(RedisBridge(redis_client(redis_server), "test", "node00000000"))
+    await process.start()
+    assert not process.bridge.up
+    with pytest.raises(BridgeDown):
+        await process.bridge.publish("group:g", b"x")
+    redis_server.start()
+    await process.wait_up()
+    assert await process.bridge.publish("group:g", b"x") == 0
+    await stop(process)
