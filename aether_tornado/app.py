@@ -3,24 +3,43 @@
 import asyncio
 import logging
 import signal
+import uuid
+from urllib.parse import urlsplit
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .bridge.memory import MemoryBridge
+from .bridge.redis import RedisBridge
 from .config import Settings
-from .handlers import ClientSocket, IndexPage, NotFound
+from .handlers import ClientSocket, Health, IndexPage, NotFound
 from .hub import Hub
 from .node import Node
 from .presence.memory import MemoryPresence
+from .presence.redis import RedisPresence
 
 log = logging.getLogger(__name__)
 
 
 def build_node(settings: Settings) -> Node:
-    """The one place that picks the backends."""
-    return Node(settings, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds))
+    """The one place that picks the backends: Redis with a URL, memory without."""
+    node_id = uuid.uuid4().hex[:12]
+    if settings.redis_url is None:
+        return Node(settings, node_id, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds))
+    redis = Redis.from_url(
+        settings.redis_url,
+        retry=Retry(NoBackoff(), 0),  # the bridge's supervisor reconnects, then resyncs presence
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=5,
+    )
+    bridge = RedisBridge(redis, settings.redis_prefix, node_id)
+    presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.reconnect)
+    return Node(settings, node_id, Hub(), bridge, presence)
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -44,6 +63,7 @@ def make_app(node: Node) -> tornado.web.Application:
     return tornado.web.Application(
         [
             (r"/", IndexPage),
+            (r"/healthz", Health, {"node": node}),
             (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node}),
         ],
         default_handler_class=NotFound,
@@ -74,14 +94,24 @@ class Server:
         await self.http.close_all_connections()
 
 
+def _redacted(url: str) -> str:
+    """The Redis URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     server = Server(settings)
     await server.start()
     log.info(
-        "aether-tornado serving ws://%s:%d/v3/ws/group/{group_id}/client/{client_id} (in memory)",
+        "aether-tornado serving ws://%s:%d/v3/ws/group/{group_id}/client/{client_id} (%s, node %s)",
         settings.host,
         server.port,
+        "in memory" if settings.redis_url is None else f"bridged through {_redacted(settings.redis_url)}",
+        server.node.node_id,
     )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

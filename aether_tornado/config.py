@@ -48,6 +48,10 @@ class Settings:
 
     host: str = _setting("127.0.0.1", "address to listen on")
     port: int = _setting(8888, "port to listen on (0 picks a free one)", _port)
+    redis_url: str | None = _setting(
+        None, "Redis URL (redis://host:port/db) shared by processes that act as one; omit to serve alone"
+    )
+    redis_prefix: str = _setting("aether", "prefix of every Redis key and channel, so deployments can share one Redis")
     max_message_bytes: int = _setting(
         65536, "largest frame a client may send; a larger one closes with 1009", _positive
     )
@@ -115,6 +119,8 @@ def _parse(field: attrs.Attribute, raw: Any, source: str) -> Any:
         if kind == tuple[str, ...]:
             items = raw if isinstance(raw, list) else str(raw).split(",")
             return tuple(str(item).strip() for item in items if str(item).strip())
+        if raw == "" and kind == str | None:
+            return None
         return str(raw)
     except ValueError as error:
         raise SettingsError(f"{source}: cannot use {raw!r}: {error}") from None

@@ -53,6 +53,27 @@ class IndexPage(tornado.web.RequestHandler):
         self.finish(self.PAGE)
 
 
+class Health(tornado.web.RequestHandler):
+    """``GET /healthz``: this process's own state and its bridge's; ``degraded`` while Redis is away."""
+
+    def initialize(self, node: Node) -> None:
+        self.node = node
+
+    def get(self) -> None:
+        bridge = self.node.bridge_state
+        self.set_header("Content-Type", "application/json")
+        self.finish(
+            orjson.dumps(
+                {
+                    "status": "degraded" if bridge == "down" else "ok",
+                    "node_id": self.node.node_id,
+                    "connections": self.node.connection_count,
+                    "bridge": bridge,
+                }
+            )
+        )
+
+
 class NotFound(JSONErrorMixin, tornado.web.RequestHandler):
     def prepare(self) -> None:
         self.refuse(404, NOT_FOUND, f"No route for {self.request.path}.")
@@ -99,6 +120,7 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
         self.last_seen = now
         self._bucket = TokenBucket(self.config.rate_limit, self.config.rate_burst, now)
         self._strikes = 0
+        self._held: list[bytes] | None = []
         self.set_nodelay(True)
         self._attached = asyncio.ensure_future(self.node.attach(self))
         await self._attached
@@ -143,6 +165,18 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
 
     def send(self, frame: bytes) -> None:
         """Write a ready frame; a client whose unsent output would pass the cap is closed with 1013."""
+        if self._held is not None:
+            self._held.append(frame)
+            return
+        self._write(frame)
+
+    def release(self, first: bytes) -> None:
+        held, self._held = self._held or [], None
+        self._write(first)
+        for frame in held:
+            self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
         protocol = self.ws_connection
         if protocol is None or protocol.is_closing():
             return

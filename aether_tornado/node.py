@@ -5,17 +5,17 @@ idle sweep and shutdown. Handlers hand it decoded messages and nothing else.
 """
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import attrs
 
 from . import messages
-from .bridge import BROADCAST_CHANNEL, Bridge, client_channel, group_channel
+from .bridge import BROADCAST_CHANNEL, RESYNC_CHANNEL, Bridge, BridgeDown, client_channel, group_channel
 from .config import Settings
 from .errors import (
     CLOSE_GOING_AWAY,
@@ -23,6 +23,7 @@ from .errors import (
     REASON_IDLE,
     REASON_SHUTDOWN,
     RECIPIENT_OFFLINE,
+    UNAVAILABLE,
     ProtocolError,
 )
 from .hub import Connection, Hub
@@ -39,22 +40,28 @@ def frame_of(message: WSMessageV3) -> bytes:
 
 
 class Node:
-    def __init__(self, settings: Settings, hub: Hub, bridge: Bridge, presence: Presence) -> None:
+    def __init__(self, settings: Settings, node_id: str, hub: Hub, bridge: Bridge, presence: Presence) -> None:
         self.settings = settings
+        self.node_id = node_id
         self.hub = hub
         self.bridge = bridge
         self.presence = presence
-        self.node_id = uuid.uuid4().hex[:12]
         self._lease_numbers = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
         self._detached = asyncio.Event()
-        self.connecting = 0
+        self._bridge_was_up = False
 
     @property
     def connection_count(self) -> int:
-        """Open connections, counting those still being attached."""
-        return len(self.hub) + self.connecting
+        return len(self.hub)
+
+    @property
+    def bridge_state(self) -> str:
+        """``memory`` when serving alone, else whether the Redis bridge is ``up`` or ``down``."""
+        if self.settings.redis_url is None:
+            return "memory"
+        return "up" if self.bridge.up else "down"
 
     def new_lease_key(self) -> str:
         """A lease key unique across the cluster: this node's id and a counter."""
@@ -67,7 +74,7 @@ class Node:
         task.add_done_callback(self._spawned.discard)
 
     async def start(self) -> None:
-        await self.bridge.start(self._on_bridge_message)
+        await self.bridge.start(self._on_bridge_message, self._wanted_channels, self._on_bridge_up)
         idle_sweep = min(self.settings.idle_timeout / 4, 5.0)
         lease_tick = self.settings.lease_seconds / 3
         self._tasks = [
@@ -80,7 +87,7 @@ class Node:
         for conn in tuple(self.hub.all()):
             conn.close(CLOSE_GOING_AWAY, REASON_SHUTDOWN)
         deadline = time.monotonic() + self.settings.shutdown_timeout
-        while self.connection_count and time.monotonic() < deadline:
+        while (self.connection_count or self._spawned) and time.monotonic() < deadline:
             self._detached.clear()
             try:
                 await asyncio.wait_for(self._detached.wait(), deadline - time.monotonic())
@@ -94,19 +101,18 @@ class Node:
     # Connections coming and going.
 
     async def attach(self, conn: Connection) -> None:
-        """Register a new connection: snapshot to it first, then its join to the group."""
-        lease = Lease(conn.group_id, conn.client_id, conn.lease_key)
-        self.connecting += 1
-        try:
-            became_present = await self.presence.join(lease)
-            conn.send(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
-            added = self.hub.add(conn)
-        finally:
-            self.connecting -= 1
+        """Register a new connection: its snapshot first, then its join to the group.
+
+        The connection joins the hub (and its channels) before presence is read, holding
+        back what arrives meanwhile, so no event between snapshot and join is lost.
+        """
+        added = self.hub.add(conn)
         if added.first_in_group:
             await self.bridge.subscribe(group_channel(conn.group_id))
         if added.first_of_client:
             await self.bridge.subscribe(client_channel(conn.client_id))
+        became_present = await self.presence.join(_lease(conn))
+        conn.release(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
         if became_present:
             await self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
         log.debug("open %s/%s lease %s", conn.group_id, conn.client_id, conn.lease_key)
@@ -114,13 +120,15 @@ class Node:
     async def detach(self, conn: Connection) -> None:
         """Forget a closed connection; the group hears ``leave`` if it was the client's last."""
         removed = self.hub.remove(conn)
-        self._detached.set()
-        if removed.last_in_group:
-            await self.bridge.unsubscribe(group_channel(conn.group_id))
-        if removed.last_of_client:
-            await self.bridge.unsubscribe(client_channel(conn.client_id))
-        if await self.presence.leave(Lease(conn.group_id, conn.client_id, conn.lease_key)):
-            await self._to_group(conn.group_id, messages.left(conn.group_id, conn.client_id, "closed"))
+        try:
+            if removed.last_in_group:
+                await self.bridge.unsubscribe(group_channel(conn.group_id))
+            if removed.last_of_client:
+                await self.bridge.unsubscribe(client_channel(conn.client_id))
+            if await self.presence.leave(_lease(conn)):
+                await self._to_group(conn.group_id, messages.left(conn.group_id, conn.client_id, "closed"))
+        finally:
+            self._detached.set()
         log.debug("closed %s/%s lease %s", conn.group_id, conn.client_id, conn.lease_key)
 
     # Messages from clients.
@@ -129,7 +137,7 @@ class Node:
         """Route one valid message from ``conn``; problems come back as ProtocolError."""
         _check_identity(conn, message)
         if message.msg_type == "heartbeat":
-            await self.presence.refresh([Lease(conn.group_id, conn.client_id, conn.lease_key)])
+            await self.presence.refresh([_lease(conn)])
             conn.send(frame_of(messages.heartbeat_reply(conn.group_id, message)))
             return
         if message.msg_type == "presence":
@@ -150,20 +158,26 @@ class Node:
                     "Broadcast from clients is disabled on this server.",
                     [{"field": "target", "problem": "broadcast is disabled for clients"}],
                 )
-            await self._publish(BROADCAST_CHANNEL, self.hub.all(), stamped)
+            with contextlib.suppress(BridgeDown):
+                await self._publish(BROADCAST_CHANNEL, self.hub.all(), stamped)
 
     def error_frame(self, conn: Connection, problem: ProtocolError) -> bytes:
         return frame_of(messages.error(conn.group_id, problem))
 
     # Delivery: local sockets first, then one copy for the other processes.
 
-    async def _to_group(self, group_id: str, message: WSMessageV3) -> None:
-        await self._publish(group_channel(group_id), self.hub.group(group_id), message)
-
     async def _to_client(self, message: WSMessageV3) -> None:
         assert message.to_id is not None  # the schema requires it for target 'direct'
         local = list(self.hub.client(message.to_id))
-        remote = await self._publish(client_channel(message.to_id), local, message)
+        try:
+            remote = await self._publish(client_channel(message.to_id), local, message)
+        except BridgeDown:
+            if local:
+                return
+            raise ProtocolError(
+                UNAVAILABLE,
+                f"{message.to_id} is not on this server process and the others cannot be reached now.",
+            ) from None
         if not local and not remote:
             raise ProtocolError(
                 RECIPIENT_OFFLINE,
@@ -171,7 +185,12 @@ class Node:
                 [{"field": "to_id", "problem": "has no open connection"}],
             )
 
+    async def _to_group(self, group_id: str, message: WSMessageV3) -> None:
+        with contextlib.suppress(BridgeDown):  # at most once: local receivers already have it
+            await self._publish(group_channel(group_id), self.hub.group(group_id), message)
+
     async def _publish(self, channel: str, local: Iterable[Connection], message: WSMessageV3) -> int:
+        """Deliver to local receivers now, then one copy to the other processes."""
         payload = encode(message)
         self.hub.deliver(local, text_frame(payload))
         return await self.bridge.publish(channel, payload)
@@ -179,12 +198,44 @@ class Node:
     def _on_bridge_message(self, channel: str, payload: bytes) -> None:
         kind, _, name = channel.partition(":")
         if kind == "group":
-            receivers = self.hub.group(name)
+            self.hub.deliver(self.hub.group(name), text_frame(payload))
         elif kind == "client":
-            receivers = self.hub.client(name)
-        else:
-            receivers = self.hub.all()
-        self.hub.deliver(receivers, text_frame(payload))
+            self.hub.deliver(self.hub.client(name), text_frame(payload))
+        elif channel == BROADCAST_CHANNEL:
+            self.hub.deliver(self.hub.all(), text_frame(payload))
+        elif channel == RESYNC_CHANNEL:
+            self.spawn(self._send_snapshots())
+
+    def _wanted_channels(self) -> list[str]:
+        """The bridge channels the hub needs now: resubscribed from here after a reconnect."""
+        return [
+            BROADCAST_CHANNEL,
+            *(group_channel(group_id) for group_id in self.hub.groups()),
+            *(client_channel(client_id) for client_id in self.hub.clients()),
+        ]
+
+    async def _on_bridge_up(self) -> None:
+        """After (re)connecting: re-register presence silently, then have everyone resync.
+
+        A clean start (first connection, no clients yet) has nothing to repair, and a
+        resync would send every client of every other process a needless snapshot.
+        """
+        clean_start = not self._bridge_was_up and not len(self.hub)
+        self._bridge_was_up = True
+        if clean_start:
+            return
+        await self.presence.resync(self._leases())
+        with contextlib.suppress(BridgeDown):
+            await self.bridge.publish(RESYNC_CHANNEL, b"")
+        await self._send_snapshots()
+
+    async def _send_snapshots(self) -> None:
+        for group_id in list(self.hub.groups()):
+            frame = frame_of(messages.snapshot(group_id, await self.presence.members(group_id)))
+            self.hub.deliver(self.hub.group(group_id), frame)
+
+    def _leases(self) -> list[Lease]:
+        return [_lease(conn) for conn in self.hub.all()]
 
     # Housekeeping.
 
@@ -212,20 +263,23 @@ class Node:
                 conn.close(CLOSE_GOING_AWAY, REASON_IDLE)
 
     async def _refresh_leases(self) -> None:
-        leases = [Lease(c.group_id, c.client_id, c.lease_key) for c in self.hub.all()]
-        for lease in await self.presence.refresh(leases):
+        for lease in await self.presence.refresh(self._leases()):
             await self._to_group(lease.group_id, messages.joined(lease.group_id, lease.client_id))
         for group_id, client_id in await self.presence.expire():
             await self._to_group(group_id, messages.left(group_id, client_id, "timeout"))
+
+
+def _lease(conn: Connection) -> Lease:
+    return Lease(conn.group_id, conn.client_id, conn.lease_key)
 
 
 def _check_identity(conn: Connection, message: WSMessageV3) -> None:
     """A client may restate its own from_id and group_id, never claim another's."""
     problems = []
     if message.from_id is not None and message.from_id != conn.client_id:
-        problems.append({"field": "from_id", "problem": "is not this connection's client_id"})
+        problems.append({"field": "from_id", "problem": "not this connection's client_id"})
     if message.group_id is not None and message.group_id != conn.group_id:
-        problems.append({"field": "group_id", "problem": "is not this connection's group"})
+        problems.append({"field": "group_id", "problem": "not this connection's group"})
     if problems:
         fields = " and ".join(problem["field"] for problem in problems)
         raise ProtocolError(FORBIDDEN, f"{fields} must be your own or left out.", problems)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests drive (a real browser) when they are missing.
+# Installs the Debian packages the tests drive (a browser, redis-server) when they are missing.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
 ((${#missing[@]})) || exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "The tests need: ${missing[*]}. Install them with: sudo apt-get install -y ${missing[*]}" >&2

@@ -1,6 +1,14 @@
 """PROTOCOL section 4 through a real server: snapshots, join and leave events."""
 
+import pytest
+
 from .wsclient import Client
+
+
+@pytest.fixture
+def url(spread_url):
+    """Every test here runs with one process, and with clients spread over two."""
+    return spread_url
 
 
 async def test_snapshot_is_sorted_in_code_point_order(url):
@@ -41,11 +49,12 @@ async def test_exactly_one_join_and_one_leave_per_presence_span(url):
     for tab in tabs:
         tab.close()
         await tab.closed()
-    await watcher.send(msg_type="msg", target="echo", msg="end")
     events = []
-    while (message := await watcher.recv())["msg"] != "end":
+    while not events or events[-1][0] != "leave":
+        message = await watcher.recv()
         events.append((message["payload"]["event"], message["payload"]["client_id"]))
     assert events == [("join", "c_tabs"), ("leave", "c_tabs")]
+    await watcher.nothing_within(0.3)
 
 
 async def test_presence_is_empty_after_everyone_left(url):

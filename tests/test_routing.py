@@ -2,10 +2,22 @@
 
 import asyncio
 import re
+from functools import partial
 
+import pytest
+
+from aether_tornado import node as node_module
+
+from .conftest import ws_url
 from .wsclient import Client, errors_of
 
 SENT_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+@pytest.fixture
+def url(spread_url):
+    """Every test here runs with one process, and with clients spread over two."""
+    return spread_url
 
 
 async def room(url, group_id, *client_ids):
@@ -143,10 +155,9 @@ async def test_order_is_kept_per_sender_and_receiver_across_targets(url):
     assert received == list(range(300))
 
 
-async def test_fan_out_encodes_once_for_all_receivers(url, server, monkeypatch):
-    from aether_tornado import node as node_module
-
-    clients = await room(url, "g_f", *[f"c_{n}" for n in range(5)])
+async def test_fan_out_encodes_once_for_all_receivers(start_server, monkeypatch):
+    server = await start_server()
+    clients = await room(partial(ws_url, server), "g_f", *[f"c_{n}" for n in range(5)])
     calls = []
     original = node_module.encode
     monkeypatch.setattr(node_module, "encode", lambda message: calls.append(message) or original(message))

@@ -1,0 +1,142 @@
+"""Several processes on one Redis act as one server, through crashes and Redis outages."""
+
+import orjson
+import redis
+from tornado.httpclient import AsyncHTTPClient
+
+from .wsclient import Client, errors_of
+
+
+async def health(process) -> dict:
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{process.port}/healthz", request_timeout=5)
+    return orjson.loads(response.body)
+
+
+async def joined_all(clients, *client_ids):
+    for client in clients:
+        for client_id in client_ids:
+            await client.recv_where(event="join", client_id=client_id)
+
+
+async def test_a_killed_process_s_clients_leave_by_timeout_announced_once(start_process):
+    first, second, third = (start_process("--lease-seconds", "1") for _ in range(3))
+    watcher = await Client.joined(first.url("g_k", "c_watch"))
+    other = await Client.joined(third.url("g_k", "c_other"))
+    victims = [await Client.joined(second.url("g_k", client_id)) for client_id in ("c_v1", "c_v2")]
+    await joined_all([watcher, other], "c_other", "c_v1", "c_v2")
+    second.kill()
+    for victim in victims:
+        assert await victim.closed() == (None, None)  # its server vanished without a close frame
+    for client in (watcher, other):
+        leaves = [await client.recv_where(event="leave", timeout=5) for _ in range(2)]
+        assert {(leave["payload"]["client_id"], leave["payload"]["reason"]) for leave in leaves} == {
+            ("c_v1", "timeout"),
+            ("c_v2", "timeout"),
+        }
+    await watcher.nothing_within(1.0)  # one announcement, not one per surviving process
+    await watcher.send(msg_type="presence", target="echo")
+    assert (await watcher.recv())["payload"]["clients"] == ["c_other", "c_watch"]
+
+
+async def test_redis_restart_under_traffic(redis_server, start_process):
+    first, second = start_process(), start_process()
+    alice = await Client.joined(first.url("g_r", "c_alice"))
+    bob = await Client.joined(first.url("g_r", "c_bob"))
+    carol = await Client.joined(second.url("g_r", "c_carol"))
+    await joined_all([alice, bob], "c_bob", "c_carol")
+    await joined_all([carol], "c_carol")
+
+    redis_server.kill()
+    first.wait_for_log("Redis bridge down", timeout=10)
+    assert (await health(first))["status"] == "degraded"
+    for n in range(20):  # local delivery never stops
+        await alice.send(msg_type="msg", target="group", payload={"n": n})
+        assert (await bob.recv_where(msg_type="msg"))["payload"] == {"n": n}
+    await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="local")
+    assert (await bob.recv_where(msg_type="msg"))["msg"] == "local"
+    await alice.send(msg_type="msg", target="direct", to_id="c_carol", msg="elsewhere")
+    code, _ = errors_of(await alice.recv_where(cmd="ERROR"))
+    assert code == "unavailable"
+
+    redis_server.start()
+    for process in (first, second):
+        process.wait_for_log("Redis bridge up", timeout=15, count=2)
+    snapshot = await carol.recv_where(event="snapshot", clients=["c_alice", "c_bob", "c_carol"], timeout=10)
+    assert snapshot["target"] == "echo"
+    await alice.send(msg_type="msg", target="group", msg="back")
+    assert (await carol.recv_where(msg="back"))["from_id"] == "c_alice"
+    assert (await health(first))["status"] == "ok"
+    for process in (first, second):
+        assert len(process.lines("Redis bridge down")) == 1, "".join(process.log)  # no storm
+
+
+async def test_redis_unreachable_at_start(redis_server, start_process):
+    redis_server.kill()
+    lone = start_process(ready="Redis bridge down")
+    assert (await health(lone))["status"] == "degraded"
+    alice = await Client.joined(lone.url("g_u", "c_alice"))
+    bob = await Client.joined(lone.url("g_u", "c_bob"))
+    assert bob.snapshot["payload"]["clients"] == ["c_alice", "c_bob"]
+    await alice.send(msg_type="msg", target="group", msg="served locally")
+    assert (await bob.recv_where(msg_type="msg"))["msg"] == "served locally"
+    redis_server.start()
+    lone.wait_for_log("Redis bridge up", timeout=15)
+    assert (await health(lone))["status"] == "ok"
+    other = start_process()
+    carol = await Client.joined(other.url("g_u", "c_carol"))
+    assert carol.snapshot["payload"]["clients"] == ["c_alice", "c_bob", "c_carol"]
+    await alice.send(msg_type="msg", target="group", msg="across")
+    assert (await carol.recv_where(msg="across"))["from_id"] == "c_alice"
+
+
+async def test_a_new_process_does_not_disturb_existing_clients(start_process):
+    first = start_process()
+    alice = await Client.joined(first.url("g_n", "c_alice"))
+    await alice.recv_where(event="join", client_id="c_alice")
+    second = start_process()
+    await Client.joined(second.url("g_n", "c_bob"))
+    assert (await alice.recv())["payload"] == {"event": "join", "client_id": "c_bob"}  # no resync snapshot
+
+
+async def test_redis_sends_a_group_message_only_to_processes_with_members(redis_server, start_process):
+    first, second, third = start_process(), start_process(), start_process()
+    await Client.joined(second.url("g_other", "c_x"))
+    await Client.joined(third.url("g_other", "c_y"))
+    sender = await Client.joined(first.url("g_one", "c_sender"))
+    store = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    assert store.pubsub_numsub("aether:group:g_one") == [(b"aether:group:g_one", 1)]
+    assert store.pubsub_numsub("aether:group:g_other") == [(b"aether:group:g_other", 2)]
+
+    def publishes() -> int:
+        return store.info("commandstats").get("cmdstat_publish", {}).get("calls", 0)
+
+    async def publishes_for_one_message(tag: str) -> int:
+        before = publishes()
+        await sender.send(msg_type="msg", target="group", msg=tag)
+        # A connection's next message waits for the previous one's publish: the echo proves it done.
+        await sender.send(msg_type="msg", target="echo", msg=f"after {tag}")
+        await sender.recv_where(msg=f"after {tag}")
+        return publishes() - before
+
+    assert await publishes_for_one_message("small group") == 1
+    members = [await Client.joined(first.url("g_one", f"c_m{n}")) for n in range(20)]
+    await sender.recv_where(event="join", client_id="c_m19")
+    assert await publishes_for_one_message("large group") == 1
+    assert store.pubsub_numsub("aether:group:g_one") == [(b"aether:group:g_one", 1)]
+    assert (await members[-1].recv_where(msg="large group"))["from_id"] == "c_sender"
+    store.close()
+
+
+async def test_recipient_offline_is_decided_cluster_wide(start_process):
+    first, second = start_process(), start_process()
+    alice = await Client.joined(first.url("g_d", "c_alice"))
+    watcher = await Client.joined(first.url("g_elsewhere", "c_watch"))
+    bob = await Client.joined(second.url("g_elsewhere", "c_bob"))
+    await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="found you")
+    assert (await bob.recv_where(msg="found you"))["group_id"] == "g_d"
+    bob.close()
+    # The leave is published after bob's process let go of bob's channel.
+    await watcher.recv_where(event="leave", client_id="c_bob")
+    await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="still there?")
+    code, errors = errors_of(await alice.recv_where(cmd="ERROR"))
+    assert code == "recipient_offline" and errors[0]["field"] == "to_id"
