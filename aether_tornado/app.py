@@ -13,14 +13,16 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .api import GroupPresence, Health, IndexPage, Metrics, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .config import Settings
-from .handlers import ClientSocket, Health, IndexPage, NotFound
+from .handlers import ClientSocket, NotFound
 from .hub import Hub
 from .node import Node
 from .presence.memory import MemoryPresence
 from .presence.redis import RedisPresence
+from .sd_notify import notify
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ def make_app(node: Node) -> tornado.web.Application:
         [
             (r"/", IndexPage),
             (r"/healthz", Health, {"node": node}),
+            (r"/metrics", Metrics, {"node": node}),
+            (r"/v3/publish", Publish, {"node": node}),
+            (r"/v3/groups/([^/]+)/presence", GroupPresence, {"node": node}),
             (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node}),
         ],
         default_handler_class=NotFound,
@@ -79,7 +84,10 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.node = build_node(settings)
-        self.http = tornado.httpserver.HTTPServer(make_app(self.node), xheaders=True)
+        # A published message is one message: its body has the WebSocket frame limit.
+        self.http = tornado.httpserver.HTTPServer(
+            make_app(self.node), xheaders=True, max_body_size=settings.max_message_bytes
+        )
         self.port = settings.port
 
     async def start(self) -> None:
@@ -113,11 +121,13 @@ async def serve(settings: Settings) -> None:
         "in memory" if settings.redis_url is None else f"bridged through {_redacted(settings.redis_url)}",
         server.node.node_id,
     )
+    notify(f"READY=1\nSTATUS=serving on port {server.port}")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
+    notify("STOPPING=1")
     log.info("shutting down: closing %d connections", server.node.connection_count)
     await server.stop()
     log.info("stopped")

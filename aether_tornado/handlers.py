@@ -5,7 +5,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
@@ -13,6 +12,7 @@ import tornado.web
 import tornado.websocket
 from tornado.iostream import StreamClosedError
 
+from .auth import AuthError, verify_token
 from .errors import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_TRY_AGAIN_LATER,
@@ -23,6 +23,7 @@ from .errors import (
     RATE_LIMITED,
     REASON_BACKLOG,
     REASON_RATE,
+    UNAUTHORIZED,
     UNSUPPORTED_FRAME,
     ProtocolError,
 )
@@ -41,37 +42,6 @@ class JSONErrorMixin:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps({"code": code, "field": field, "msg": msg}))
-
-
-class IndexPage(tornado.web.RequestHandler):
-    """A same-origin page to try the protocol from a browser's console."""
-
-    PAGE = (Path(__file__).parent / "pages" / "index.html").read_bytes()
-
-    def get(self) -> None:
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(self.PAGE)
-
-
-class Health(tornado.web.RequestHandler):
-    """``GET /healthz``: this process's own state and its bridge's; ``degraded`` while Redis is away."""
-
-    def initialize(self, node: Node) -> None:
-        self.node = node
-
-    def get(self) -> None:
-        bridge = self.node.bridge_state
-        self.set_header("Content-Type", "application/json")
-        self.finish(
-            orjson.dumps(
-                {
-                    "status": "degraded" if bridge == "down" else "ok",
-                    "node_id": self.node.node_id,
-                    "connections": self.node.connection_count,
-                    "bridge": bridge,
-                }
-            )
-        )
 
 
 class NotFound(JSONErrorMixin, tornado.web.RequestHandler):
@@ -95,9 +65,25 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
             why = id_problem(value)
             if why is not None:
                 return self.refuse(400, INVALID_ID, f"{field} is not a Vision ID: {why}", field)
+        return await self._checked_get(group_id, client_id)
+
+    def refuse(self, status: int, code: str, msg: str, field: str | None = None) -> None:
+        self.node.metrics.errors.inc(code)
+        super().refuse(status, code, msg, field)
+
+    async def _checked_get(self, group_id: str, client_id: str) -> None:
         origin = self.request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin):
             return self.refuse(403, FORBIDDEN_ORIGIN, f"Origin {origin} is not allowed to connect.")
+        self.may_broadcast = True
+        if self.config.jwt_secret is not None:
+            try:
+                grant = verify_token(
+                    self.config.jwt_secret, self.get_query_argument("token", None), group_id, client_id
+                )
+            except AuthError as error:
+                return self.refuse(401, UNAUTHORIZED, str(error))
+            self.may_broadcast = grant.may_broadcast
         if self.node.connection_count >= self.config.max_connections:
             log.warning("refused %s/%s: at the connection limit", group_id, client_id)
             return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
@@ -152,6 +138,7 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
                 self.group_id,
                 self.client_id,
                 self._strikes,
+                extra={"conn": self.lease_key},
             )
             self.close(CLOSE_POLICY_VIOLATION, REASON_RATE)
             return
@@ -160,7 +147,10 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
         self._reply(ProtocolError(RATE_LIMITED, f"Too many messages: at most {rate:g} a second; this one was dropped."))
 
     def _reply(self, problem: ProtocolError) -> None:
-        log.debug("%s/%s: %s: %s", self.group_id, self.client_id, problem.code, problem.msg)
+        log.debug(
+            "%s/%s: %s: %s", self.group_id, self.client_id, problem.code, problem.msg, extra={"conn": self.lease_key}
+        )
+        self.node.metrics.errors.inc(problem.code)
         self.send(self.node.error_frame(self, problem))
 
     def send(self, frame: bytes) -> None:
@@ -183,7 +173,9 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
         stream = protocol.stream
         # IOStream has no public count of unsent bytes; _write_buffer is what it holds.
         if len(stream._write_buffer) + len(frame) > self.config.outbound_buffer_bytes:
-            log.warning("closing %s/%s: outbound buffer full", self.group_id, self.client_id)
+            log.warning(
+                "closing %s/%s: outbound buffer full", self.group_id, self.client_id, extra={"conn": self.lease_key}
+            )
             self.close(CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG)
             return
         with contextlib.suppress(StreamClosedError):

@@ -15,6 +15,7 @@ class Connection(Protocol):
     client_id: str
     lease_key: str
     last_seen: float
+    may_broadcast: bool
 
     def send(self, frame: bytes) -> None:
         """Queue one ready-made WebSocket frame; never blocks, never raises.

@@ -20,6 +20,7 @@ from .config import Settings
 from .errors import (
     CLOSE_GOING_AWAY,
     FORBIDDEN,
+    INVALID_MESSAGE,
     REASON_IDLE,
     REASON_SHUTDOWN,
     RECIPIENT_OFFLINE,
@@ -27,6 +28,7 @@ from .errors import (
     ProtocolError,
 )
 from .hub import Connection, Hub
+from .metrics import Metrics
 from .presence import Lease, Presence
 from .schema import WSMessageV3, encode, utc_timestamp
 from .wire import text_frame
@@ -51,6 +53,7 @@ class Node:
         self._spawned: set[asyncio.Task] = set()
         self._detached = asyncio.Event()
         self._bridge_was_up = False
+        self.metrics = Metrics(connections=lambda: len(hub), bridge_up=lambda: float(bridge.up))
 
     @property
     def connection_count(self) -> int:
@@ -115,7 +118,7 @@ class Node:
         conn.release(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
         if became_present:
             await self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
-        log.debug("open %s/%s lease %s", conn.group_id, conn.client_id, conn.lease_key)
+        log.debug("open %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
 
     async def detach(self, conn: Connection) -> None:
         """Forget a closed connection; the group hears ``leave`` if it was the client's last."""
@@ -129,42 +132,73 @@ class Node:
                 await self._to_group(conn.group_id, messages.left(conn.group_id, conn.client_id, "closed"))
         finally:
             self._detached.set()
-        log.debug("closed %s/%s lease %s", conn.group_id, conn.client_id, conn.lease_key)
+        log.debug("closed %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
 
     # Messages from clients.
 
     async def receive(self, conn: Connection, message: WSMessageV3) -> None:
         """Route one valid message from ``conn``; problems come back as ProtocolError."""
         _check_identity(conn, message)
+        if message.target == "broadcast":
+            self._check_broadcast(conn)
+        self.metrics.messages_in.inc(message.msg_type, message.target)
         if message.msg_type == "heartbeat":
             await self.presence.refresh([_lease(conn)])
-            conn.send(frame_of(messages.heartbeat_reply(conn.group_id, message)))
+            self._send_one(conn, messages.heartbeat_reply(conn.group_id, message))
+        elif message.msg_type == "presence":
+            self._send_one(conn, messages.snapshot(conn.group_id, await self.presence.members(conn.group_id)))
+        elif message.target == "echo":
+            self._send_one(conn, _stamped(message, conn.client_id, conn.group_id))
+        else:
+            await self._route(_stamped(message, conn.client_id, conn.group_id))
+
+    async def publish(self, message: WSMessageV3) -> str:
+        """Route a backend's message (POST /v3/publish); returns its ``sent_at``.
+
+        A trusted backend may speak as anyone: ``from_id`` and ``group_id`` are kept as given.
+        """
+        problems = []
+        if message.target == "echo" or message.msg_type in ("heartbeat", "presence"):
+            problems.append({"field": "target", "problem": "required to be 'group', 'direct' or 'broadcast'"})
+        if message.target == "group" and message.group_id is None:
+            problems.append({"field": "group_id", "problem": "required for target 'group'"})
+        if problems:
+            text = "; ".join(f"{item['field']} is {item['problem']}" for item in problems)
+            raise ProtocolError(INVALID_MESSAGE, text, problems)
+        self.metrics.messages_in.inc(message.msg_type, message.target)
+        stamped = _stamped(message, message.from_id, message.group_id)
+        await self._route(stamped)
+        assert stamped.sent_at is not None
+        return stamped.sent_at
+
+    def _check_broadcast(self, conn: Connection) -> None:
+        if not self.settings.allow_client_broadcast:
+            why = "broadcast is disabled for clients"
+        elif self.settings.broadcast_requires_grant and not conn.may_broadcast:
+            why = "broadcast needs a token that grants it"
+        else:
             return
-        if message.msg_type == "presence":
-            clients = await self.presence.members(conn.group_id)
-            conn.send(frame_of(messages.snapshot(conn.group_id, clients)))
-            return
-        stamped = attrs.evolve(message, from_id=conn.client_id, group_id=conn.group_id, sent_at=utc_timestamp())
-        if message.target == "echo":
-            conn.send(frame_of(stamped))
-        elif message.target == "group":
-            await self._to_group(conn.group_id, stamped)
-        elif message.target == "direct":
-            await self._to_client(stamped)
-        elif message.target == "broadcast":
-            if not self.settings.allow_client_broadcast:
-                raise ProtocolError(
-                    FORBIDDEN,
-                    "Broadcast from clients is disabled on this server.",
-                    [{"field": "target", "problem": "broadcast is disabled for clients"}],
-                )
-            with contextlib.suppress(BridgeDown):
-                await self._publish(BROADCAST_CHANNEL, self.hub.all(), stamped)
+        raise ProtocolError(FORBIDDEN, f"Not allowed: {why}.", [{"field": "target", "problem": why}])
 
     def error_frame(self, conn: Connection, problem: ProtocolError) -> bytes:
         return frame_of(messages.error(conn.group_id, problem))
 
     # Delivery: local sockets first, then one copy for the other processes.
+
+    async def _route(self, message: WSMessageV3) -> None:
+        """Deliver a stamped group, direct or broadcast message."""
+        assert message.group_id is not None or message.target != "group"
+        if message.target == "group":
+            await self._to_group(message.group_id, message)
+        elif message.target == "direct":
+            await self._to_client(message)
+        else:
+            with contextlib.suppress(BridgeDown):
+                await self._publish(BROADCAST_CHANNEL, self.hub.all(), message)
+
+    def _send_one(self, conn: Connection, message: WSMessageV3) -> None:
+        conn.send(frame_of(message))
+        self.metrics.deliveries.inc()
 
     async def _to_client(self, message: WSMessageV3) -> None:
         assert message.to_id is not None  # the schema requires it for target 'direct'
@@ -192,19 +226,23 @@ class Node:
     async def _publish(self, channel: str, local: Iterable[Connection], message: WSMessageV3) -> int:
         """Deliver to local receivers now, then one copy to the other processes."""
         payload = encode(message)
-        self.hub.deliver(local, text_frame(payload))
+        self.metrics.messages_out.inc(message.msg_type, message.target)
+        self.metrics.deliveries.inc(amount=self.hub.deliver(local, text_frame(payload)))
         return await self.bridge.publish(channel, payload)
 
-    def _on_bridge_message(self, channel: str, payload: bytes) -> None:
+    def _on_bridge_message(self, channel: str, payload: bytes, published_at: float) -> None:
         kind, _, name = channel.partition(":")
         if kind == "group":
-            self.hub.deliver(self.hub.group(name), text_frame(payload))
+            receivers = self.hub.group(name)
         elif kind == "client":
-            self.hub.deliver(self.hub.client(name), text_frame(payload))
+            receivers = self.hub.client(name)
         elif channel == BROADCAST_CHANNEL:
-            self.hub.deliver(self.hub.all(), text_frame(payload))
-        elif channel == RESYNC_CHANNEL:
+            receivers = self.hub.all()
+        else:  # RESYNC_CHANNEL
             self.spawn(self._send_snapshots())
+            return
+        self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload)))
+        self.metrics.bridge_latency.observe(max(0.0, time.time() - published_at))
 
     def _wanted_channels(self) -> list[str]:
         """The bridge channels the hub needs now: resubscribed from here after a reconnect."""
@@ -232,7 +270,7 @@ class Node:
     async def _send_snapshots(self) -> None:
         for group_id in list(self.hub.groups()):
             frame = frame_of(messages.snapshot(group_id, await self.presence.members(group_id)))
-            self.hub.deliver(self.hub.group(group_id), frame)
+            self.metrics.deliveries.inc(amount=self.hub.deliver(self.hub.group(group_id), frame))
 
     def _leases(self) -> list[Lease]:
         return [_lease(conn) for conn in self.hub.all()]
@@ -259,7 +297,7 @@ class Node:
         cutoff = time.monotonic() - self.settings.idle_timeout
         for conn in tuple(self.hub.all()):
             if conn.last_seen < cutoff:
-                log.debug("idle %s/%s", conn.group_id, conn.client_id)
+                log.debug("idle %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
                 conn.close(CLOSE_GOING_AWAY, REASON_IDLE)
 
     async def _refresh_leases(self) -> None:
@@ -267,6 +305,16 @@ class Node:
             await self._to_group(lease.group_id, messages.joined(lease.group_id, lease.client_id))
         for group_id, client_id in await self.presence.expire():
             await self._to_group(group_id, messages.left(group_id, client_id, "timeout"))
+
+
+def _stamped(message: WSMessageV3, from_id: str | None, group_id: str | None) -> WSMessageV3:
+    """The message as the server sends it: sender and group filled in, ``sent_at`` now."""
+    return attrs.evolve(message, from_id=from_id, group_id=group_id, sent_at=utc_timestamp())
+
+
+def _log_fields(conn: Connection) -> dict[str, str]:
+    """What identifies a connection in a log line: its id (the lease key), group and client."""
+    return {"conn": conn.lease_key, "group_id": conn.group_id, "client_id": conn.client_id}
 
 
 def _lease(conn: Connection) -> Lease:

@@ -1,6 +1,7 @@
 """The bridge contract: the memory bridge of a lone process, and the Redis bridge between processes."""
 
 import asyncio
+import time
 
 import pytest
 from redis.asyncio import Redis
@@ -24,7 +25,8 @@ class Process:
     async def start(self) -> None:
         await self.bridge.start(self._on_message, lambda: self.channels, self._on_up)
 
-    def _on_message(self, channel: str, payload: bytes) -> None:
+    def _on_message(self, channel: str, payload: bytes, published_at: float) -> None:
+        assert published_at <= time.time()
         self.received.put_nowait((channel, payload))
 
     async def _on_up(self) -> None:

@@ -12,6 +12,17 @@ async def health(process) -> dict:
     return orjson.loads(response.body)
 
 
+async def publish(process, message: dict) -> tuple[int, dict]:
+    response = await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{process.port}/v3/publish",
+        method="POST",
+        body=orjson.dumps(message),
+        raise_error=False,
+        request_timeout=5,
+    )
+    return response.code, orjson.loads(response.body)
+
+
 async def joined_all(clients, *client_ids):
     for client in clients:
         for client_id in client_ids:
@@ -57,6 +68,11 @@ async def test_redis_restart_under_traffic(redis_server, start_process):
     await alice.send(msg_type="msg", target="direct", to_id="c_carol", msg="elsewhere")
     code, _ = errors_of(await alice.recv_where(cmd="ERROR"))
     assert code == "unavailable"
+    status, body = await publish(first, {"msg_type": "msg", "target": "direct", "to_id": "c_carol"})
+    assert (status, body["code"]) == (503, "unavailable")
+    status, _ = await publish(first, {"msg_type": "msg", "target": "group", "group_id": "g_r", "msg": "api, locally"})
+    assert status == 202
+    assert (await bob.recv_where(msg_type="msg"))["msg"] == "api, locally"
 
     redis_server.start()
     for process in (first, second):
@@ -65,6 +81,9 @@ async def test_redis_restart_under_traffic(redis_server, start_process):
     assert snapshot["target"] == "echo"
     await alice.send(msg_type="msg", target="group", msg="back")
     assert (await carol.recv_where(msg="back"))["from_id"] == "c_alice"
+    status, _ = await publish(second, {"msg_type": "msg", "target": "direct", "to_id": "c_alice", "msg": "via api"})
+    assert status == 202
+    assert (await alice.recv_where(msg="via api"))["target"] == "direct"
     assert (await health(first))["status"] == "ok"
     for process in (first, second):
         assert len(process.lines("Redis bridge down")) == 1, "".join(process.log)  # no storm

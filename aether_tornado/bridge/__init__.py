@@ -8,8 +8,9 @@ one channel arrive at each subscriber in the order they were published.
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-# Called with (channel, payload) for every message another process published.
-OnMessage = Callable[[str, bytes], None]
+# Called with (channel, payload, published_at) for every message another process
+# published; published_at is the publisher's wall clock, for latency metrics.
+OnMessage = Callable[[str, bytes, float], None]
 # Called each time the transport (re)connects, after it has resubscribed.
 OnUp = Callable[[], Awaitable[None]]
 # The channels this process needs now: the hub's own list, the source of truth.

@@ -2,13 +2,16 @@
 
 Channels are ``{prefix}:group:{id}``, ``{prefix}:client:{id}``, ``{prefix}:broadcast`` and
 ``{prefix}:resync``. Every published payload starts with the publisher's node id, so a
-process skips its own copies (it has delivered them locally already).
+process skips its own copies (it has delivered them locally already), and the time it
+was published, for the latency metric.
 """
 
 import asyncio
 import contextlib
 import logging
 import random
+import struct
+import time
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+_STAMP = struct.Struct("!d")
 # How long one read waits before checking the state again (and letting health checks run).
 READ_TIMEOUT = 1.0
 
@@ -47,7 +51,8 @@ class RedisBridge:
         if not self.up:
             raise BridgeDown
         try:
-            receivers = await self._redis.publish(self._prefix + channel, self._origin + payload)
+            envelope = self._origin + _STAMP.pack(time.time()) + payload
+            receivers = await self._redis.publish(self._prefix + channel, envelope)
         except (RedisError, OSError) as error:
             self._lost(error)
             raise BridgeDown from None
@@ -123,17 +128,18 @@ class RedisBridge:
     async def _read(self) -> None:
         pubsub = self._pubsub
         assert pubsub is not None
-        skip = len(self._origin)
+        origin = len(self._origin)
+        skip = origin + _STAMP.size
         while self.up:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
             if message is None or message["type"] != "message":
                 continue
             data = message["data"]
-            if data[:skip] == self._origin:
+            if data[:origin] == self._origin:
                 continue
             channel = message["channel"][len(self._prefix) :].decode()
             try:
-                self._on_message(channel, data[skip:])
+                self._on_message(channel, data[skip:], _STAMP.unpack_from(data, origin)[0])
             except Exception:
                 log.exception("delivering a message from channel %s failed", channel)
         raise RedisConnectionError("a publish or subscribe on another connection failed")

@@ -1,0 +1,102 @@
+"""The HTTP side: the backend API (PROTOCOL section 6), health, metrics and the index page."""
+
+import hmac
+from pathlib import Path
+
+import orjson
+import tornado.web
+
+from .errors import INVALID_ID, RECIPIENT_OFFLINE, UNAUTHORIZED, UNAVAILABLE, ProtocolError
+from .ids import id_problem
+from .node import Node
+from .schema import decode
+
+# An API error's HTTP status, by protocol error code; any other code is a 400.
+STATUS_OF = {RECIPIENT_OFFLINE: 404, UNAVAILABLE: 503, UNAUTHORIZED: 401}
+
+
+class JSONHandler(tornado.web.RequestHandler):
+    def initialize(self, node: Node) -> None:
+        self.node = node
+
+    def reply(self, status: int, body: dict) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(body))
+
+    def fail(self, problem: ProtocolError) -> None:
+        self.node.metrics.errors.inc(problem.code)
+        self.reply(
+            STATUS_OF.get(problem.code, 400), {"code": problem.code, "msg": problem.msg, "errors": problem.problems}
+        )
+
+
+class BackendHandler(JSONHandler):
+    """A ``/v3/`` route for backends: needs ``Authorization: Bearer <api key>`` when one is set."""
+
+    def prepare(self) -> None:
+        key = self.node.settings.api_key
+        if key is None:
+            return
+        given = self.request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            self.fail(ProtocolError(UNAUTHORIZED, "A valid 'Authorization: Bearer <api key>' header is required."))
+
+
+class Publish(BackendHandler):
+    """``POST /v3/publish``: one WS_Message_V3 to a group, a client or everybody."""
+
+    async def post(self) -> None:
+        try:
+            sent_at = await self.node.publish(decode(self.request.body))
+        except ProtocolError as problem:
+            return self.fail(problem)
+        self.reply(202, {"status": "accepted", "sent_at": sent_at})
+
+
+class GroupPresence(BackendHandler):
+    """``GET /v3/groups/{group_id}/presence``: who is in a group, cluster-wide."""
+
+    async def get(self, group_id: str) -> None:
+        why = id_problem(group_id)
+        if why is not None:
+            problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
+            return self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
+        self.reply(200, {"group_id": group_id, "clients": await self.node.presence.members(group_id)})
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        return value.decode("utf-8", "replace")
+
+
+class Health(JSONHandler):
+    """``GET /healthz``: this process's own state and its bridge's; ``degraded`` while Redis is away."""
+
+    def get(self) -> None:
+        bridge = self.node.bridge_state
+        self.reply(
+            200,
+            {
+                "status": "degraded" if bridge == "down" else "ok",
+                "node_id": self.node.node_id,
+                "connections": self.node.connection_count,
+                "bridge": bridge,
+            },
+        )
+
+
+class Metrics(JSONHandler):
+    """``GET /metrics``: Prometheus text format."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.node.metrics.render())
+
+
+class IndexPage(tornado.web.RequestHandler):
+    """A same-origin page to try the protocol from a browser's console."""
+
+    PAGE = (Path(__file__).parent / "pages" / "index.html").read_bytes()
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(self.PAGE)

@@ -1,0 +1,90 @@
+"""Prometheus metrics in the text exposition format, kept cheap enough for the hot path.
+
+Counters are plain dict increments; gauges are read when scraped. Written here rather
+than with prometheus_client: the server needs four metric shapes and no global registry.
+"""
+
+import bisect
+from collections.abc import Callable
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    if not names:
+        return ""
+    return "{" + ",".join(f'{name}="{value}"' for name, value in zip(names, values, strict=True)) + "}"
+
+
+class Counter:
+    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
+        self.name, self.help, self.label_names = name, help, labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *labels: str, amount: float = 1) -> None:
+        self.values[labels] = self.values.get(labels, 0) + amount
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        lines += [
+            f"{self.name}{_labels(self.label_names, key)} {value:g}" for key, value in sorted(self.values.items())
+        ]
+        return lines
+
+
+class Gauge:
+    def __init__(self, name: str, help: str, read: Callable[[], float]) -> None:
+        self.name, self.help, self.read = name, help, read
+
+    def render(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", f"{self.name} {self.read():g}"]
+
+
+class Histogram:
+    def __init__(self, name: str, help: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.help, self.buckets = name, help, buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+
+    def render(self) -> list[str]:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        cumulative = 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(f'{self.name}_bucket{{le="{le}"}} {cumulative}')
+        lines += [f"{self.name}_sum {self.total:g}", f"{self.name}_count {cumulative}"]
+        return lines
+
+
+class Metrics:
+    """Every metric the server exports; the gauges read the node's state when scraped."""
+
+    def __init__(self, connections: Callable[[], float], bridge_up: Callable[[], float]) -> None:
+        self.messages_in = Counter(
+            "aether_messages_in_total", "Messages accepted from clients and backends.", ("msg_type", "target")
+        )
+        self.messages_out = Counter(
+            "aether_messages_out_total", "Messages routed to receivers, once per message.", ("msg_type", "target")
+        )
+        self.deliveries = Counter("aether_deliveries_total", "Frames handed to client sockets.")
+        self.errors = Counter("aether_errors_total", "Errors answered to clients, and refused handshakes.", ("code",))
+        self.bridge_latency = Histogram(
+            "aether_bridge_delivery_seconds",
+            "From publish on one process to delivery on another (wall clocks of both).",
+            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self._all = [
+            Gauge("aether_connections", "Open WebSocket connections on this process.", connections),
+            Gauge("aether_bridge_up", "1 while other processes can be reached (always 1 alone).", bridge_up),
+            self.messages_in,
+            self.messages_out,
+            self.deliveries,
+            self.errors,
+            self.bridge_latency,
+        ]
+
+    def render(self) -> str:
+        return "\n".join(line for metric in self._all for line in metric.render()) + "\n"

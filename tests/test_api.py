@@ -1,0 +1,130 @@
+"""PROTOCOL section 6: the backend HTTP API, health and metrics."""
+
+import orjson
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from .conftest import ws_url
+from .wsclient import Client
+
+
+async def http(server, method: str, path: str, body=None, **headers) -> tuple[int, dict | str]:
+    payload = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
+    response = await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{server.port}{path}",
+        method=method,
+        body=payload,
+        headers=headers,
+        raise_error=False,
+        request_timeout=5,
+    )
+    text = response.body.decode()
+    is_json = response.headers.get("Content-Type", "").startswith("application/json")
+    return response.code, orjson.loads(text) if is_json else text
+
+
+async def member(server, group_id: str, client_id: str) -> Client:
+    client = await Client.joined(ws_url(server, group_id, client_id))
+    await client.recv_where(event="join", client_id=client_id)
+    return client
+
+
+async def test_publish_to_a_group_direct_and_broadcast(server):
+    alice = await member(server, "g_api", "c_alice")
+    bob = await member(server, "g_other", "c_bob")
+    status, body = await http(
+        server, "POST", "/v3/publish", {"msg_type": "cmd", "target": "group", "group_id": "g_api", "cmd": "RELOAD"}
+    )
+    assert status == 202 and body["status"] == "accepted" and body["sent_at"].endswith("Z")
+    message = await alice.recv()
+    assert (message["cmd"], message["from_id"], message["group_id"], message["sent_at"]) == (
+        "RELOAD",
+        None,
+        "g_api",
+        body["sent_at"],
+    )
+    status, _ = await http(
+        server, "POST", "/v3/publish", {"msg_type": "msg", "target": "direct", "to_id": "c_bob", "from_id": "billing"}
+    )
+    assert status == 202
+    message = await bob.recv()
+    assert (message["target"], message["from_id"], message["group_id"]) == ("direct", "billing", None)
+    status, _ = await http(server, "POST", "/v3/publish", {"msg_type": "msg", "target": "broadcast", "msg": "all"})
+    assert status == 202
+    assert (await alice.recv())["msg"] == (await bob.recv())["msg"] == "all"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "fields"),
+    [
+        (b"not json", "invalid_json", []),
+        ({"msg_type": "msg", "target": "group"}, "invalid_message", ["group_id"]),
+        ({"msg_type": "msg", "target": "echo"}, "invalid_message", ["target"]),
+        ({"msg_type": "heartbeat", "target": "echo"}, "invalid_message", ["target"]),
+        ({"msg_type": "msg", "target": "direct"}, "invalid_message", ["to_id"]),
+        ({"msg_type": "msg", "target": "group", "group_id": "1", "extra": 1}, "invalid_message", ["group_id", "extra"]),
+    ],
+)
+async def test_publish_refuses_bad_messages_with_400(server, body, code, fields):
+    status, answer = await http(server, "POST", "/v3/publish", body)
+    assert status == 400 and answer["code"] == code and answer["msg"]
+    assert [error["field"] for error in answer["errors"]] == fields
+
+
+async def test_publish_direct_to_nobody_is_404(server):
+    status, body = await http(server, "POST", "/v3/publish", {"msg_type": "msg", "target": "direct", "to_id": "c_none"})
+    assert status == 404 and body["code"] == "recipient_offline"
+
+
+async def test_a_body_over_the_message_limit_is_refused(start_server):
+    server = await start_server(max_message_bytes=1000)
+    body = {"msg_type": "msg", "target": "broadcast", "msg": "x" * 2000}
+    status, _ = await http(server, "POST", "/v3/publish", body)
+    assert status in (400, 413)
+
+
+async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_server):
+    server = await start_server(api_key="s3cret")
+    message = {"msg_type": "msg", "target": "broadcast"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        status, body = await http(server, "POST", "/v3/publish", message, **headers)
+        assert status == 401 and body["code"] == "unauthorized"
+        status, body = await http(server, "GET", "/v3/groups/g_x/presence", **headers)
+        assert status == 401
+    assert (await http(server, "POST", "/v3/publish", message, Authorization="Bearer s3cret"))[0] == 202
+    assert (await http(server, "GET", "/v3/groups/g_x/presence", Authorization="Bearer s3cret"))[0] == 200
+    assert (await http(server, "GET", "/healthz"))[0] == 200
+    assert (await http(server, "GET", "/metrics"))[0] == 200
+
+
+async def test_group_presence(server):
+    await member(server, "g_pres", "c_b")
+    await member(server, "g_pres", "c_A")
+    assert await http(server, "GET", "/v3/groups/g_pres/presence") == (
+        200,
+        {"group_id": "g_pres", "clients": ["c_A", "c_b"]},
+    )
+    assert await http(server, "GET", "/v3/groups/g_empty/presence") == (200, {"group_id": "g_empty", "clients": []})
+    status, body = await http(server, "GET", "/v3/groups/123/presence")
+    assert status == 400 and body["code"] == "invalid_id" and body["errors"][0]["field"] == "group_id"
+
+
+async def test_healthz_alone(server):
+    status, body = await http(server, "GET", "/healthz")
+    assert status == 200 and body["status"] == "ok" and body["bridge"] == "memory" and body["connections"] == 0
+
+
+async def test_metrics_count_connections_messages_and_errors(server):
+    alice = await member(server, "g_m", "c_alice")
+    await alice.send(msg_type="msg", target="group", msg="one")
+    await alice.recv_where(msg="one")
+    await alice.send_raw("garbage")
+    await alice.recv_where(cmd="ERROR")
+    status, text = await http(server, "GET", "/metrics")
+    assert status == 200
+    lines = set(text.splitlines())
+    assert "aether_connections 1" in lines
+    assert 'aether_messages_in_total{msg_type="msg",target="group"} 1' in lines
+    assert 'aether_messages_out_total{msg_type="msg",target="group"} 1' in lines
+    assert 'aether_errors_total{code="invalid_json"} 1' in lines
+    assert "# TYPE aether_bridge_delivery_seconds histogram" in lines
