@@ -11,8 +11,6 @@ from typing import Any
 
 import attrs
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the setting and its source."""
@@ -33,9 +31,17 @@ def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
         raise SettingsError(f"{attribute.name} must be between 0 and 65535, got {value}")
 
 
-def _log_level(instance: Any, attribute: attrs.Attribute, value: str) -> None:
-    if value not in LOG_LEVELS:
-        raise SettingsError(f"{attribute.name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+def _secret(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None and len(value.encode()) < 32:
+        raise SettingsError(f"{attribute.name} must be at least 32 bytes (RFC 7518 section 3.2)")
+
+
+def _one_of(*choices: str) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+        if value not in choices:
+            raise SettingsError(f"{attribute.name} must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
 
 
 def _setting(default: Any, help: str, validator: Any = None) -> Any:
@@ -52,6 +58,10 @@ class Settings:
         None, "Redis URL (redis://host:port/db) shared by processes that act as one; omit to serve alone"
     )
     redis_prefix: str = _setting("aether", "prefix of every Redis key and channel, so deployments can share one Redis")
+    api_key: str | None = _setting(None, "key backends send as 'Authorization: Bearer KEY' on /v3/ HTTP routes")
+    jwt_secret: str | None = _setting(
+        None, "HS256 secret of client tokens (?token=), 32 bytes or more; set, every WebSocket needs a token", _secret
+    )
     max_message_bytes: int = _setting(
         65536, "largest frame a client may send; a larger one closes with 1009", _positive
     )
@@ -68,6 +78,9 @@ class Settings:
     )
     max_connections: int = _setting(20000, "open WebSockets per process; more are refused with 503", _positive)
     allow_client_broadcast: bool = _setting(True, "whether clients may send target 'broadcast'")
+    broadcast_requires_grant: bool = _setting(
+        False, "clients may broadcast only with a token that grants it (needs jwt_secret)"
+    )
     outbound_buffer_bytes: int = _setting(
         1048576, "unsent bytes held for one connection before it is closed with 1013", _positive
     )
@@ -80,11 +93,17 @@ class Settings:
     shutdown_timeout: float = _setting(
         10.0, "seconds to wait for sockets to close on SIGTERM before exiting", _positive
     )
+    log_format: str = _setting("text", "text, or json for one JSON object a line", _one_of("text", "json"))
     log_level: str = _setting(
         "info",
         "debug, info, warning or error",
-        _log_level,
+        _one_of("debug", "info", "warning", "error"),
     )
+
+
+def _check_together(settings: "Settings") -> None:
+    if settings.broadcast_requires_grant and settings.jwt_secret is None:
+        raise SettingsError("broadcast_requires_grant needs jwt_secret: only a token can grant broadcast")
 
 
 def _env_name(name: str) -> str:
@@ -119,7 +138,7 @@ def _parse(field: attrs.Attribute, raw: Any, source: str) -> Any:
         if kind == tuple[str, ...]:
             items = raw if isinstance(raw, list) else str(raw).split(",")
             return tuple(str(item).strip() for item in items if str(item).strip())
-        if raw == "" and kind == str | None:
+        if raw == "" and kind == str | None:  # an empty variable unsets an optional setting
             return None
         return str(raw)
     except ValueError as error:
@@ -166,8 +185,10 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         if flag_value is not None:
             values[name] = _parse(field, flag_value, _flag(name))
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except SettingsError:
         raise
     except ValueError as error:
         raise SettingsError(str(error)) from None
+    _check_together(settings)
+    return settings

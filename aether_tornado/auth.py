@@ -1,0 +1,31 @@
+"""Client tokens: HS256 JWTs that bind a connection to its client_id and group_id.
+
+Claims: ``sub`` (the client_id), ``group`` (the group_id), ``exp`` (required), and an
+optional ``broadcast: true`` that grants the right to send target ``broadcast``.
+"""
+
+import attrs
+import jwt
+
+
+class AuthError(Exception):
+    """Why a token was refused, in a sentence fit for the 401 body."""
+
+
+@attrs.frozen
+class Grant:
+    may_broadcast: bool
+
+
+def verify_token(secret: str, token: str | None, group_id: str, client_id: str) -> Grant:
+    if not token:
+        raise AuthError("A token is required: pass it as the 'token' query parameter.")
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp", "sub", "group"]})
+    except jwt.ExpiredSignatureError:
+        raise AuthError("The token has expired.") from None
+    except jwt.InvalidTokenError as error:
+        raise AuthError(f"The token is invalid: {error}.") from None
+    if claims["sub"] != client_id or claims["group"] != group_id:
+        raise AuthError("The token was issued for another client_id or group_id.")
+    return Grant(may_broadcast=claims.get("broadcast") is True)

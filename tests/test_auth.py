@@ -1,0 +1,73 @@
+"""Client tokens (HS256 JWT in ?token=) and the right to broadcast."""
+
+import time
+
+import jwt
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from aether_tornado.config import SettingsError, load_settings
+
+from .conftest import ws_url
+from .test_handshake import handshake
+from .wsclient import Client, errors_of
+
+SECRET = "test-secret-of-at-least-32-bytes!"
+
+
+def token(client_id="c_alice", group_id="g_auth", expires_in=60, secret=SECRET, **claims) -> str:
+    return jwt.encode({"sub": client_id, "group": group_id, "exp": int(time.time()) + expires_in, **claims}, secret)
+
+
+@pytest.fixture
+async def secured(start_server):
+    return await start_server(jwt_secret=SECRET, broadcast_requires_grant=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("", "required"),
+        ("?token=", "required"),
+        ("?token=garbage", "invalid"),
+        (f"?token={token(expires_in=-10)}", "expired"),
+        (f"?token={token(secret='another-secret-of-at-least-32-bytes')}", "invalid"),
+        (f"?token={token(client_id='c_mallory')}", "another client_id"),
+        (f"?token={token(group_id='g_other')}", "another client_id or group_id"),
+        (f"?token={jwt.encode({'sub': 'c_alice', 'group': 'g_auth'}, SECRET)}", "invalid"),
+    ],
+)
+async def test_a_missing_or_invalid_token_is_401(secured, query, why):
+    status, body = await handshake(secured.port, f"/v3/ws/group/g_auth/client/c_alice{query}")
+    assert status == 401
+    assert body["code"] == "unauthorized" and body["field"] is None and why in body["msg"]
+
+
+async def test_a_valid_token_connects(secured):
+    client = await Client.joined(ws_url(secured, "g_auth", "c_alice") + f"?token={token()}")
+    assert client.snapshot["payload"]["clients"] == ["c_alice"]
+
+
+async def test_broadcast_needs_the_grant_when_required(secured):
+    plain = await Client.joined(ws_url(secured, "g_auth", "c_alice") + f"?token={token()}")
+    granted = await Client.joined(
+        ws_url(secured, "g_auth", "c_ops") + f"?token={token(client_id='c_ops', broadcast=True)}"
+    )
+    await plain.recv_where(event="join", client_id="c_ops")
+    await plain.send(msg_type="msg", target="broadcast", msg="everyone?")
+    code, errors = errors_of(await plain.recv())
+    assert code == "forbidden" and errors == [{"field": "target", "problem": "broadcast needs a token that grants it"}]
+    await granted.send(msg_type="msg", target="broadcast", msg="everyone!")
+    assert (await plain.recv())["msg"] == "everyone!"
+
+
+async def test_tokens_are_not_needed_for_the_http_api(secured):
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{secured.port}/healthz", request_timeout=5)
+    assert response.code == 200
+
+
+def test_broadcast_grant_needs_a_jwt_secret_and_the_secret_a_safe_length():
+    with pytest.raises(SettingsError, match="needs jwt_secret"):
+        load_settings(["--broadcast-requires-grant", "true"], {})
+    with pytest.raises(SettingsError, match="at least 32 bytes"):
+        load_settings([], {"AETHER_JWT_SECRET": "short"})
