@@ -1,11 +1,11 @@
 """``python -m aether_tornado``: parse settings, set up logging, serve."""
 
 import asyncio
-import logging
 import sys
 
 from .app import serve
 from .config import SettingsError, load_settings
+from .logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,10 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"aether_tornado: error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level, settings.log_format)
     asyncio.run(serve(settings))
     return 0
 

@@ -1,0 +1,180 @@
+"""Production set-up: graceful shutdown, JSON logs, the systemd unit, and nginx in front."""
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from tornado.httpclient import AsyncHTTPClient
+
+from .processes import ServerProcess, free_port
+from .wsclient import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "aether-tornado@.service"
+SITE = ROOT / "conf" / "nginx" / "aether-tornado.conf"
+INSTALL_DIR = "/opt/aether-tornado"
+
+
+async def test_sigterm_under_traffic_closes_every_socket_and_announces_leaves(start_process):
+    leaving, staying = start_process("--shutdown-timeout", "5"), start_process()
+    closing = [await Client.joined(leaving.url("g_bye", f"c_{n}")) for n in range(3)]
+    watcher = await Client.joined(staying.url("g_bye", "c_watch"))
+    sender = await Client.joined(staying.url("g_bye", "c_sender"))
+
+    async def traffic():
+        for n in range(2000):
+            await sender.send(msg_type="msg", target="group", payload={"n": n})
+            await asyncio.sleep(0.001)
+
+    running = asyncio.create_task(traffic())
+    await closing[0].recv_where(msg_type="msg")  # traffic reaches the process that will stop
+    leaving.process.send_signal(signal.SIGTERM)
+    for client in closing:
+        assert await client.closed(timeout=10) == (1001, "server shutdown")
+    left = set()
+    while len(left) < 3:
+        leave = await watcher.recv_where(event="leave", timeout=10)
+        assert leave["payload"]["reason"] == "closed"
+        left.add(leave["payload"]["client_id"])
+    assert left == {"c_0", "c_1", "c_2"}
+    assert await asyncio.to_thread(leaving.process.wait, 10) == 0
+    running.cancel()
+
+
+async def test_json_logs_carry_the_connection_id():
+    process = ServerProcess("--log-format", "json", "--log-level", "debug")
+    try:
+        client = await Client.joined(process.url("g_log", "c_log"))
+        await asyncio.to_thread(process.wait_for_log, '"open g_log/c_log"', 10)
+        client.close()
+        await asyncio.to_thread(process.wait_for_log, '"closed g_log/c_log"', 10)
+        entries = [orjson.loads(line) for line in process.log]
+        opened = next(entry for entry in entries if entry["message"] == "open g_log/c_log")
+        closed = next(entry for entry in entries if entry["message"] == "closed g_log/c_log")
+        assert opened["conn"] == closed["conn"] and opened["level"] == "debug"
+        assert (opened["group_id"], opened["client_id"]) == ("g_log", "c_log")
+    finally:
+        process.kill()
+
+
+def installed_here(text: str) -> str:
+    """The unit as it would be installed, with this checkout standing in for /opt/aether-tornado."""
+    return text.replace(INSTALL_DIR, str(ROOT))
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path):
+    (tmp_path / UNIT.name).write_text(installed_here(UNIT.read_text()))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / "aether-tornado@8001.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "aether-tornado" not in result.stderr, result.stderr
+
+
+async def test_the_unit_command_line_starts_notifies_and_stops(redis_server, tmp_path):
+    unit = UNIT.read_text()
+    settings = dict(re.findall(r"^([^=\n]+)=(.*)$", unit, re.MULTILINE))
+    port = free_port()
+    command = installed_here(settings["ExecStart"]).replace("%i", str(port)).split()
+    environment = {"AETHER_REDIS_URL": redis_server.url, "AETHER_SHUTDOWN_TIMEOUT": "2"}
+    notify_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notifications:
+        notifications.bind(notify_path)
+        notifications.settimeout(15)
+        process = subprocess.Popen(
+            command,
+            cwd=installed_here(settings["WorkingDirectory"]),
+            env={**os.environ, **environment, "NOTIFY_SOCKET": notify_path},
+        )
+        try:
+            ready = (await asyncio.to_thread(notifications.recv, 4096)).decode()
+            assert ready.startswith("READY=1"), ready
+            client = await Client.joined(f"ws://127.0.0.1:{port}/v3/ws/group/g_unit/client/c_unit")
+            process.send_signal(signal.SIGTERM)
+            assert (await asyncio.to_thread(notifications.recv, 4096)).decode() == "STOPPING=1"
+            assert await client.closed() == (1001, "server shutdown")
+            assert await asyncio.to_thread(process.wait, 15) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+def test_the_example_environment_file_is_valid_settings():
+    from aether_tornado.config import load_settings
+
+    example = ROOT / "systemd" / "aether-tornado.env.example"
+    environ = dict(re.findall(r"^(AETHER_[A-Z_]+)=(.*)$", example.read_text(), re.MULTILINE))
+    settings = load_settings([], environ)
+    assert settings.redis_url and settings.log_format == "json"
+
+
+@pytest.fixture
+def nginx(start_process):
+    """Real nginx with the repo's site config, rendered onto free ports, before two processes."""
+    upstreams = [start_process(), start_process()]
+    port = free_port()
+    site = SITE.read_text().replace("listen 80;", f"listen 127.0.0.1:{port};")
+    for default, process in zip(("8001", "8002"), upstreams, strict=True):
+        site = site.replace(f"server 127.0.0.1:{default};", f"server 127.0.0.1:{process.port};")
+    prefix = Path(tempfile.mkdtemp(prefix="aether-nginx-"))
+    (prefix / "site.conf").write_text(site)
+    (prefix / "nginx.conf").write_text(
+        f"worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n"
+        "events { worker_connections 1024; }\n"
+        f"http {{ access_log off; client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;\n"
+        f"  include {prefix}/site.conf; }}\n"
+    )
+    process = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
+    try:
+        for _ in range(200):  # nginx says nothing when it listens: try to connect, for up to 10 s
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, (prefix / "error.log").read_text()
+                time.sleep(0.05)
+        yield port, upstreams
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def test_traffic_and_presence_through_nginx(nginx):
+    port, upstreams = nginx
+    url = f"ws://127.0.0.1:{port}/v3/ws/group/g_nx/client/{{}}"
+    origin = {"Origin": f"http://127.0.0.1:{port}"}  # the Host header reaches the server unchanged
+    clients = [await Client.joined(url.format(f"c_{n}"), headers=origin) for n in range(4)]
+    for client in clients:
+        await client.recv_where(event="join", client_id="c_3")
+    for process in upstreams:  # least_conn spread the clients over both processes
+        health = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{process.port}/healthz", request_timeout=5)
+        assert orjson.loads(health.body)["connections"] >= 1
+    await clients[0].send(msg_type="msg", target="group", msg="through nginx")
+    for client in clients:
+        assert (await client.recv_where(msg="through nginx"))["from_id"] == "c_0"
+    await clients[1].send(msg_type="msg", target="direct", to_id="c_2", msg="psst")
+    assert (await clients[2].recv_where(msg="psst"))["from_id"] == "c_1"
+    api = f"http://127.0.0.1:{port}/v3"
+    presence = await AsyncHTTPClient().fetch(f"{api}/groups/g_nx/presence", request_timeout=5)
+    assert orjson.loads(presence.body)["clients"] == ["c_0", "c_1", "c_2", "c_3"]
+    published = await AsyncHTTPClient().fetch(
+        f"{api}/publish",
+        method="POST",
+        body=orjson.dumps({"msg_type": "cmd", "target": "group", "group_id": "g_nx", "cmd": "RELOAD"}),
+        request_timeout=5,
+    )
+    assert published.code == 202
+    for client in clients:
+        assert (await client.recv_where(cmd="RELOAD"))["from_id"] is None
