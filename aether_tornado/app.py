@@ -40,7 +40,7 @@ def build_node(settings: Settings) -> Node:
         health_check_interval=5,
     )
     bridge = RedisBridge(redis, settings.redis_prefix, node_id)
-    presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.reconnect)
+    presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost)
     return Node(settings, node_id, Hub(), bridge, presence)
 
 

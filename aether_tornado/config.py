@@ -31,6 +31,11 @@ def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
         raise SettingsError(f"{attribute.name} must be between 0 and 65535, got {value}")
 
 
+def _origin(origin: str) -> str:
+    """Origins are compared lower-case and without a trailing slash, however they were written."""
+    return origin.strip().rstrip("/").lower()
+
+
 def _secret(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
     if value is not None and len(value.encode()) < 32:
         raise SettingsError(f"{attribute.name} must be at least 32 bytes (RFC 7518 section 3.2)")
@@ -84,8 +89,12 @@ class Settings:
     outbound_buffer_bytes: int = _setting(
         1048576, "unsent bytes held for one connection before it is closed with 1013", _positive
     )
-    allowed_origins: tuple[str, ...] = _setting(
-        (), "extra browser origins allowed to connect, comma-separated (the server's own host always is)"
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=lambda origins: tuple(_origin(origin) for origin in origins if origin.strip()),
+        metadata={
+            "help": "extra browser origins allowed to connect, comma-separated (the server's own host always is)"
+        },
     )
     ping_interval: float = _setting(
         25.0, "seconds between WebSocket pings that find dead peers (0 turns them off)", _not_negative
@@ -137,7 +146,7 @@ def _parse(field: attrs.Attribute, raw: Any, source: str) -> Any:
             return float(raw)
         if kind == tuple[str, ...]:
             items = raw if isinstance(raw, list) else str(raw).split(",")
-            return tuple(str(item).strip() for item in items if str(item).strip())
+            return tuple(str(item) for item in items)
         if raw == "" and kind == str | None:  # an empty variable unsets an optional setting
             return None
         return str(raw)

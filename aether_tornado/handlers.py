@@ -84,19 +84,25 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
             except AuthError as error:
                 return self.refuse(401, UNAUTHORIZED, str(error))
             self.may_broadcast = grant.may_broadcast
-        if self.node.connection_count >= self.config.max_connections:
+        if self.node.sockets >= self.config.max_connections:
             log.warning("refused %s/%s: at the connection limit", group_id, client_id)
             return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
         self.group_id = group_id
         self.client_id = client_id
-        await super().get(group_id, client_id)
+        # The slot is taken before the upgrade, so simultaneous handshakes cannot overshoot;
+        # WebSocketHandler.get returns when the connection has ended.
+        self.node.sockets += 1
+        try:
+            await super().get(group_id, client_id)
+        finally:
+            self.node.sockets -= 1
 
     def check_origin(self, origin: str) -> bool:
         return True  # get() has already checked it, answering in JSON
 
     def _origin_allowed(self, origin: str) -> bool:
         allowed = self.config.allowed_origins
-        if "*" in allowed or origin.rstrip("/").lower() in allowed:
+        if "*" in allowed or origin.rstrip("/").lower() in allowed:  # Settings stores them so
             return True
         return urlsplit(origin).netloc.lower() == self.request.host.lower()
 
@@ -107,6 +113,7 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
         self._bucket = TokenBucket(self.config.rate_limit, self.config.rate_burst, now)
         self._strikes = 0
         self._held: list[bytes] | None = []
+        self._held_bytes = 0
         self.set_nodelay(True)
         self._attached = asyncio.ensure_future(self.node.attach(self))
         await self._attached
@@ -155,10 +162,14 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
 
     def send(self, frame: bytes) -> None:
         """Write a ready frame; a client whose unsent output would pass the cap is closed with 1013."""
-        if self._held is not None:
+        if self._held is None:
+            self._write(frame)
+        elif self._held_bytes + len(frame) > self.config.outbound_buffer_bytes:
+            self._held, self._held_bytes = [], 0
+            self.close(CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG)
+        else:
             self._held.append(frame)
-            return
-        self._write(frame)
+            self._held_bytes += len(frame)
 
     def release(self, first: bytes) -> None:
         held, self._held = self._held or [], None
@@ -186,7 +197,6 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
             self.node.spawn(self._detach())
 
     async def _detach(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a failed attach was logged by Tornado already
             await self._attached
-        finally:
-            await self.node.detach(self)
+        await self.node.detach(self)

@@ -20,7 +20,8 @@ class Connection(Protocol):
     def send(self, frame: bytes) -> None:
         """Queue one ready-made WebSocket frame; never blocks, never raises.
 
-        Frames sent before ``release`` are held back, so the snapshot comes first.
+        Frames sent before ``release`` are held back, so the snapshot comes first. A
+        connection whose unsent output would pass its cap closes itself with 1013.
         """
 
     def release(self, first: bytes) -> None:

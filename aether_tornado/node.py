@@ -53,6 +53,8 @@ class Node:
         self._spawned: set[asyncio.Task] = set()
         self._detached = asyncio.Event()
         self._bridge_was_up = False
+        # WebSockets this process holds or is opening: what the connection limit counts.
+        self.sockets = 0
         self.metrics = Metrics(connections=lambda: len(hub), bridge_up=lambda: float(bridge.up))
 
     @property
@@ -64,7 +66,7 @@ class Node:
         """``memory`` when serving alone, else whether the Redis bridge is ``up`` or ``down``."""
         if self.settings.redis_url is None:
             return "memory"
-        return "up" if self.bridge.up else "down"
+        return "up" if self.bridge.up and not self.presence.down else "down"
 
     def new_lease_key(self) -> str:
         """A lease key unique across the cluster: this node's id and a counter."""
@@ -79,10 +81,13 @@ class Node:
     async def start(self) -> None:
         await self.bridge.start(self._on_bridge_message, self._wanted_channels, self._on_bridge_up)
         idle_sweep = min(self.settings.idle_timeout / 4, 5.0)
-        lease_tick = self.settings.lease_seconds / 3
+        refresh = self.settings.lease_seconds / 3
+        # Expiry runs often, so a dead process's clients leave close to the lease time, not later.
+        expiry = min(self.settings.lease_seconds / 10, 5.0)
         self._tasks = [
             asyncio.create_task(self._every(idle_sweep, self._close_idle), name="idle sweep"),
-            asyncio.create_task(self._every(lease_tick, self._refresh_leases), name="leases"),
+            asyncio.create_task(self._every(refresh, self._refresh_leases), name="lease refresh"),
+            asyncio.create_task(self._every(expiry, self._expire_leases), name="lease expiry"),
         ]
 
     async def stop(self) -> None:
@@ -143,7 +148,7 @@ class Node:
             self._check_broadcast(conn)
         self.metrics.messages_in.inc(message.msg_type, message.target)
         if message.msg_type == "heartbeat":
-            await self.presence.refresh([_lease(conn)])
+            await self._refresh([_lease(conn)])
             self._send_one(conn, messages.heartbeat_reply(conn.group_id, message))
         elif message.msg_type == "presence":
             self._send_one(conn, messages.snapshot(conn.group_id, await self.presence.members(conn.group_id)))
@@ -238,8 +243,11 @@ class Node:
             receivers = self.hub.client(name)
         elif channel == BROADCAST_CHANNEL:
             receivers = self.hub.all()
-        else:  # RESYNC_CHANNEL
+        elif channel == RESYNC_CHANNEL:
             self.spawn(self._send_snapshots())
+            return
+        else:
+            log.warning("message on unknown bridge channel %s dropped", channel)
             return
         self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload)))
         self.metrics.bridge_latency.observe(max(0.0, time.time() - published_at))
@@ -255,14 +263,15 @@ class Node:
     async def _on_bridge_up(self) -> None:
         """After (re)connecting: re-register presence silently, then have everyone resync.
 
-        A clean start (first connection, no clients yet) has nothing to repair, and a
-        resync would send every client of every other process a needless snapshot.
+        A clean start (first connection, no clients yet) has no snapshots to repair, and a
+        resync notice would send every client of every other process a needless one.
         """
         clean_start = not self._bridge_was_up and not len(self.hub)
         self._bridge_was_up = True
+        if not clean_start or self.presence.down:
+            await self.presence.resync()
         if clean_start:
             return
-        await self.presence.resync(self._leases())
         with contextlib.suppress(BridgeDown):
             await self.bridge.publish(RESYNC_CHANNEL, b"")
         await self._send_snapshots()
@@ -301,8 +310,15 @@ class Node:
                 conn.close(CLOSE_GOING_AWAY, REASON_IDLE)
 
     async def _refresh_leases(self) -> None:
-        for lease in await self.presence.refresh(self._leases()):
+        await self._refresh(self._leases())
+
+    async def _refresh(self, leases: list[Lease]) -> None:
+        """Extend leases; a client whose lease had already expired (and left) joins again."""
+        for lease in await self.presence.refresh(leases):
             await self._to_group(lease.group_id, messages.joined(lease.group_id, lease.client_id))
+
+    async def _expire_leases(self) -> None:
+        """Announce clients whose leases ran out: those of a process that died, cluster-wide."""
         for group_id, client_id in await self.presence.expire():
             await self._to_group(group_id, messages.left(group_id, client_id, "timeout"))
 

@@ -43,6 +43,7 @@ class WSMessageV3:
 
 
 FIELDS = tuple(field.name for field in attrs.fields(WSMessageV3))
+_FIELD_SET = frozenset(FIELDS)
 
 
 def _structure_str(value: Any, _: type) -> str:
@@ -133,7 +134,8 @@ def decode(frame: str | bytes) -> WSMessageV3:
         raise ProtocolError(INVALID_JSON, "The frame is not valid JSON.") from None
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_JSON, "A message must be a JSON object.")
-    fields = {key: value for key, value in data.items() if value is not None}
+    # null counts as absent for the fields; an unknown key stays to be reported, null or not.
+    fields = {key: value for key, value in data.items() if value is not None or key not in _FIELD_SET}
     fields.pop("sent_at", None)
     try:
         message = converter.structure(fields, WSMessageV3)

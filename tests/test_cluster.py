@@ -99,7 +99,7 @@ async def test_redis_unreachable_at_start(redis_server, start_process):
     await alice.send(msg_type="msg", target="group", msg="served locally")
     assert (await bob.recv_where(msg_type="msg"))["msg"] == "served locally"
     redis_server.start()
-    lone.wait_for_log("Redis bridge up", timeout=15)
+    lone.wait_for_log("presence back in Redis", timeout=15)
     assert (await health(lone))["status"] == "ok"
     other = start_process()
     carol = await Client.joined(other.url("g_u", "c_carol"))

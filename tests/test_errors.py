@@ -74,6 +74,7 @@ async def test_binary_frame_is_unsupported(alice):
         ({"msg_type": "msg", "target": "echo", "from_id": "a b"}, {"from_id": "not a Vision ID"}),
         ({"msg_type": "msg", "target": "echo", "group_id": ""}, {"group_id": "not a Vision ID"}),
         ({"msg_type": "msg", "target": "echo", "group_id": 7}, {"group_id": "not a string"}),
+        ({"msg_type": "msg", "target": "echo", "targte": None}, {"targte": "not a field of WS_Message_V3"}),
     ],
 )
 async def test_invalid_message_lists_every_problem(alice, message, expected):

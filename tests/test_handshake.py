@@ -1,5 +1,7 @@
 """PROTOCOL section 1: connecting, and every reason a handshake is refused."""
 
+import asyncio
+
 import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -101,6 +103,26 @@ async def test_connection_limit_is_503_until_a_slot_frees(start_server):
     await second.recv_where(event="leave", client_id="c_1")  # the server has let go of it
     third = await Client.joined(ws_url(server, "g_cap", "c_3"))
     assert third.snapshot["payload"]["clients"] == ["c_2", "c_3"]
+
+
+async def test_simultaneous_handshakes_cannot_overshoot_the_limit(start_server):
+    server = await start_server(max_connections=2)
+
+    async def attempt(n: int):
+        try:
+            return await Client.connect(ws_url(server, "g_rush", f"c_{n}"))
+        except Exception:
+            return None
+
+    clients = await asyncio.gather(*(attempt(n) for n in range(30)))
+    assert sum(client is not None for client in clients) == 2
+
+
+async def test_origins_in_settings_match_whatever_their_case_or_slash(start_server):
+    server = await start_server(allowed_origins=("https://App.Example.com/",))
+    await Client.joined(ws_url(server, "g_o", "c_o"), headers={"Origin": "https://app.example.com"})
+    anyone = await start_server(allowed_origins=("*",))
+    await Client.joined(ws_url(anyone, "g_o", "c_o"), headers={"Origin": "https://elsewhere.example"})
 
 
 async def test_token_is_ignored_without_authentication(url):

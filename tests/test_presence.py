@@ -2,6 +2,9 @@
 
 import pytest
 
+from aether_tornado.presence import Lease
+
+from .conftest import ws_url
 from .wsclient import Client
 
 
@@ -63,3 +66,18 @@ async def test_presence_is_empty_after_everyone_left(url):
     await client.closed()
     probe = await Client.joined(url("g_gone", "c_probe"))
     assert probe.snapshot["payload"]["clients"] == ["c_probe"]
+
+
+async def test_a_heartbeat_after_the_lease_was_reaped_announces_the_client_again(start_server):
+    server = await start_server()
+    watcher = await Client.joined(ws_url(server, "g_hb", "c_watch"))
+    sleeper = await Client.joined(ws_url(server, "g_hb", "c_sleeper"))
+    await watcher.recv_where(event="join", client_id="c_sleeper")
+    (conn,) = server.node.hub.client("c_sleeper")
+    # As if its lease had expired and been reaped (a stalled process): presence forgot it.
+    assert await server.node.presence.leave(Lease("g_hb", "c_sleeper", conn.lease_key))
+    await sleeper.send(msg_type="heartbeat", target="echo")
+    join = await watcher.recv_where(event="join", client_id="c_sleeper")
+    assert join["from_id"] == "c_sleeper"
+    await sleeper.send(msg_type="presence", target="echo")
+    assert (await sleeper.recv_where(event="snapshot"))["payload"]["clients"] == ["c_sleeper", "c_watch"]

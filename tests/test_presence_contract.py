@@ -74,10 +74,11 @@ async def test_refresh_of_an_expired_lease_makes_the_client_present_again(presen
     assert await presence.members("g") == ["c"]
 
 
-async def test_resync_registers_open_leases_without_a_join(presence):
-    lease = Lease("g", "c", "n:1")
-    await presence.resync([lease])
-    assert await presence.members("g") == (["c"] if isinstance(presence, RedisPresence) else [])
+async def test_resync_without_an_outage_changes_nothing(presence):
+    await presence.join(Lease("g", "c", "n:1"))
+    await presence.resync()
+    assert await presence.members("g") == ["c"]
+    assert not presence.down
 
 
 async def test_redis_presence_is_shared_and_expiry_reported_by_one_process_only(redis_server):
@@ -96,8 +97,8 @@ async def test_redis_presence_answers_locally_while_redis_is_down_and_resyncs(re
     redis = Redis.from_url(redis_server.url, socket_connect_timeout=1, socket_timeout=5)
     here, elsewhere = RedisPresence(redis, "test", 30), RedisPresence(redis, "test", 30)
     await elsewhere.join(Lease("g", "remote", "b:1"))
-    stays, goes = Lease("g", "stays", "a:1"), Lease("g", "goes", "a:2")
-    await here.join(stays)
+    goes = Lease("g", "goes", "a:2")
+    await here.join(Lease("g", "stays", "a:1"))
     await here.join(goes)
     redis_server.kill()
     assert await here.leave(goes) is True  # decided from this process's own leases
@@ -105,8 +106,8 @@ async def test_redis_presence_answers_locally_while_redis_is_down_and_resyncs(re
     assert await here.members("g") == ["new", "stays"]
     assert here.down
     redis_server.start()  # empty: every process puts its own leases back
-    await elsewhere.resync([Lease("g", "remote", "b:1")])
-    await here.resync([stays, Lease("g", "new", "a:3")])
+    await elsewhere.resync()
+    await here.resync()
     assert not here.down
     assert await here.members("g") == ["new", "remote", "stays"]
     await redis.aclose()

@@ -1,8 +1,10 @@
 """The cross-process transport between server processes.
 
 Guarantee: at most once. A message published while the transport is down is lost for
-the other processes (local delivery never depends on it). Messages from one process on
-one channel arrive at each subscriber in the order they were published.
+the other processes (local delivery never depends on it). Messages one process publishes
+arrive at each subscribing process in the order they were published, across channels
+too (one subscriber connection per process, publishes awaited in turn): the node relies
+on this for order per sender and receiver.
 """
 
 from collections.abc import Awaitable, Callable, Iterable

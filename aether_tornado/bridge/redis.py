@@ -33,6 +33,7 @@ class RedisBridge:
     def __init__(self, redis: Redis, prefix: str, node_id: str) -> None:
         self._redis = redis
         self._prefix = prefix + ":"
+        self._prefix_bytes = self._prefix.encode()
         self._origin = node_id.encode()
         self._pubsub: PubSub | None = None
         self._subscribed: set[str] = set()
@@ -56,7 +57,9 @@ class RedisBridge:
         except (RedisError, OSError) as error:
             self._lost(error)
             raise BridgeDown from None
-        return receivers - (channel in self._subscribed)
+        # Our own subscriber counts too when we hold the channel; never below zero, since a
+        # subscription change may be on its way.
+        return max(0, receivers - (channel in self._subscribed))
 
     async def subscribe(self, channel: str) -> None:
         self._changes[channel] = True
@@ -66,16 +69,19 @@ class RedisBridge:
         self._changes[channel] = False
         await self._apply_changes()
 
-    def reconnect(self, error: BaseException) -> None:
-        """Start over (resubscribe, then resync presence): another user of Redis lost it."""
+    def mark_lost(self, error: BaseException) -> None:
+        """Another user of Redis lost it: reconnect, resubscribe and resync presence."""
         self._lost(error)
 
     async def close(self) -> None:
+        """Stop reading and close the Redis client (presence is done with it by now)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self.up = False
         await self._drop_pubsub()
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
 
     async def _apply_changes(self) -> None:
         """Send pending subscription changes in the order the hub made them."""
@@ -99,24 +105,36 @@ class RedisBridge:
         """Connect, resubscribe, read; on any failure back off (capped, full jitter) and retry."""
         delay = BACKOFF_FIRST
         while True:
+            on_up = None
             try:
                 await self._connect()
                 delay = BACKOFF_FIRST
-                await self._on_up()
+                # Read while the node resyncs, so Redis never queues up messages for us.
+                on_up = asyncio.create_task(self._on_up(), name="bridge up")
+                on_up.add_done_callback(self._check_on_up)
                 await self._read()
             except (RedisError, OSError) as error:
                 self._lost(error)
             except Exception:
                 log.exception("Redis bridge failed; reconnecting")
                 self.up = False
+            if on_up is not None:
+                on_up.cancel()
             await self._drop_pubsub()
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, BACKOFF_MAX)
 
+    def _check_on_up(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            if not isinstance(error, RedisError | OSError):
+                log.error("resync after connecting failed", exc_info=error)
+            self._lost(error)
+
     async def _connect(self) -> None:
         async with self._lock:
             # Connections pooled before an outage are dead even if Redis is back: drop them all.
-            await self._redis.connection_pool.disconnect()
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             self._pubsub = pubsub
             channels = {RESYNC_CHANNEL, *self._wanted()}
@@ -137,7 +155,7 @@ class RedisBridge:
             data = message["data"]
             if data[:origin] == self._origin:
                 continue
-            channel = message["channel"][len(self._prefix) :].decode()
+            channel = message["channel"][len(self._prefix_bytes) :].decode()
             try:
                 self._on_message(channel, data[skip:], _STAMP.unpack_from(data, origin)[0])
             except Exception:

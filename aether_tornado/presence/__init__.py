@@ -31,5 +31,9 @@ class Presence(Protocol):
     async def members(self, group_id: str) -> list[str]:
         """The group's present client_ids, sorted in code point order."""
 
-    async def resync(self, leases: list[Lease]) -> None:
-        """After a shared store's outage, register this process's open leases again, silently."""
+    @property
+    def down(self) -> bool:
+        """Whether answers come from this process's own leases only (the shared store is away)."""
+
+    async def resync(self) -> None:
+        """After the shared store's outage, put this process's leases back, silently."""

@@ -48,8 +48,18 @@ class MemoryPresence:
     async def members(self, group_id: str) -> list[str]:
         return sorted(self._groups.get(group_id, ()))
 
-    async def resync(self, leases: list[Lease]) -> None:
-        pass  # nothing is shared, so nothing was lost
+    down = False  # nothing is shared, so nothing can be away
+
+    async def resync(self) -> None:
+        pass
+
+    def leases(self) -> list[Lease]:
+        return [
+            Lease(group_id, client_id, key)
+            for group_id, clients in self._groups.items()
+            for client_id, keys in clients.items()
+            for key in keys
+        ]
 
     def _put(self, lease: Lease, expiry: float) -> bool:
         """Set a lease's expiry; True when its client was not present before."""

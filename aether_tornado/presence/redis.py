@@ -11,6 +11,7 @@ tells the bridge, whose reconnection calls ``resync``, which puts them back into
 silently, as the protocol asks.
 """
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,8 @@ class RedisPresence:
         self._lease_ms = int(lease_seconds * 1000)
         self._local = MemoryPresence(lease_seconds)
         self._left_while_down: set[Lease] = set()
+        # Held while resync runs: joins and leaves wait, so none is decided twice or lost.
+        self._resyncing = asyncio.Lock()
         self.down = False
         self._join, self._leave, self._refresh, self._expire = (
             redis.register_script((SCRIPTS / f"{name}.lua").read_text())
@@ -46,6 +49,7 @@ class RedisPresence:
         )
 
     async def join(self, lease: Lease) -> bool:
+        await self._after_resync()
         first_here = await self._local.join(lease)
         if self.down:
             return first_here
@@ -58,6 +62,7 @@ class RedisPresence:
             return first_here
 
     async def leave(self, lease: Lease) -> bool:
+        await self._after_resync()
         last_here = await self._local.leave(lease)
         if not self.down:
             try:
@@ -83,9 +88,9 @@ class RedisPresence:
         try:
             ended = []
             while True:
-                flat = await self._expire(keys=[self._leases_key], args=[self._group_prefix, BATCH])
+                reaped, *flat = await self._expire(keys=[self._leases_key], args=[self._group_prefix, BATCH])
                 ended += [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
-                if len(flat) < 2 * BATCH:
+                if reaped < BATCH:
                     return ended
         except (RedisError, OSError) as error:
             self._lost(error)
@@ -99,15 +104,30 @@ class RedisPresence:
                 self._lost(error)
         return await self._local.members(group_id)
 
-    async def resync(self, leases: list[Lease]) -> None:
-        """After an outage: drop leases that ended meanwhile, re-register the open ones, silently."""
-        for lease in list(self._left_while_down):
-            await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id])
-            self._left_while_down.discard(lease)
-        await self._refresh_in_redis(leases)
-        if self.down:
-            log.info("presence back in Redis: %d leases re-registered", len(leases))
-        self.down = False
+    async def resync(self) -> None:
+        """After an outage: drop leases that ended meanwhile, put back this process's open ones.
+
+        Nothing is announced: the node sends fresh snapshots instead. Redis may have
+        restarted empty, so this runs after every reconnection, noticed here or not.
+        """
+        async with self._resyncing:
+            while self._left_while_down:
+                lease = self._left_while_down.pop()
+                try:
+                    await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id])
+                except BaseException:
+                    self._left_while_down.add(lease)
+                    raise
+            leases = self._local.leases()
+            await self._refresh_in_redis(leases)
+            if self.down:
+                log.info("presence back in Redis: %d leases put back", len(leases))
+            self.down = False
+
+    async def _after_resync(self) -> None:
+        if self._resyncing.locked():
+            async with self._resyncing:
+                pass
 
     async def _refresh_in_redis(self, leases: list[Lease]) -> list[Lease]:
         back = []

@@ -1,11 +1,12 @@
 -- Reap overdue leases, cluster-wide; atomic, so each end of presence is reported once.
 -- KEYS[1] the lease index
 -- ARGV[1] the key prefix of the groups' lease counts, ARGV[2] the most leases to reap
--- Returns a flat list: group, client, group, client, ... for each client that left.
+-- Returns the number of leases reaped, then group, client, group, client, ... for each
+-- client that left.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local overdue = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-local ended = {}
+local ended = {#overdue}
 for _, member in ipairs(overdue) do
   redis.call('ZREM', KEYS[1], member)
   local group, client = string.match(member, '^(%S+) (%S+) ')
