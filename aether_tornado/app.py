@@ -17,7 +17,7 @@ from .api import GroupPresence, Health, IndexPage, Metrics, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .config import Settings
-from .handlers import ClientSocket, NotFound
+from .handlers import ClientSocket, Flusher, NotFound
 from .hub import Hub
 from .node import Node
 from .presence.memory import MemoryPresence
@@ -69,7 +69,7 @@ def make_app(node: Node) -> tornado.web.Application:
             (r"/metrics", Metrics, {"node": node}),
             (r"/v3/publish", Publish, {"node": node}),
             (r"/v3/groups/([^/]+)/presence", GroupPresence, {"node": node}),
-            (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node}),
+            (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node, "flusher": Flusher()}),
         ],
         default_handler_class=NotFound,
         log_function=_log_request,

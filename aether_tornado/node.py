@@ -12,8 +12,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
-import attrs
-
 from . import messages
 from .bridge import BROADCAST_CHANNEL, RESYNC_CHANNEL, Bridge, BridgeDown, client_channel, group_channel
 from .config import Settings
@@ -325,7 +323,17 @@ class Node:
 
 def _stamped(message: WSMessageV3, from_id: str | None, group_id: str | None) -> WSMessageV3:
     """The message as the server sends it: sender and group filled in, ``sent_at`` now."""
-    return attrs.evolve(message, from_id=from_id, group_id=group_id, sent_at=utc_timestamp())
+    return WSMessageV3(
+        msg_type=message.msg_type,
+        target=message.target,
+        from_id=from_id,
+        to_id=message.to_id,
+        group_id=group_id,
+        cmd=message.cmd,
+        msg=message.msg,
+        payload=message.payload,
+        sent_at=utc_timestamp(),
+    )
 
 
 def _log_fields(conn: Connection) -> dict[str, str]:

@@ -174,9 +174,13 @@ def encode(message: WSMessageV3) -> bytes:
     )
 
 
+_second = [-1, ""]  # the last whole second formatted, and its text: strftime once a second
+
+
 def utc_timestamp() -> str:
     """Now as ISO 8601 UTC with milliseconds and ``Z``: the ``sent_at`` format."""
     now = time.time()
     seconds = int(now)
-    millis = int((now - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    if seconds != _second[0]:
+        _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    return f"{_second[1]}.{int((now - seconds) * 1000):03d}Z"
