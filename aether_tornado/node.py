@@ -120,7 +120,7 @@ class Node:
         became_present = await self.presence.join(_lease(conn))
         conn.release(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
         if became_present:
-            await self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
+            self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
         log.debug("open %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
 
     async def detach(self, conn: Connection) -> None:
@@ -132,7 +132,7 @@ class Node:
             if removed.last_of_client:
                 await self.bridge.unsubscribe(client_channel(conn.client_id))
             if await self.presence.leave(_lease(conn)):
-                await self._to_group(conn.group_id, messages.left(conn.group_id, conn.client_id, "closed"))
+                self._to_group(conn.group_id, messages.left(conn.group_id, conn.client_id, "closed"))
         finally:
             self._detached.set()
         log.debug("closed %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
@@ -192,12 +192,11 @@ class Node:
         """Deliver a stamped group, direct or broadcast message."""
         assert message.group_id is not None or message.target != "group"
         if message.target == "group":
-            await self._to_group(message.group_id, message)
+            self._to_group(message.group_id, message)
         elif message.target == "direct":
             await self._to_client(message)
         else:
-            with contextlib.suppress(BridgeDown):
-                await self._publish(BROADCAST_CHANNEL, self.hub.all(), message)
+            self._send(BROADCAST_CHANNEL, self.hub.all(), message)
 
     def _send_one(self, conn: Connection, message: WSMessageV3) -> None:
         conn.send(frame_of(message))
@@ -222,16 +221,24 @@ class Node:
                 [{"field": "to_id", "problem": "has no open connection"}],
             )
 
-    async def _to_group(self, group_id: str, message: WSMessageV3) -> None:
+    def _to_group(self, group_id: str, message: WSMessageV3) -> None:
+        self._send(group_channel(group_id), self.hub.group(group_id), message)
+
+    def _send(self, channel: str, local: Iterable[Connection], message: WSMessageV3) -> None:
+        """Deliver to local receivers now, then one copy to the other processes, not waiting."""
+        payload = self._deliver(local, message)
         with contextlib.suppress(BridgeDown):  # at most once: local receivers already have it
-            await self._publish(group_channel(group_id), self.hub.group(group_id), message)
+            self.bridge.send(channel, payload)
 
     async def _publish(self, channel: str, local: Iterable[Connection], message: WSMessageV3) -> int:
-        """Deliver to local receivers now, then one copy to the other processes."""
+        """Like ``_send``, then wait for the number of other processes that received it."""
+        return await self.bridge.publish(channel, self._deliver(local, message))
+
+    def _deliver(self, local: Iterable[Connection], message: WSMessageV3) -> bytes:
         payload = encode(message)
         self.metrics.messages_out.inc(message.msg_type, message.target)
         self.metrics.deliveries.inc(amount=self.hub.deliver(local, text_frame(payload)))
-        return await self.bridge.publish(channel, payload)
+        return payload
 
     def _on_bridge_message(self, channel: str, payload: bytes, published_at: float) -> None:
         kind, _, name = channel.partition(":")
@@ -271,7 +278,7 @@ class Node:
         if clean_start:
             return
         with contextlib.suppress(BridgeDown):
-            await self.bridge.publish(RESYNC_CHANNEL, b"")
+            self.bridge.send(RESYNC_CHANNEL, b"")
         await self._send_snapshots()
 
     async def _send_snapshots(self) -> None:
@@ -313,12 +320,12 @@ class Node:
     async def _refresh(self, leases: list[Lease]) -> None:
         """Extend leases; a client whose lease had already expired (and left) joins again."""
         for lease in await self.presence.refresh(leases):
-            await self._to_group(lease.group_id, messages.joined(lease.group_id, lease.client_id))
+            self._to_group(lease.group_id, messages.joined(lease.group_id, lease.client_id))
 
     async def _expire_leases(self) -> None:
         """Announce clients whose leases ran out: those of a process that died, cluster-wide."""
         for group_id, client_id in await self.presence.expire():
-            await self._to_group(group_id, messages.left(group_id, client_id, "timeout"))
+            self._to_group(group_id, messages.left(group_id, client_id, "timeout"))
 
 
 def _stamped(message: WSMessageV3, from_id: str | None, group_id: str | None) -> WSMessageV3:

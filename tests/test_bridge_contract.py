@@ -101,11 +101,16 @@ async def test_subscribers_get_each_message_once_and_the_publisher_skips_its_own
     assert b.received.empty()
 
 
-async def test_order_is_kept_per_publisher_and_channel(redis_processes):
+async def test_order_is_kept_per_publisher_across_channels_and_send_or_publish(redis_processes):
     a, b = redis_processes
     await a.subscribe("client:c")
+    await a.subscribe("group:g")
     for n in range(500):
-        await b.bridge.publish("client:c", str(n).encode())
+        channel = "client:c" if n % 3 else "group:g"
+        if n % 2:
+            b.bridge.send(channel, str(n).encode())
+        else:
+            await b.bridge.publish(channel, str(n).encode())
     assert [int((await a.next())[1]) for _ in range(500)] == list(range(500))
 
 

@@ -43,11 +43,17 @@ class Bridge(Protocol):
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         """Begin delivering other processes' messages to ``on_message``."""
 
-    async def publish(self, channel: str, payload: bytes) -> int:
-        """Send ``payload`` to the other processes subscribed to ``channel``.
+    def send(self, channel: str, payload: bytes) -> None:
+        """Send ``payload`` to the other processes subscribed to ``channel``, without waiting.
 
-        Returns how many processes other than this one received it; raises BridgeDown
-        when the transport is unreachable.
+        Raises BridgeDown when the transport is known to be unreachable.
+        """
+
+    async def publish(self, channel: str, payload: bytes) -> int:
+        """Like ``send``, then wait for how many processes other than this one received it.
+
+        Raises BridgeDown when the transport is unreachable. ``send`` and ``publish`` share
+        one order.
         """
 
     async def subscribe(self, channel: str) -> None:

@@ -9,6 +9,9 @@ class MemoryBridge:
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         pass
 
+    def send(self, channel: str, payload: bytes) -> None:
+        pass
+
     async def publish(self, channel: str, payload: bytes) -> int:
         return 0
 

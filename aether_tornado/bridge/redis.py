@@ -41,6 +41,9 @@ class RedisBridge:
         self._changes: dict[str, bool] = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
+        # Publishes not yet sent: (channel key, envelope, future for the receiver count or None).
+        self._outbox: list[tuple[str, bytes, asyncio.Future | None]] = []
+        self._sender: asyncio.Task | None = None
         self._reported_up: bool | None = None
         self.up = False
 
@@ -48,18 +51,45 @@ class RedisBridge:
         self._on_message, self._wanted, self._on_up = on_message, wanted, on_up
         self._task = asyncio.create_task(self._supervise(), name="redis bridge")
 
+    def send(self, channel: str, payload: bytes) -> None:
+        if not self.up:
+            raise BridgeDown
+        self._queue(channel, payload, None)
+
     async def publish(self, channel: str, payload: bytes) -> int:
         if not self.up:
             raise BridgeDown
-        try:
-            envelope = self._origin + _STAMP.pack(time.time()) + payload
-            receivers = await self._redis.publish(self._prefix + channel, envelope)
-        except (RedisError, OSError) as error:
-            self._lost(error)
-            raise BridgeDown from None
+        answer = asyncio.get_running_loop().create_future()
+        self._queue(channel, payload, answer)
+        receivers = await answer
         # Our own subscriber counts too when we hold the channel; never below zero, since a
         # subscription change may be on its way.
         return max(0, receivers - (channel in self._subscribed))
+
+    def _queue(self, channel: str, payload: bytes, answer: asyncio.Future | None) -> None:
+        """Every publish goes through one queue, in order, sent as pipelines by one task."""
+        self._outbox.append((self._prefix + channel, self._origin + _STAMP.pack(time.time()) + payload, answer))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_outbox(), name="redis publish")
+
+    async def _send_outbox(self) -> None:
+        """Send what queued up while the previous pipeline was in flight: one round trip each."""
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            pipeline = self._redis.pipeline(transaction=False)
+            for key, envelope, _ in batch:
+                pipeline.publish(key, envelope)
+            try:
+                counts = await pipeline.execute()
+            except Exception as error:  # redis-py may raise more than RedisError on a dead connection
+                self._lost(error)
+                for _, _, answer in batch:
+                    if answer is not None and not answer.done():
+                        answer.set_exception(BridgeDown())
+                continue
+            for (_, _, answer), count in zip(batch, counts, strict=True):
+                if answer is not None and not answer.done():
+                    answer.set_result(count)
 
     async def subscribe(self, channel: str) -> None:
         self._changes[channel] = True
@@ -75,9 +105,10 @@ class RedisBridge:
 
     async def close(self) -> None:
         """Stop reading and close the Redis client (presence is done with it by now)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._sender):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self.up = False
         await self._drop_pubsub()
         with contextlib.suppress(RedisError, OSError):
@@ -98,7 +129,7 @@ class RedisBridge:
                 if drop:
                     await self._pubsub.unsubscribe(*(self._prefix + channel for channel in drop))
                     self._subscribed.difference_update(drop)
-            except (RedisError, OSError) as error:
+            except Exception as error:  # redis-py may raise more than RedisError on a dead connection
                 self._lost(error)
 
     async def _supervise(self) -> None:
