@@ -1,5 +1,6 @@
 """The HTTP side: the backend API (PROTOCOL section 6), health, metrics and the index page."""
 
+import functools
 import hmac
 from pathlib import Path
 
@@ -92,11 +93,32 @@ class Metrics(JSONHandler):
         self.finish(self.node.metrics.render())
 
 
-class IndexPage(tornado.web.RequestHandler):
-    """A same-origin page to try the protocol from a browser's console."""
+# Files shipped with the package: name -> (path beside this module, content type).
+ASSETS: dict[str, tuple[str, str]] = {
+    "index": ("pages/index.html", "text/html; charset=utf-8"),
+    "console": ("pages/console.html", "text/html; charset=utf-8"),
+    "aether-v3.js": ("static/aether-v3.js", "text/javascript; charset=utf-8"),
+    "aether-v3.d.ts": ("static/aether-v3.d.ts", "text/plain; charset=utf-8"),
+}
 
-    PAGE = (Path(__file__).parent / "pages" / "index.html").read_bytes()
 
-    def get(self) -> None:
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(self.PAGE)
+@functools.cache
+def _asset(name: str) -> bytes:
+    return (Path(__file__).parent / ASSETS[name][0]).read_bytes()
+
+
+class Asset(tornado.web.RequestHandler):
+    """The index page, the console, the browser client and its types: public, like any page.
+
+    The asset is named by the route (``name=``) or by the path (``/v3/client/{name}``).
+    """
+
+    def initialize(self, name: str | None = None) -> None:
+        self.name = name
+
+    def get(self, name: str | None = None) -> None:
+        name = self.name or name
+        assert name is not None  # the routes give one or the other
+        self.set_header("Content-Type", ASSETS[name][1])
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(_asset(name))

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .api import GroupPresence, Health, IndexPage, Metrics, Publish
+from .api import Asset, GroupPresence, Health, Metrics, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .config import Settings
@@ -62,9 +62,12 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 def make_app(node: Node) -> tornado.web.Application:
     settings = node.settings
+    console = [(r"/v3/console", Asset, {"name": "console"})] if settings.console else []
     return tornado.web.Application(
         [
-            (r"/", IndexPage),
+            (r"/", Asset, {"name": "index"}),
+            (r"/v3/client/(aether-v3\.js|aether-v3\.d\.ts)", Asset),
+            *console,
             (r"/healthz", Health, {"node": node}),
             (r"/metrics", Metrics, {"node": node}),
             (r"/v3/publish", Publish, {"node": node}),

@@ -96,6 +96,7 @@ class Settings:
             "help": "extra browser origins allowed to connect, comma-separated (the server's own host always is)"
         },
     )
+    console: bool = _setting(True, "serve the console page at /v3/console (the client module is always served)")
     ping_interval: float = _setting(
         25.0, "seconds between WebSocket pings that find dead peers (0 turns them off)", _not_negative
     )

@@ -1,0 +1,81 @@
+// Type declarations for aether-v3.js, the browser client of the Aether V3 WebSocket protocol.
+
+export type MsgType = "msg" | "cmd" | "heartbeat" | "presence";
+export type Target = "direct" | "group" | "broadcast" | "echo";
+export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** One frame in either direction; the server always sends all ten keys. */
+export interface WSMessageV3 {
+  version?: "3";
+  msg_type: MsgType;
+  target: Target;
+  from_id?: string | null;
+  to_id?: string | null;
+  group_id?: string | null;
+  cmd?: string | null;
+  msg?: string | null;
+  payload?: Record<string, unknown> | null;
+  sent_at?: string | null;
+}
+
+export interface ProblemField {
+  field: string;
+  problem: string;
+}
+
+export class AetherError extends Error {
+  code: string;
+  errors: ProblemField[];
+}
+
+export interface AetherClientOptions {
+  groupId: string;
+  clientId: string;
+  /** A token for servers that require one (sent as ?token=). */
+  token?: string | null;
+  /** ws:// or wss:// base URL; defaults to the page's own host. */
+  url?: string;
+  heartbeatMs?: number;
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  /** Messages kept while reconnecting; one more is an AetherError "queue_full". */
+  maxQueue?: number;
+}
+
+export interface Handlers {
+  msg: (message: WSMessageV3) => void;
+  cmd: (message: WSMessageV3) => void;
+  heartbeat: (message: WSMessageV3) => void;
+  presence: (message: WSMessageV3) => void;
+  message: (message: WSMessageV3) => void;
+  error: (error: AetherError, message?: WSMessageV3) => void;
+  roster: (clients: string[]) => void;
+  open: () => void;
+  close: (event: { code: number; reason: string }) => void;
+  state: (state: State) => void;
+}
+
+export class AetherClient {
+  constructor(options: AetherClientOptions);
+  readonly groupId: string;
+  readonly clientId: string;
+  readonly state: State;
+  /** Present client_ids of the group, sorted in code point order. */
+  readonly roster: string[];
+  readonly endpoint: string;
+  connect(): this;
+  close(): void;
+  on<K extends keyof Handlers>(type: K, handler: Handlers[K]): () => void;
+  off<K extends keyof Handlers>(type: K, handler: Handlers[K]): void;
+  send(message: WSMessageV3): void;
+  sendGroup(msg?: string, payload?: Record<string, unknown>): void;
+  sendDirect(toId: string, msg?: string, payload?: Record<string, unknown>): void;
+  broadcast(msg?: string, payload?: Record<string, unknown>): void;
+  echo(msg?: string, payload?: Record<string, unknown>): void;
+  command(
+    cmd: string,
+    options?: { target?: Target; toId?: string; msg?: string; payload?: Record<string, unknown> },
+  ): void;
+  heartbeat(): void;
+  queryPresence(): void;
+}

@@ -1,0 +1,227 @@
+// aether-v3.js: a dependency-free browser client for the Aether V3 WebSocket protocol.
+//
+//   import { AetherClient } from "/v3/client/aether-v3.js";
+//   const client = new AetherClient({ groupId: "g_demo", clientId: "c_demo" });
+//   client.on("msg", (message) => console.log(message.from_id, message.msg));
+//   client.on("roster", (clients) => console.log("present:", clients));
+//   client.connect();
+//   client.sendGroup("Hello team!");
+//
+// It reconnects with capped exponential backoff and full jitter, stops when the server
+// refuses the handshake for a reason a retry cannot fix (a bad ID, a bad token, a
+// forbidden origin), sends a heartbeat every 30 s, keeps the presence roster from the
+// snapshot and join/leave events, and queues messages while reconnecting, up to a bound.
+
+const VISION_ID = /^[A-Za-z0-9_-]{1,64}$/;
+// Handshake refusals that no retry can fix: the client stops and reports them.
+const FINAL_REFUSALS = new Set(["invalid_id", "unauthorized", "forbidden_origin"]);
+
+export class AetherError extends Error {
+  constructor(code, message, errors = []) {
+    super(message);
+    this.name = "AetherError";
+    this.code = code;
+    this.errors = errors;
+  }
+}
+
+function visionIdProblem(value) {
+  if (typeof value !== "string" || !VISION_ID.test(value)) return "must be 1 to 64 of A-Z a-z 0-9 _ -";
+  if (/^[0-9]+$/.test(value)) return "must not be all digits";
+  return null;
+}
+
+function defaultBaseUrl() {
+  if (typeof location === "undefined") return "ws://127.0.0.1:8888";
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`;
+}
+
+export class AetherClient {
+  constructor({
+    groupId,
+    clientId,
+    token = null,
+    url = defaultBaseUrl(),
+    heartbeatMs = 30000,
+    backoffInitialMs = 500,
+    backoffMaxMs = 30000,
+    maxQueue = 100,
+  }) {
+    for (const [field, value] of [["groupId", groupId], ["clientId", clientId]]) {
+      const problem = visionIdProblem(value);
+      if (problem) throw new AetherError("invalid_id", `${field} ${problem}`);
+    }
+    Object.assign(this, { groupId, clientId, token, heartbeatMs, backoffInitialMs, backoffMaxMs, maxQueue });
+    this.url = url.replace(/\/+$/, "");
+    this.state = "idle"; // idle, connecting, open, reconnecting, closed
+    this.roster = [];
+    this.attempt = 0;
+    this.queue = [];
+    this.handlers = new Map();
+    this.socket = null;
+    this.timers = { heartbeat: null, retry: null };
+  }
+
+  get endpoint() {
+    const path = `/v3/ws/group/${encodeURIComponent(this.groupId)}/client/${encodeURIComponent(this.clientId)}`;
+    return this.url + path + (this.token ? `?token=${encodeURIComponent(this.token)}` : "");
+  }
+
+  // Handlers: "msg", "cmd", "heartbeat", "presence" (by msg_type), "message" (every frame),
+  // "error" (ERROR frames, refusals, a full queue), "roster", "open", "close", "state".
+  on(type, handler) {
+    if (!this.handlers.has(type)) this.handlers.set(type, new Set());
+    this.handlers.get(type).add(handler);
+    return () => this.off(type, handler);
+  }
+
+  off(type, handler) {
+    this.handlers.get(type)?.delete(handler);
+  }
+
+  emit(type, ...args) {
+    for (const handler of this.handlers.get(type) ?? []) {
+      try {
+        handler(...args);
+      } catch (error) {
+        console.error(`aether: a "${type}" handler failed`, error);
+      }
+    }
+  }
+
+  setState(state) {
+    this.state = state;
+    this.emit("state", state);
+  }
+
+  connect() {
+    if (this.state === "open" || this.state === "connecting") return this;
+    this.setState(this.attempt ? "reconnecting" : "connecting");
+    let opened = false;
+    const socket = new WebSocket(this.endpoint);
+    this.socket = socket;
+    socket.onopen = () => {
+      opened = true;
+      this.attempt = 0;
+      this.setState("open");
+      this.timers.heartbeat = setInterval(() => this.heartbeat(), this.heartbeatMs);
+      for (const message of this.queue.splice(0)) socket.send(JSON.stringify(message));
+      this.emit("open");
+    };
+    socket.onmessage = (event) => this.receive(event.data);
+    socket.onclose = (event) => {
+      clearInterval(this.timers.heartbeat);
+      this.socket = null;
+      this.emit("close", { code: event.code, reason: event.reason });
+      if (this.state === "closed") return;
+      if (opened) this.retry();
+      else this.diagnose().then((refusal) => (refusal ? this.stop(refusal) : this.retry()));
+    };
+    return this;
+  }
+
+  // A browser hides why a handshake failed; the same URL over plain HTTP tells (same origin only).
+  async diagnose() {
+    try {
+      const response = await fetch(this.endpoint.replace(/^ws/, "http"));
+      const body = await response.json();
+      return FINAL_REFUSALS.has(body.code) ? body : null;
+    } catch {
+      return null;
+    }
+  }
+
+  stop(refusal) {
+    this.setState("closed");
+    this.queue.length = 0;
+    this.emit("error", new AetherError(refusal.code, refusal.msg));
+  }
+
+  retry() {
+    const cap = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** this.attempt);
+    this.attempt += 1;
+    this.setState("reconnecting");
+    this.timers.retry = setTimeout(() => this.connect(), Math.random() * cap); // full jitter
+  }
+
+  close() {
+    this.setState("closed");
+    clearTimeout(this.timers.retry);
+    clearInterval(this.timers.heartbeat);
+    this.socket?.close(1000, "client closed");
+  }
+
+  receive(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return;
+    }
+    this.emit("message", message);
+    if (message.msg_type === "cmd" && message.cmd === "ERROR") {
+      const { code, errors } = message.payload ?? {};
+      this.emit("error", new AetherError(code, message.msg, errors ?? []), message);
+      return;
+    }
+    if (message.msg_type === "presence") this.track(message.payload ?? {});
+    this.emit(message.msg_type, message);
+  }
+
+  track(event) {
+    let clients = this.roster;
+    if (event.event === "snapshot") clients = [...event.clients];
+    else if (event.event === "join" && !clients.includes(event.client_id)) clients = [...clients, event.client_id];
+    else if (event.event === "leave") clients = clients.filter((id) => id !== event.client_id);
+    else return;
+    this.roster = clients.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    this.emit("roster", this.roster);
+  }
+
+  // Sends any WS_Message_V3; queued while (re)connecting, up to maxQueue, then an error.
+  send(message) {
+    if (this.state === "closed") throw new AetherError("closed", "aether: the client is closed");
+    if (this.state === "open" && this.socket?.readyState === WebSocket.OPEN) {
+      this.socket.send(JSON.stringify(message));
+      return;
+    }
+    if (this.queue.length >= this.maxQueue) {
+      const error = new AetherError("queue_full", `aether: ${this.maxQueue} messages already wait for the connection`);
+      this.emit("error", error);
+      throw error;
+    }
+    this.queue.push(message);
+  }
+
+  sendGroup(msg, payload) {
+    this.send(compact({ msg_type: "msg", target: "group", msg, payload }));
+  }
+
+  sendDirect(toId, msg, payload) {
+    this.send(compact({ msg_type: "msg", target: "direct", to_id: toId, msg, payload }));
+  }
+
+  broadcast(msg, payload) {
+    this.send(compact({ msg_type: "msg", target: "broadcast", msg, payload }));
+  }
+
+  echo(msg, payload) {
+    this.send(compact({ msg_type: "msg", target: "echo", msg, payload }));
+  }
+
+  command(cmd, { target = "group", toId, msg, payload } = {}) {
+    this.send(compact({ msg_type: "cmd", target, to_id: toId, cmd, msg, payload }));
+  }
+
+  heartbeat() {
+    if (this.state === "open") this.send({ msg_type: "heartbeat", target: "echo", payload: { t: Date.now() } });
+  }
+
+  queryPresence() {
+    this.send({ msg_type: "presence", target: "echo" });
+  }
+}
+
+function compact(message) {
+  return Object.fromEntries(Object.entries(message).filter(([, value]) => value !== undefined && value !== null));
+}
