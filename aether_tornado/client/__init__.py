@@ -1,0 +1,228 @@
+"""A Python asyncio client for the Aether V3 protocol, with the browser client's rules.
+
+    async with AetherClient("ws://127.0.0.1:8888", "g_demo", "c_script") as client:
+        client.send_group("Hello team!")
+        async for message in client:
+            print(message)
+
+It reconnects with capped exponential backoff and full jitter, stops for good when the
+server refuses the handshake for a reason a retry cannot fix (a bad ID, a bad token, a
+forbidden origin), sends a heartbeat every 30 s, keeps the presence roster, and queues
+messages while reconnecting, up to a bound.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+
+from ..ids import id_problem
+
+log = logging.getLogger(__name__)
+
+# Handshake refusals that no retry can fix.
+FINAL_REFUSALS = {"invalid_id", "unauthorized", "forbidden_origin"}
+
+
+class Refused(Exception):
+    """The server refused the handshake for a reason a retry cannot fix."""
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+
+
+class QueueFull(Exception):
+    """Too many messages wait for the connection to come back."""
+
+
+class AetherClient:
+    def __init__(
+        self,
+        url: str,
+        group_id: str,
+        client_id: str,
+        token: str | None = None,
+        heartbeat: float = 30.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        max_queue: int = 100,
+        max_inbox: int = 10_000,
+    ) -> None:
+        for field, value in (("group_id", group_id), ("client_id", client_id)):
+            why = id_problem(value)
+            if why is not None:
+                raise Refused("invalid_id", f"{field} is not a Vision ID: {why}")
+        self.endpoint = f"{url.rstrip('/')}/v3/ws/group/{quote(group_id)}/client/{quote(client_id)}"
+        if token:
+            self.endpoint += f"?token={quote(token)}"
+        self.group_id, self.client_id = group_id, client_id
+        self.heartbeat_interval, self.backoff_initial, self.backoff_max = heartbeat, backoff_initial, backoff_max
+        self.max_queue = max_queue
+        self.roster: list[str] = []
+        self.state = "idle"
+        self._queue: list[dict[str, Any]] = []
+        self._inbox: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(max_inbox)
+        self._conn: WebSocketClientConnection | None = None
+        self._opened = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "AetherClient":
+        self.start()
+        await self.wait_open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"aether client {self.client_id}")
+
+    async def wait_open(self, timeout: float = 10.0) -> None:
+        """Wait until connected; raise Refused if the server refused us for good."""
+        opened = asyncio.create_task(self._opened.wait())
+        done, _ = await asyncio.wait({opened, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        opened.cancel()
+        if self._task in done:
+            self._task.result()  # raises Refused
+        if not self._opened.is_set():
+            raise TimeoutError(f"not connected within {timeout} s")
+
+    async def close(self) -> None:
+        self.state = "closed"
+        if self._conn is not None:
+            self._conn.close(1000, "client closed")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Refused):
+                await self._task
+
+    async def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next message from the server; raises Refused once the client has stopped."""
+        item = await asyncio.wait_for(self._inbox.get(), timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self.recv()
+
+    # Sending.
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send any WS_Message_V3; queued while (re)connecting, up to ``max_queue``."""
+        if self.state == "closed":
+            raise RuntimeError("the client is closed")
+        if self.state == "open" and self._conn is not None:
+            with contextlib.suppress(WebSocketClosedError, StreamClosedError):
+                self._conn.write_message(orjson.dumps(message).decode())
+                return
+        if len(self._queue) >= self.max_queue:
+            raise QueueFull(f"{self.max_queue} messages already wait for the connection")
+        self._queue.append(message)
+
+    def send_group(self, msg: str | None = None, payload: dict | None = None) -> None:
+        self.send(_compact(msg_type="msg", target="group", msg=msg, payload=payload))
+
+    def send_direct(self, to_id: str, msg: str | None = None, payload: dict | None = None) -> None:
+        self.send(_compact(msg_type="msg", target="direct", to_id=to_id, msg=msg, payload=payload))
+
+    def broadcast(self, msg: str | None = None, payload: dict | None = None) -> None:
+        self.send(_compact(msg_type="msg", target="broadcast", msg=msg, payload=payload))
+
+    def echo(self, msg: str | None = None, payload: dict | None = None) -> None:
+        self.send(_compact(msg_type="msg", target="echo", msg=msg, payload=payload))
+
+    def command(self, cmd: str, target: str = "group", to_id: str | None = None, **fields: Any) -> None:
+        self.send(_compact(msg_type="cmd", target=target, to_id=to_id, cmd=cmd, **fields))
+
+    def heartbeat(self) -> None:
+        self.send({"msg_type": "heartbeat", "target": "echo", "payload": {"t": time.time()}})
+
+    def query_presence(self) -> None:
+        self.send({"msg_type": "presence", "target": "echo"})
+
+    # The connection, kept up.
+
+    async def _run(self) -> None:
+        attempt = 0
+        while self.state != "closed":
+            self.state = "reconnecting" if attempt else "connecting"
+            try:
+                self._conn = await asyncio.wait_for(websocket_connect(HTTPRequest(self.endpoint)), 10)
+            except HTTPClientError as error:
+                refusal = _refusal(error)
+                if refusal is not None:
+                    self.state = "closed"
+                    self._deliver(refusal)
+                    raise refusal from None
+            except (OSError, StreamClosedError, TimeoutError) as error:
+                log.debug("connecting failed: %s", error)
+            else:
+                attempt = 0
+                await self._serve(self._conn)
+            await asyncio.sleep(random.uniform(0, min(self.backoff_max, self.backoff_initial * 2**attempt)))
+            attempt += 1
+
+    async def _serve(self, conn: WebSocketClientConnection) -> None:
+        self.state = "open"
+        self._opened.set()
+        queued, self._queue = self._queue, []
+        for message in queued:
+            self.send(message)
+        beating = asyncio.create_task(self._beat())
+        try:
+            while (frame := await conn.read_message()) is not None:
+                if isinstance(frame, str):
+                    self._received(orjson.loads(frame))
+        finally:
+            beating.cancel()
+            self._opened.clear()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            self.heartbeat()
+
+    def _received(self, message: dict[str, Any]) -> None:
+        payload = message.get("payload") or {}
+        if message.get("msg_type") == "presence":
+            event = payload.get("event")
+            if event == "snapshot":
+                self.roster = sorted(payload["clients"])
+            elif event == "join" and payload["client_id"] not in self.roster:
+                self.roster = sorted([*self.roster, payload["client_id"]])
+            elif event == "leave":
+                self.roster = [client for client in self.roster if client != payload["client_id"]]
+        self._deliver(message)
+
+    def _deliver(self, item: dict[str, Any] | BaseException) -> None:
+        if self._inbox.full():  # a reader that fell behind loses the oldest, not the newest
+            self._inbox.get_nowait()
+        self._inbox.put_nowait(item)
+
+
+def _refusal(error: HTTPClientError) -> Refused | None:
+    with contextlib.suppress(Exception):
+        body = orjson.loads(error.response.body)
+        if body.get("code") in FINAL_REFUSALS:
+            return Refused(body["code"], body.get("msg", ""))
+    return None
+
+
+def _compact(**fields: Any) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
