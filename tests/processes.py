@@ -76,8 +76,8 @@ class RedisServer(LoggedProcess):
 class ServerProcess(LoggedProcess):
     """``python -m aether_tornado`` on a free port, ready once ``ready`` is logged."""
 
-    def __init__(self, *args: str, ready: str = "serving") -> None:
-        self.port = free_port()
+    def __init__(self, *args: str, ready: str = "serving", port: int | None = None) -> None:
+        self.port = port or free_port()
         super().__init__([sys.executable, "-m", "aether_tornado", "--port", str(self.port), *args])
         self.wait_for_log("serving")
         self.wait_for_log(ready)

@@ -1,0 +1,122 @@
+"""The Python client and its command line, against real servers."""
+
+import asyncio
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from aether_tornado.client import AetherClient, QueueFull, Refused
+
+from .processes import ServerProcess
+
+
+async def next_message(client: AetherClient) -> dict:
+    """The next frame that is not a presence event."""
+    while (message := await client.recv(5))["msg_type"] == "presence":
+        pass
+    return message
+
+
+def base(server) -> str:
+    return f"ws://127.0.0.1:{server.port}"
+
+
+async def test_roster_messages_and_helpers(server):
+    async with (
+        AetherClient(base(server), "g_py", "c_alice") as alice,
+        AetherClient(base(server), "g_py", "c_bob") as bob,
+    ):
+        while alice.roster != ["c_alice", "c_bob"]:
+            await alice.recv(5)
+        bob.send_group("hello", {"n": 1})
+        message = await next_message(alice)
+        assert (message["from_id"], message["msg"], message["payload"]) == ("c_bob", "hello", {"n": 1})
+        assert (await next_message(bob))["msg"] == "hello"  # its own copy
+        alice.send_direct("c_bob", "psst")
+        message = await next_message(bob)
+        assert (message["target"], message["msg"]) == ("direct", "psst")
+        alice.command("RELOAD", target="echo")
+        assert (await next_message(alice))["cmd"] == "RELOAD"
+        alice.send_direct("c_nobody", "hello?")
+        error = await next_message(alice)
+        assert error["cmd"] == "ERROR" and error["payload"]["code"] == "recipient_offline"
+    assert alice.state == "closed"
+
+
+async def test_an_invalid_id_is_refused_before_connecting():
+    with pytest.raises(Refused) as caught:
+        AetherClient("ws://127.0.0.1:9", "12345", "c_ok")
+    assert caught.value.code == "invalid_id"
+
+
+async def test_a_refused_token_stops_the_client(start_server):
+    server = await start_server(jwt_secret="x" * 32)
+    client = AetherClient(base(server), "g_auth", "c_auth", token="not-a-token")
+    client.start()
+    with pytest.raises(Refused) as caught:
+        await client.wait_open()
+    assert caught.value.code == "unauthorized"
+    await client.close()
+
+
+async def test_it_reconnects_after_a_restart_and_sends_what_was_queued():
+    first = ServerProcess()
+    client = AetherClient(base(first), "g_re", "c_re", backoff_initial=0.05, backoff_max=0.2, max_queue=3)
+    client.start()
+    await client.wait_open()
+    first.kill()
+    while client.state == "open":  # it notices the server is gone
+        await asyncio.sleep(0.01)
+    for n in range(3):
+        client.echo(f"queued {n}")
+    with pytest.raises(QueueFull):
+        client.echo("one too many")
+    second = ServerProcess(port=first.port)
+    try:
+        await client.wait_open(timeout=10)
+        texts = []
+        while len(texts) < 3:
+            message = await client.recv(5)
+            if message["msg_type"] == "msg":
+                texts.append(message["msg"])
+        assert texts == ["queued 0", "queued 1", "queued 2"]
+        assert client.roster == ["c_re"]
+    finally:
+        await client.close()
+        second.kill()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "aether_tornado.client", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+async def test_cli_sends_and_prints_replies(server):
+    url = base(server)
+    result = await asyncio.to_thread(cli, url, "--group", "g_cli", "--client", "c_cli", "send", "echo", "--msg", "hi")
+    assert result.returncode == 0, result.stderr
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert lines[0]["payload"]["event"] == "snapshot"
+    assert any(line["msg"] == "hi" and line["target"] == "echo" for line in lines)
+    failed = await asyncio.to_thread(cli, url, "--group", "g_cli", "--client", "c_cli", "send", "direct", "--to", "c_x")
+    assert failed.returncode == 1 and "recipient_offline" in failed.stdout
+    refused = await asyncio.to_thread(cli, url, "--group", "123", "--client", "c_cli", "send", "echo")
+    assert refused.returncode == 2 and "invalid_id" in refused.stderr
+
+
+async def test_cli_watches_in_a_readable_form(server):
+    url = base(server)
+    watch = asyncio.create_task(
+        asyncio.to_thread(cli, url, "--group", "g_w", "--client", "c_watch", "--format", "text", "--seconds", "2")
+    )
+    async with AetherClient(url, "g_w", "c_other") as other:
+        while "c_watch" not in other.roster:
+            await other.recv(5)
+        other.send_group("for the watcher", {"k": 1})
+    result = await watch
+    assert result.returncode == 0
+    assert "[group] c_other -> g_w: for the watcher" in result.stdout
+    assert "c_other leaves g_w (closed)" in result.stdout

@@ -1,0 +1,108 @@
+"""The console page and the browser client in a real Chromium, driven by Playwright."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .processes import ServerProcess
+
+playwright = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = shutil.which("chromium")
+OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") != "true", reason="chromium is not installed (make test installs it)"
+)
+
+
+@pytest.fixture
+async def browser():
+    async with playwright.async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield browser
+        await browser.close()
+
+
+async def open_console(browser, port: int, client_id: str):
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    await page.goto(f"http://127.0.0.1:{port}/v3/console")
+    await page.fill("#group", "g_browser")
+    await page.fill("#client", client_id)
+    await page.click("#connect-button")
+    await page.wait_for_selector("#state:text('open')")
+    return page
+
+
+async def roster(page) -> list[str]:
+    return await page.locator("#roster li").all_inner_texts()
+
+
+async def send(page, target: str, msg: str, to_id: str = "") -> None:
+    await page.select_option("#target", target)
+    await page.fill("#to_id", to_id)
+    await page.fill("#msg", msg)
+    await page.click("#send-button")
+
+
+async def test_two_consoles_see_each_other_talk_and_reconnect_by_themselves(browser):
+    server = ServerProcess()
+    try:
+        alice = await open_console(browser, server.port, "c_alice")
+        bob = await open_console(browser, server.port, "c_bob")
+        for page in (alice, bob):
+            await page.wait_for_function("document.querySelectorAll('#roster li').length === 2")
+            assert await roster(page) == ["c_alice", "c_bob"]
+
+        await send(alice, "group", "hello group")
+        await bob.wait_for_selector("#log div:has-text('hello group')")
+        await alice.wait_for_selector("#log .rtt:has-text('hello group')")  # its own copy, timed
+        await send(bob, "direct", "just for alice", to_id="c_alice")
+        await alice.wait_for_selector("#log div:has-text('just for alice')")
+        await send(alice, "direct", "nobody", to_id="c_nobody")
+        await alice.wait_for_selector("#log .error:has-text('recipient_offline')")
+        OUTPUT.mkdir(exist_ok=True)
+        await alice.screenshot(path=str(OUTPUT / "console.png"), full_page=True)
+
+        server.kill()
+        await alice.wait_for_selector("#state:text('reconnecting')")
+        server = ServerProcess(port=server.port)
+        for page in (alice, bob):
+            await page.wait_for_selector("#state:text('open')", timeout=30_000)
+            await page.wait_for_function("document.querySelectorAll('#roster li').length === 2")
+        await send(bob, "group", "after the restart")
+        await alice.wait_for_selector("#log div:has-text('after the restart')")
+    finally:
+        server.kill()
+
+
+async def test_the_client_module_stops_on_a_refusal_it_cannot_fix(browser):
+    server = ServerProcess("--jwt-secret", "s" * 32)
+    try:
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{server.port}/")
+        outcome = await page.evaluate(
+            """async () => {
+              const { AetherClient } = await import("/v3/client/aether-v3.js");
+              const client = new AetherClient({ groupId: "g_x", clientId: "c_x", token: "bad" });
+              const error = new Promise((resolve) => client.on("error", (e) => resolve(e.code)));
+              client.connect();
+              return [await error, await new Promise((r) => setTimeout(() => r(client.state), 200))];
+            }"""
+        )
+        assert outcome == ["unauthorized", "closed"]
+    finally:
+        server.kill()
+
+
+async def test_the_types_and_the_module_are_served(server):
+    from tornado.httpclient import AsyncHTTPClient
+
+    for name, kind in (("aether-v3.js", "text/javascript"), ("aether-v3.d.ts", "text/plain")):
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/v3/client/{name}")
+        assert response.headers["Content-Type"].startswith(kind) and b"AetherClient" in response.body
