@@ -110,6 +110,11 @@ class RawSocket:
         return cls(reader, writer)
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
+        self.writer.write(self.frame(opcode, payload, fin))
+
+    @staticmethod
+    def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+        """A masked client frame, as RFC 6455 section 5.2 lays it out."""
         mask = os.urandom(4)
         head = bytes([(0x80 if fin else 0) | opcode])
         length = len(payload)
@@ -120,7 +125,7 @@ class RawSocket:
         else:
             head += bytes([0x80 | 127]) + struct.pack("!Q", length)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.writer.write(head + mask + masked)
+        return head + mask + masked
 
     async def read_frame(self) -> tuple[int, bytes]:
         """One server frame as (opcode, payload); server frames are never masked."""
