@@ -101,6 +101,7 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if not self.upgraded.done():
             self.upgraded.set_exception(exc or ConnectionError("closed during the upgrade"))
+            self.upgraded.exception()  # marked as seen: whoever awaits it still gets the error
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -267,7 +268,8 @@ async def connect_many(args) -> dict:
                 if not snapshot.done():
                     snapshot.set_result(None)
 
-            clients.append(await connect(args.url, f"g_idle{index // 10}", f"c_idle{index}", on_message))
+            number = args.offset + index
+            clients.append(await connect(args.url, f"g_idle{number // 10}", f"c_idle{number}", on_message))
             await asyncio.wait_for(snapshot, args.timeout)
 
     started = time.monotonic()
@@ -296,6 +298,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=200, help="connect: handshakes in flight")
+    parser.add_argument("--offset", type=int, default=0, help="connect: first client number (to run several)")
     parser.add_argument("--pid", type=int, help="connect: the server process whose RSS to read")
     parser.add_argument("--hold", type=float, default=0.0, help="connect: seconds to keep the connections open")
     parser.add_argument("--settle", type=float, default=1.0, help="fanout: seconds between set-up and load")
