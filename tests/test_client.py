@@ -120,3 +120,30 @@ async def test_cli_watches_in_a_readable_form(server):
     assert result.returncode == 0
     assert "[group] c_other -> g_w: for the watcher" in result.stdout
     assert "c_other leaves g_w (closed)" in result.stdout
+
+
+async def test_close_ends_iteration_and_a_peers_error_command_is_not_an_error(server):
+    url = base(server)
+    async with AetherClient(url, "g_end", "c_peer") as peer:
+        listener = AetherClient(url, "g_end", "c_listener")
+        await listener.__aenter__()
+        seen = []
+        got_error_command = asyncio.Event()
+
+        async def read_all():
+            async for message in listener:
+                seen.append(message)
+                if message.get("cmd") == "ERROR":
+                    got_error_command.set()
+
+        reading = asyncio.create_task(read_all())
+        peer.command("ERROR", target="group")
+        await asyncio.wait_for(got_error_command.wait(), 5)
+        await listener.close()
+        await asyncio.wait_for(reading, 5)  # the loop ended by itself
+        error = next(message for message in seen if message.get("cmd") == "ERROR")
+        assert error["from_id"] == "c_peer"
+    result = await asyncio.to_thread(
+        cli, url, "--group", "g_end", "--client", "c_cli2", "send", "cmd", "--cmd", "ERROR", "--target", "echo"
+    )
+    assert result.returncode == 0, result.stdout

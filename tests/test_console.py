@@ -106,3 +106,29 @@ async def test_the_types_and_the_module_are_served(server):
     for name, kind in (("aether-v3.js", "text/javascript"), ("aether-v3.d.ts", "text/plain")):
         response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/v3/client/{name}")
         assert response.headers["Content-Type"].startswith(kind) and b"AetherClient" in response.body
+
+
+async def test_a_peers_error_command_is_a_command_and_close_stays_closed(browser, server):
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{server.port}/")
+    outcome = await page.evaluate(
+        """async () => {
+          const { AetherClient } = await import("/v3/client/aether-v3.js");
+          const a = new AetherClient({ groupId: "g_js", clientId: "c_a" });
+          const b = new AetherClient({ groupId: "g_js", clientId: "c_b" });
+          let errors = 0;
+          b.on("error", () => errors++);
+          const command = new Promise((resolve) => b.on("cmd", (message) => resolve(message.cmd)));
+          await Promise.all([a, b].map((c) => new Promise((resolve) => { c.on("open", resolve); c.connect(); })));
+          a.command("ERROR", { target: "group" });
+          const got = await command;
+          a.close();
+          b.close();
+          const gone = new AetherClient({ groupId: "g_js", clientId: "c_gone", url: "ws://127.0.0.1:9" });
+          gone.connect();
+          gone.close();
+          await new Promise((resolve) => setTimeout(resolve, 500));
+          return [got, errors, a.state, gone.state, gone.socket];
+        }"""
+    )
+    assert outcome == ["ERROR", 0, "closed", "closed", None]

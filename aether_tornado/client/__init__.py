@@ -23,7 +23,7 @@ from urllib.parse import quote
 import orjson
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketError, websocket_connect
 
 from ..ids import id_problem
 
@@ -44,6 +44,10 @@ class Refused(Exception):
 
 class QueueFull(Exception):
     """Too many messages wait for the connection to come back."""
+
+
+class Closed(Exception):
+    """The client was closed, or stopped: nothing more will arrive."""
 
 
 class AetherClient:
@@ -79,7 +83,11 @@ class AetherClient:
 
     async def __aenter__(self) -> "AetherClient":
         self.start()
-        await self.wait_open()
+        try:
+            await self.wait_open()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -106,9 +114,10 @@ class AetherClient:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Refused):
                 await self._task
+        self._deliver(Closed("the client is closed"))
 
     async def recv(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next message from the server; raises Refused once the client has stopped."""
+        """The next message from the server; raises Refused or Closed once the client has stopped."""
         item = await asyncio.wait_for(self._inbox.get(), timeout)
         if isinstance(item, BaseException):
             raise item
@@ -118,8 +127,9 @@ class AetherClient:
         return self._messages()
 
     async def _messages(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
-            yield await self.recv()
+        with contextlib.suppress(Closed):
+            while True:
+                yield await self.recv()
 
     # Sending.
 
@@ -129,7 +139,8 @@ class AetherClient:
             raise RuntimeError("the client is closed")
         if self.state == "open" and self._conn is not None:
             with contextlib.suppress(WebSocketClosedError, StreamClosedError):
-                self._conn.write_message(orjson.dumps(message).decode())
+                written = self._conn.write_message(orjson.dumps(message).decode())
+                written.add_done_callback(_seen)  # at most once: a write that fails is lost
                 return
         if len(self._queue) >= self.max_queue:
             raise QueueFull(f"{self.max_queue} messages already wait for the connection")
@@ -160,23 +171,32 @@ class AetherClient:
 
     async def _run(self) -> None:
         attempt = 0
-        while self.state != "closed":
-            self.state = "reconnecting" if attempt else "connecting"
-            try:
-                self._conn = await asyncio.wait_for(websocket_connect(HTTPRequest(self.endpoint)), 10)
-            except HTTPClientError as error:
-                refusal = _refusal(error)
-                if refusal is not None:
-                    self.state = "closed"
-                    self._deliver(refusal)
-                    raise refusal from None
-            except (OSError, StreamClosedError, TimeoutError) as error:
-                log.debug("connecting failed: %s", error)
-            else:
-                attempt = 0
-                await self._serve(self._conn)
-            await asyncio.sleep(random.uniform(0, min(self.backoff_max, self.backoff_initial * 2**attempt)))
-            attempt += 1
+        try:
+            while self.state != "closed":
+                self.state = "reconnecting" if attempt else "connecting"
+                request = HTTPRequest(self.endpoint, connect_timeout=10, request_timeout=10)
+                try:
+                    self._conn = await websocket_connect(request)
+                except HTTPClientError as error:
+                    refusal = _refusal(error)
+                    if refusal is not None:
+                        self.state = "closed"
+                        self._deliver(refusal)
+                        raise refusal from None
+                except (OSError, StreamClosedError, WebSocketError) as error:
+                    log.debug("connecting failed: %s", error)
+                else:
+                    opened = time.monotonic()
+                    await self._serve(self._conn)
+                    self.state = "reconnecting"
+                    if time.monotonic() - opened > self.backoff_max:  # it lasted: start backoff again
+                        attempt = 0
+                await asyncio.sleep(random.uniform(0, min(self.backoff_max, self.backoff_initial * 2**attempt)))
+                attempt += 1
+        except Exception as error:
+            self.state = "closed"
+            self._deliver(Closed(f"the client stopped: {error!r}"))
+            raise
 
     async def _serve(self, conn: WebSocketClientConnection) -> None:
         self.state = "open"
@@ -196,7 +216,8 @@ class AetherClient:
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            self.heartbeat()
+            with contextlib.suppress(QueueFull, RuntimeError):  # closing, or about to reconnect
+                self.heartbeat()
 
     def _received(self, message: dict[str, Any]) -> None:
         payload = message.get("payload") or {}
@@ -222,6 +243,10 @@ def _refusal(error: HTTPClientError) -> Refused | None:
         if body.get("code") in FINAL_REFUSALS:
             return Refused(body["code"], body.get("msg", ""))
     return None
+
+
+def _seen(future: asyncio.Future) -> None:
+    future.exception()
 
 
 def _compact(**fields: Any) -> dict[str, Any]:

@@ -30,10 +30,15 @@ KINDS = {
 }
 
 
+def _is_error(message: dict[str, Any]) -> bool:
+    """An error from the server itself; a peer may send a command named ERROR too."""
+    return message.get("cmd") == "ERROR" and message.get("from_id") is None
+
+
 def readable(message: dict[str, Any]) -> str:
     time = (message.get("sent_at") or "")[11:23]
     payload = message.get("payload") or {}
-    if message.get("cmd") == "ERROR":
+    if _is_error(message):
         return f"{time} ERROR {payload.get('code')}: {message.get('msg')}"
     if message.get("msg_type") == "presence":
         if payload.get("event") == "snapshot":
@@ -95,7 +100,7 @@ async def run(args: argparse.Namespace) -> int:
             except TimeoutError:
                 break
             print(show(message), flush=True)
-            if args.command == "send" and message.get("cmd") == "ERROR":
+            if args.command == "send" and _is_error(message):
                 status = 1
         return status
 

@@ -24,6 +24,7 @@ export interface ProblemField {
 }
 
 export class AetherError extends Error {
+  constructor(code: string, message: string, errors?: ProblemField[]);
   code: string;
   errors: ProblemField[];
 }

@@ -59,7 +59,7 @@ export class AetherClient {
     this.queue = [];
     this.handlers = new Map();
     this.socket = null;
-    this.timers = { heartbeat: null, retry: null };
+    this.timers = { retry: null };
   }
 
   get endpoint() {
@@ -95,27 +95,39 @@ export class AetherClient {
   }
 
   connect() {
-    if (this.state === "open" || this.state === "connecting") return this;
+    if (this.socket || this.state === "open") return this;
+    clearTimeout(this.timers.retry);
     this.setState(this.attempt ? "reconnecting" : "connecting");
-    let opened = false;
     const socket = new WebSocket(this.endpoint);
+    let openedAt = null;
+    let heartbeat = null;
     this.socket = socket;
     socket.onopen = () => {
-      opened = true;
-      this.attempt = 0;
+      if (this.socket !== socket) return;
+      openedAt = Date.now();
       this.setState("open");
-      this.timers.heartbeat = setInterval(() => this.heartbeat(), this.heartbeatMs);
+      heartbeat = setInterval(() => this.heartbeat(), this.heartbeatMs);
       for (const message of this.queue.splice(0)) socket.send(JSON.stringify(message));
       this.emit("open");
     };
-    socket.onmessage = (event) => this.receive(event.data);
+    socket.onmessage = (event) => {
+      if (this.socket === socket) this.receive(event.data);
+    };
     socket.onclose = (event) => {
-      clearInterval(this.timers.heartbeat);
+      clearInterval(heartbeat);
+      if (this.socket !== socket) return; // replaced or closed by close(): nothing more to do
       this.socket = null;
       this.emit("close", { code: event.code, reason: event.reason });
       if (this.state === "closed") return;
-      if (opened) this.retry();
-      else this.diagnose().then((refusal) => (refusal ? this.stop(refusal) : this.retry()));
+      // Backoff starts again only after a connection that lasted: a flapping one keeps growing it.
+      if (openedAt !== null && Date.now() - openedAt > this.backoffMaxMs) this.attempt = 0;
+      if (openedAt !== null) this.retry();
+      else
+        this.diagnose().then((refusal) => {
+          if (this.state === "closed" || this.socket) return;
+          if (refusal) this.stop(refusal);
+          else this.retry();
+        });
     };
     return this;
   }
@@ -138,6 +150,7 @@ export class AetherClient {
   }
 
   retry() {
+    if (this.state === "closed") return;
     const cap = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** this.attempt);
     this.attempt += 1;
     this.setState("reconnecting");
@@ -147,8 +160,9 @@ export class AetherClient {
   close() {
     this.setState("closed");
     clearTimeout(this.timers.retry);
-    clearInterval(this.timers.heartbeat);
-    this.socket?.close(1000, "client closed");
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close(1000, "client closed");
   }
 
   receive(data) {
@@ -159,7 +173,8 @@ export class AetherClient {
       return;
     }
     this.emit("message", message);
-    if (message.msg_type === "cmd" && message.cmd === "ERROR") {
+    // An error comes from the server itself (from_id null); a peer's "ERROR" command is a command.
+    if (message.msg_type === "cmd" && message.cmd === "ERROR" && message.from_id === null) {
       const { code, errors } = message.payload ?? {};
       this.emit("error", new AetherError(code, message.msg, errors ?? []), message);
       return;
@@ -181,7 +196,7 @@ export class AetherClient {
   // Sends any WS_Message_V3; queued while (re)connecting, up to maxQueue, then an error.
   send(message) {
     if (this.state === "closed") throw new AetherError("closed", "aether: the client is closed");
-    if (this.state === "open" && this.socket?.readyState === WebSocket.OPEN) {
+    if (this.state === "open" && this.socket && this.socket.readyState === WebSocket.OPEN) {
       this.socket.send(JSON.stringify(message));
       return;
     }
