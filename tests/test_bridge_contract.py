@@ -153,3 +153,18 @@ async def test_redis_unreachable_at_start_then_found(redis_server):
     await process.wait_up()
     assert await process.bridge.publish("group:g", b"x") == 0
     await stop(process)
+
+
+async def test_publishes_beyond_the_outbox_bound_are_refused(redis_processes, monkeypatch):
+    from aether_tornado.bridge import redis as redis_bridge
+
+    a, b = redis_processes
+    await a.subscribe("group:g")
+    monkeypatch.setattr(redis_bridge, "MAX_OUTBOX", 5)
+    for n in range(5):  # queued in one go: the sender task has not run yet
+        b.bridge.send("group:g", str(n).encode())
+    with pytest.raises(BridgeDown):
+        b.bridge.send("group:g", b"one too many")
+    assert [int((await a.next())[1]) for _ in range(5)] == list(range(5))
+    b.bridge.send("group:g", b"drained")  # the queue emptied: accepted again
+    assert await a.next() == ("group:g", b"drained")

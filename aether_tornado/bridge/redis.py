@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 _STAMP = struct.Struct("!d")
+# Publishes waiting for Redis, at most; a pipeline round trip normally drains them all.
+MAX_OUTBOX = 100_000
 # How long one read waits before checking the state again (and letting health checks run).
 READ_TIMEOUT = 1.0
 
@@ -44,6 +46,7 @@ class RedisBridge:
         # Publishes not yet sent: (channel key, envelope, future for the receiver count or None).
         self._outbox: list[tuple[str, bytes, asyncio.Future | None]] = []
         self._sender: asyncio.Task | None = None
+        self._overloaded = False
         self._reported_up: bool | None = None
         self.up = False
 
@@ -67,7 +70,17 @@ class RedisBridge:
         return max(0, receivers - (channel in self._subscribed))
 
     def _queue(self, channel: str, payload: bytes, answer: asyncio.Future | None) -> None:
-        """Every publish goes through one queue, in order, sent as pipelines by one task."""
+        """Every publish goes through one queue, in order, sent as pipelines by one task.
+
+        A Redis too slow for the load would let the queue grow without end: past
+        ``MAX_OUTBOX`` publishes are refused (at most once) until it drains.
+        """
+        if len(self._outbox) >= MAX_OUTBOX:
+            if not self._overloaded:
+                log.warning("Redis cannot keep up: %d publishes wait; dropping new ones", len(self._outbox))
+            self._overloaded = True
+            raise BridgeDown
+        self._overloaded = False
         self._outbox.append((self._prefix + channel, self._origin + _STAMP.pack(time.time()) + payload, answer))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_outbox(), name="redis publish")
