@@ -76,8 +76,7 @@ def make_app(node: Node) -> tornado.web.Application:
         ],
         default_handler_class=NotFound,
         log_function=_log_request,
-        websocket_max_message_size=settings.max_message_bytes,
-        websocket_ping_interval=settings.ping_interval or None,
+        websocket_max_message_size=settings.max_message_bytes,  # pings: the node's sweep
     )
 
 

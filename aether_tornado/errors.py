@@ -20,6 +20,7 @@ NOT_FOUND: Final = "not_found"
 
 # WebSocket close codes (RFC 6455 section 7.4.1) and the reasons sent with them. A frame
 # over the size limit is closed by Tornado itself, with 1009 "message too big".
+CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_TRY_AGAIN_LATER: Final = 1013
@@ -28,6 +29,7 @@ REASON_IDLE: Final = "idle timeout"
 REASON_SHUTDOWN: Final = "server shutdown"
 REASON_RATE: Final = "rate limit exceeded"
 REASON_BACKLOG: Final = "outbound buffer full"
+REASON_PING: Final = "ping timed out"
 
 
 class ProtocolError(Exception):

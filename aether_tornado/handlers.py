@@ -14,6 +14,7 @@ from tornado.iostream import StreamClosedError
 
 from .auth import AuthError, verify_token
 from .errors import (
+    CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TRY_AGAIN_LATER,
     FORBIDDEN_ORIGIN,
@@ -22,6 +23,7 @@ from .errors import (
     OVER_CAPACITY,
     RATE_LIMITED,
     REASON_BACKLOG,
+    REASON_PING,
     REASON_RATE,
     UNAUTHORIZED,
     UNSUPPORTED_FRAME,
@@ -146,15 +148,29 @@ class ClientSocket(JSONErrorMixin, tornado.websocket.WebSocketHandler):
         self.last_seen = now
         self._bucket = TokenBucket(self.config.rate_limit, self.config.rate_burst, now)
         self._strikes = 0
+        self._unanswered_ping = False
         self._held: list[bytes] | None = []
         self._held_bytes = 0
         self.set_nodelay(True)
         self._attached = asyncio.ensure_future(self.node.attach(self))
         await self._attached
 
+    def keepalive(self) -> None:
+        if self._unanswered_ping:
+            log.debug("closing %s/%s: no answer to a ping", self.group_id, self.client_id)
+            self.close(CLOSE_NORMAL, REASON_PING)
+            return
+        self._unanswered_ping = True
+        with contextlib.suppress(tornado.websocket.WebSocketClosedError, StreamClosedError):
+            self.ping()
+
+    def on_pong(self, data: bytes) -> None:
+        self._unanswered_ping = False
+
     def on_message(self, frame: str | bytes) -> Awaitable[None] | None:
         now = time.monotonic()
         self.last_seen = now
+        self._unanswered_ping = False  # any frame shows the peer is alive
         if not self._bucket.take(now):
             return self._rate_limited()
         self._strikes = 0

@@ -30,6 +30,9 @@ class Connection(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Start a clean close with this code and reason."""
 
+    def keepalive(self) -> None:
+        """Called every ping interval: drop a peer that left the last ping unanswered, ping it."""
+
 
 class Added(NamedTuple):
     first_in_group: bool
