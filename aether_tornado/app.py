@@ -17,7 +17,8 @@ from .api import Asset, GroupPresence, Health, Metrics, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .config import Settings
-from .handlers import ClientSocket, Flusher, NotFound
+from .connection import Flusher
+from .handlers import ClientSocket, NotFound
 from .hub import Hub
 from .node import Node
 from .presence.memory import MemoryPresence
@@ -76,7 +77,6 @@ def make_app(node: Node) -> tornado.web.Application:
         ],
         default_handler_class=NotFound,
         log_function=_log_request,
-        websocket_max_message_size=settings.max_message_bytes,  # pings: the node's sweep
     )
 
 

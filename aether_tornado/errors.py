@@ -17,12 +17,13 @@ FORBIDDEN_ORIGIN: Final = "forbidden_origin"
 UNAUTHORIZED: Final = "unauthorized"
 OVER_CAPACITY: Final = "over_capacity"
 NOT_FOUND: Final = "not_found"
+NOT_WEBSOCKET: Final = "not_websocket"
 
-# WebSocket close codes (RFC 6455 section 7.4.1) and the reasons sent with them. A frame
-# over the size limit is closed by Tornado itself, with 1009 "message too big".
+# WebSocket close codes (RFC 6455 section 7.4.1) and the reasons sent with them.
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY_VIOLATION: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 
 REASON_IDLE: Final = "idle timeout"

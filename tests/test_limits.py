@@ -66,15 +66,16 @@ async def test_a_client_that_stops_reading_is_closed_1013_and_others_keep_receiv
         for n in range(total):
             await sender.send(msg_type="msg", target="group", msg=body, payload={"n": n})
 
-    async def receive_all():
+    async def receive_all(client):
         received = []
         while len(received) < total:
-            message = await fast.recv()
+            message = await client.recv()
             if message["msg_type"] == "msg":
                 received.append(message["payload"]["n"])
         return received
 
-    _, received = await asyncio.wait_for(asyncio.gather(send_all(), receive_all()), 60)
+    # The sender reads its own copies too: it is a well-behaved client.
+    _, received, _ = await asyncio.wait_for(asyncio.gather(send_all(), receive_all(fast), receive_all(sender)), 60)
     assert received == list(range(total))
     frames, code = await slow.close_code(timeout=10)
     assert code == 1013
