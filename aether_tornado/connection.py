@@ -17,12 +17,15 @@ from typing import Any
 from tornado.util import _websocket_mask
 
 from .errors import (
+    CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_PROTOCOL_ERROR,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
     RATE_LIMITED,
     REASON_BACKLOG,
+    REASON_INTERNAL,
     REASON_PING,
     REASON_RATE,
     UNSUPPORTED_FRAME,
@@ -82,10 +85,8 @@ class ClientConnection(asyncio.Protocol):
         flusher: Flusher,
         handshake: tuple[str, str, bool],
         response: bytes,
-        early: bytes,
     ) -> None:
-        """``handshake`` is (group_id, client_id, may_broadcast); ``response`` the 101 to send
-        first; ``early`` whatever the client sent after its request, already read by Tornado."""
+        """``handshake`` is (group_id, client_id, may_broadcast); ``response`` the 101 to send first."""
         group_id, client_id, may_broadcast = handshake
         self._response = response
         self.node, self.config, self._flusher = node, node.settings, flusher
@@ -97,7 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self._strikes = 0
         self._unanswered_ping = False
         self._transport: asyncio.Transport | None = None
-        self._inbox = bytearray(early)
+        self._inbox = bytearray()
         self._fragments: bytearray | None = None
         self._fragments_opcode = 0
         self._busy = False  # a message's routing is waiting (on Redis): the next ones wait too
@@ -108,6 +109,13 @@ class ClientConnection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._attached: asyncio.Task | None = None
+        self.made = False  # connection_made ran: connection_lost will release the socket slot
+        # Only Redis makes routing wait; alone, a message is routed without a Task.
+        self._eager = node.settings.redis_url is None
+
+    def feed_early(self, data: bytes) -> None:
+        """Bytes the client sent right after its request, read by Tornado before the hand-over."""
+        self._inbox += data
 
     # asyncio.Protocol
 
@@ -115,8 +123,16 @@ class ClientConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         transport.write(self._response)
+        self.made = True
         self._attached = asyncio.ensure_future(self.node.attach(self))
-        self._attached.add_done_callback(lambda task: self._take_frames())
+        self._attached.add_done_callback(self._after_attach)
+
+    def _after_attach(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("attaching %s/%s failed", self.group_id, self.client_id, exc_info=task.exception())
+            self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
+            return
+        self._take_frames()
 
     def data_received(self, data: bytes) -> None:
         self._inbox += data
@@ -133,9 +149,11 @@ class ClientConnection(asyncio.Protocol):
         self.node.spawn(self._detach())
 
     async def _detach(self) -> None:
-        with contextlib.suppress(Exception):  # a failed attach was logged already
-            await self._attached
-        await self.node.detach(self)
+        try:
+            with contextlib.suppress(Exception):  # a failed attach was logged already
+                await self._attached
+        finally:
+            await self.node.detach(self)
 
     # Reading
 
@@ -180,14 +198,20 @@ class ClientConnection(asyncio.Protocol):
 
     def _frame(self, final: int, opcode: int, payload: bytes) -> None:
         if opcode == 0x8:  # the peer's close: answered (unless we closed first), then the end
-            code = struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else CLOSE_NORMAL
-            self.close(code, "")
+            if len(payload) == 1:
+                return self._fail()
+            code = struct.unpack_from("!H", payload)[0] if payload else CLOSE_NORMAL
+            valid = 1000 <= code <= 1003 or 1007 <= code <= 1011 or 3000 <= code <= 4999
+            self.close(code if valid else CLOSE_PROTOCOL_ERROR, "")
             self._transport.close()
         elif self._closing:
             pass  # after our close frame, only the peer's close matters
         elif opcode == 0x9:
-            self._write(control_frame(0xA, payload))
             self._unanswered_ping = False
+            if self._transport.get_write_buffer_size() > self.config.outbound_buffer_bytes:
+                self._overflow()  # pings from a peer that does not read its pongs
+            else:
+                self._write(control_frame(0xA, payload))
         elif opcode == 0xA:
             self._unanswered_ping = False
         elif opcode == 0:
@@ -230,34 +254,33 @@ class ClientConnection(asyncio.Protocol):
             await self.node.receive(self, message)
         except ProtocolError as problem:
             self._reply(problem)
+        except Exception:
+            log.exception("routing a message of %s/%s failed", self.group_id, self.client_id)
+            self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
 
     def _run(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run routing at once; only when it waits (on Redis) does it become a task.
+        """Route a message; the messages after it wait until it is done, which keeps order.
 
-        Routing in one process never waits, so most messages cost no Task; one that waits
-        holds back the messages after it, which keeps them in order.
+        Alone (memory backends) routing never waits, so it runs to its end right here and
+        costs no Task; with Redis it runs as a Task.
         """
-        try:
-            waiting_on = work.send(None)
-        except StopIteration:
-            return
+        if self._eager:
+            try:
+                work.send(None)
+            except StopIteration:
+                return
+            work.close()  # it waited after all: a bug in a memory backend, not a client's doing
+            raise RuntimeError("routing waited although every backend is in memory")
         self._busy = True
-        self.node.spawn(self._resume(work, waiting_on))
+        self.node.spawn(self._routed(work))
 
-    async def _resume(self, work: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    async def _routed(self, work: Coroutine[Any, Any, None]) -> None:
         try:
-            while True:
-                if waiting_on is None:
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.wait([waiting_on])
-                waiting_on = work.send(None)
-        except StopIteration:
-            pass
+            await work
         finally:
-            work.close()
             self._busy = False
-            self._take_frames()
+            if self._transport is not None:
+                self._take_frames()
 
     def _rate_limited(self) -> None:
         if self._strikes >= self.config.rate_strikes:
@@ -344,6 +367,8 @@ class ClientConnection(asyncio.Protocol):
         self.close(CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG)
 
     def keepalive(self) -> None:
+        if self._closing:
+            return
         if self._unanswered_ping:
             log.debug("closing %s/%s: no answer to a ping", self.group_id, self.client_id)
             self.close(CLOSE_NORMAL, REASON_PING)

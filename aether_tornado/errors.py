@@ -23,7 +23,9 @@ NOT_WEBSOCKET: Final = "not_websocket"
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY_VIOLATION: Final = 1008
+CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_TRY_AGAIN_LATER: Final = 1013
 
 REASON_IDLE: Final = "idle timeout"
@@ -31,6 +33,7 @@ REASON_SHUTDOWN: Final = "server shutdown"
 REASON_RATE: Final = "rate limit exceeded"
 REASON_BACKLOG: Final = "outbound buffer full"
 REASON_PING: Final = "ping timed out"
+REASON_INTERNAL: Final = "internal error"
 
 
 class ProtocolError(Exception):

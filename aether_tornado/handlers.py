@@ -114,19 +114,24 @@ class ClientSocket(JSONErrorMixin, tornado.web.RequestHandler):
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
         ).encode()
         self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
+        conn = ClientConnection(self.node, self._flusher, handshake, response)
+        stream = self.detach()
+        sock = None
         try:
-            stream = self.detach()
             # Tornado may already hold what the client sent after its request; it goes first.
-            early = bytes(stream._read_buffer)
+            conn.feed_early(bytes(stream._read_buffer))
             sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
-            stream.close()  # closes Tornado's descriptor; the socket lives on in ours
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = ClientConnection(self.node, self._flusher, handshake, response, early)
             await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock=sock)
         except BaseException:
-            self.node.sockets -= 1
+            if not conn.made:  # otherwise connection_lost gives the slot back
+                self.node.sockets -= 1
+                if sock is not None:
+                    sock.close()
             raise
+        finally:
+            stream.close()  # closes Tornado's descriptor; the socket lives on in ours
 
     def _origin_allowed(self, origin: str) -> bool:
         allowed = self.config.allowed_origins

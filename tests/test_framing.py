@@ -71,3 +71,33 @@ async def test_reserved_bits_or_a_fragmented_ping_fail_the_connection(server):
         raw = await opened(server)
         raw.writer.write(frame)
         assert await raw.at_eof()
+
+
+async def test_a_peer_that_floods_pings_without_reading_is_closed_1013(start_server):
+    server = await start_server(outbound_buffer_bytes=64 * 1024)
+    raw = await RawSocket.open(server.port, PATH, recv_buffer=4096)
+    ping = RawSocket.frame(0x9, b"p" * 125)
+    for _ in range(2000):  # far more pongs than the kernel and the cap can hold
+        raw.writer.write(ping * 100)
+        try:
+            await asyncio.wait_for(raw.writer.drain(), 2)
+        except TimeoutError:
+            break  # the server stopped reading us: it has given up on this peer
+    frames = []
+    while True:
+        opcode, payload = await asyncio.wait_for(raw.read_frame(), 10)
+        if opcode == 0x8:
+            assert struct.unpack("!H", payload[:2])[0] == 1013
+            break
+        frames.append(opcode)
+    assert 0xA in frames
+
+
+async def test_the_peers_close_is_answered_with_a_valid_code(server):
+    for sent, answered in ((struct.pack("!H", 1000), 1000), (struct.pack("!H", 1005), 1002), (b"", 1000)):
+        raw = await opened(server)
+        raw.send_frame(0x8, sent)
+        assert (await raw.close_code())[1] == answered
+    raw = await opened(server)
+    raw.send_frame(0x8, b"\x03")  # a one-byte close payload is malformed
+    assert await raw.at_eof()
