@@ -16,6 +16,7 @@ from redis.retry import Retry
 from .api import Asset, GroupPresence, Health, Metrics, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
+from .bridge.resp import Address
 from .config import Settings
 from .connection import Flusher
 from .handlers import ClientSocket, NotFound
@@ -40,7 +41,7 @@ def build_node(settings: Settings) -> Node:
         socket_timeout=5,
         health_check_interval=5,
     )
-    bridge = RedisBridge(redis, settings.redis_prefix, node_id)
+    bridge = RedisBridge(Address.from_url(settings.redis_url), settings.redis_prefix, node_id)
     presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost)
     return Node(settings, node_id, Hub(), bridge, presence)
 

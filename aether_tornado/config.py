@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from redis.asyncio.connection import parse_url
 
 
 class SettingsError(ValueError):
@@ -41,6 +42,15 @@ def _secret(instance: Any, attribute: attrs.Attribute, value: str | None) -> Non
         raise SettingsError(f"{attribute.name} must be at least 32 bytes (RFC 7518 section 3.2)")
 
 
+def _redis_url(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        parse_url(value)
+    except ValueError as error:
+        raise SettingsError(f"{attribute.name} is not a Redis URL: {error}") from None
+
+
 def _one_of(*choices: str) -> Any:
     def check(instance: Any, attribute: attrs.Attribute, value: str) -> None:
         if value not in choices:
@@ -60,7 +70,9 @@ class Settings:
     host: str = _setting("127.0.0.1", "address to listen on")
     port: int = _setting(8888, "port to listen on (0 picks a free one)", _port)
     redis_url: str | None = _setting(
-        None, "Redis URL (redis://host:port/db) shared by processes that act as one; omit to serve alone"
+        None,
+        "Redis URL (redis://, rediss:// or unix://) shared by processes that act as one; omit to serve alone",
+        _redis_url,
     )
     redis_prefix: str = _setting("aether", "prefix of every Redis key and channel, so deployments can share one Redis")
     api_key: str | None = _setting(None, "key backends send as 'Authorization: Bearer KEY' on /v3/ HTTP routes")

@@ -108,6 +108,7 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.bridge.close()
+        await self.presence.close()
 
     # Connections coming and going.
 

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 STARTUP_TIMEOUT = 15.0
 
@@ -54,23 +55,51 @@ class LoggedProcess:
 
 
 class RedisServer(LoggedProcess):
-    """A redis-server on a free port, which a test may kill and start again on that port."""
+    """A redis-server on a free port, which a test may kill and start again on that port.
 
-    def __init__(self) -> None:
+    With ``password`` it asks for one, of ``username`` too if given (the default user is
+    then disabled). With ``tls`` (a folder holding cert.pem and key.pem) it speaks TLS only;
+    with ``unix`` it listens on that socket file only.
+    """
+
+    def __init__(
+        self,
+        username: str | None = None,
+        password: str | None = None,
+        tls: Path | None = None,
+        unix: Path | None = None,
+    ) -> None:
         self.port = free_port()
-        self.starts = 0
+        self.username, self.password, self.tls, self.unix = username, password, tls, unix
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        login = f"{self.username or ''}:{self.password}@" if self.password else ""
+        if self.unix:
+            return f"unix://{login}{self.unix}?db=0"
+        if self.tls:
+            return f"rediss://{login}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls / 'cert.pem'}"
+        return f"redis://{login}127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         executable = shutil.which("redis-server")
         assert executable, "redis-server is not installed (make test installs it)"
-        argv = [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv = [executable, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.unix:
+            argv += ["--port", "0", "--unixsocket", str(self.unix)]
+        elif self.tls:
+            argv += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"]
+            argv += ["--tls-cert-file", str(self.tls / "cert.pem"), "--tls-key-file", str(self.tls / "key.pem")]
+        else:
+            argv += ["--port", str(self.port)]
+        if self.username:
+            argv += ["--user", "default", "off"]
+            argv += ["--user", self.username, "on", f">{self.password}", "~*", "&*", "+@all"]
+        elif self.password:
+            argv += ["--requirepass", self.password]
         super().__init__(argv)
-        self.wait_for_log("Ready to accept connections")
+        self.wait_for_log("to accept connections")
 
 
 class ServerProcess(LoggedProcess):

@@ -1,65 +1,22 @@
 """The bridge contract: the memory bridge of a lone process, and the Redis bridge between processes."""
 
-import asyncio
-import time
+import signal
 
 import pytest
-from redis.asyncio import Redis
 
 from aether_tornado.bridge import BridgeDown
 from aether_tornado.bridge.memory import MemoryBridge
 from aether_tornado.bridge.redis import RedisBridge
+from aether_tornado.bridge.resp import Address
 
-TIMEOUT = 5.0
-
-
-class Process:
-    """One bridge with what a node gives it: a channel list (the hub's) and callbacks."""
-
-    def __init__(self, bridge) -> None:
-        self.bridge = bridge
-        self.channels: set[str] = set()
-        self.received: asyncio.Queue = asyncio.Queue()
-        self.ups: asyncio.Queue = asyncio.Queue()
-
-    async def start(self) -> None:
-        await self.bridge.start(self._on_message, lambda: self.channels, self._on_up)
-
-    def _on_message(self, channel: str, payload: bytes, published_at: float) -> None:
-        assert published_at <= time.time()
-        self.received.put_nowait((channel, payload))
-
-    async def _on_up(self) -> None:
-        self.ups.put_nowait(True)
-
-    async def subscribe(self, channel: str) -> None:
-        self.channels.add(channel)
-        await self.bridge.subscribe(channel)
-
-    async def unsubscribe(self, channel: str) -> None:
-        self.channels.discard(channel)
-        await self.bridge.unsubscribe(channel)
-
-    async def next(self) -> tuple[str, bytes]:
-        return await asyncio.wait_for(self.received.get(), TIMEOUT)
-
-    async def wait_up(self) -> None:
-        await asyncio.wait_for(self.ups.get(), TIMEOUT * 2)
-
-
-def redis_client(redis_server) -> Redis:
-    return Redis.from_url(redis_server.url, socket_connect_timeout=1, socket_timeout=5)
-
-
-async def stop(process: Process) -> None:
-    await asyncio.wait_for(process.bridge.close(), TIMEOUT)
-    await asyncio.wait_for(process.bridge._redis.aclose(), TIMEOUT)
+from .bridges import Process, redis_bridge, stop, until
+from .processes import RedisServer
 
 
 @pytest.fixture
 async def redis_processes(redis_server):
     """Two processes, each with its own Redis client, as two real processes would have."""
-    processes = [Process(RedisBridge(redis_client(redis_server), "test", f"node{n:08d}")) for n in range(2)]
+    processes = [Process(redis_bridge(redis_server, f"node{n:08d}")) for n in range(2)]
     for process in processes:
         await process.start()
         await process.wait_up()
@@ -75,7 +32,7 @@ async def lone_process(request):
         await process.start()
         yield process
         return
-    process = Process(RedisBridge(redis_client(request.getfixturevalue("redis_server")), "test", "node00000000"))
+    process = Process(redis_bridge(request.getfixturevalue("redis_server")))
     await process.start()
     await process.wait_up()
     yield process
@@ -144,7 +101,7 @@ async def test_after_redis_restarts_the_bridge_resubscribes_from_the_hub(redis_s
 
 async def test_redis_unreachable_at_start_then_found(redis_server):
     redis_server.kill()
-    process = Process(RedisBridge(redis_client(redis_server), "test", "node00000000"))
+    process = Process(redis_bridge(redis_server))
     await process.start()
     assert not process.bridge.up
     with pytest.raises(BridgeDown):
@@ -161,10 +118,47 @@ async def test_publishes_beyond_the_outbox_bound_are_refused(redis_processes, mo
     a, b = redis_processes
     await a.subscribe("group:g")
     monkeypatch.setattr(redis_bridge, "MAX_OUTBOX", 5)
-    for n in range(5):  # queued in one go: the sender task has not run yet
+    for n in range(5):  # sent in one go: no reply can have come back yet
         b.bridge.send("group:g", str(n).encode())
     with pytest.raises(BridgeDown):
         b.bridge.send("group:g", b"one too many")
     assert [int((await a.next())[1]) for _ in range(5)] == list(range(5))
     b.bridge.send("group:g", b"drained")  # the queue emptied: accepted again
     assert await a.next() == ("group:g", b"drained")
+
+
+@pytest.fixture
+def quick_pings(monkeypatch):
+    from aether_tornado.bridge import redis as redis_module
+
+    monkeypatch.setattr(redis_module, "HEALTH_INTERVAL", 0.1)
+    monkeypatch.setattr(redis_module, "REPLY_TIMEOUT", 0.3)
+
+
+async def test_a_redis_that_stops_answering_is_noticed_and_rejoined(quick_pings, redis_server, redis_processes):
+    a, b = redis_processes
+    await a.subscribe("group:g")
+    redis_server.process.send_signal(signal.SIGSTOP)  # its sockets stay open: only pings can tell
+    try:
+        await until(lambda: not a.bridge.up and not b.bridge.up)
+        with pytest.raises(BridgeDown):
+            b.bridge.send("group:g", b"lost")
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    await a.wait_up()
+    await b.wait_up()
+    assert await b.bridge.publish("group:g", b"back") == 1
+    assert await a.next() == ("group:g", b"back")
+
+
+async def test_a_wrong_password_keeps_the_bridge_down_and_logs_why(caplog):
+    server = RedisServer(password="right")
+    process = Process(RedisBridge(Address.from_url(f"redis://:wrong@127.0.0.1:{server.port}/0"), "test", "node0"))
+    try:
+        await process.start()
+        await until(lambda: "WRONGPASS" in caplog.text)
+        assert not process.bridge.up
+        assert "Redis bridge down" in caplog.text
+    finally:
+        await stop(process)
+        server.kill()

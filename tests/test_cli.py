@@ -55,6 +55,7 @@ def test_precedence_is_file_then_environment_then_flags(tmp_path):
         ([], {"AETHER_ALLOW_CLIENT_BROADCAST": "maybe"}, "AETHER_ALLOW_CLIENT_BROADCAST"),
         (["--max-message-bytes", "1.5"], {}, "--max-message-bytes"),
         (["--log-level", "loud"], {}, "log_level"),
+        (["--redis-url", "http://127.0.0.1:6379"], {}, "redis_url"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(argv, environ, names):

@@ -1,4 +1,4 @@
-"""The bridge over Redis pub/sub: one subscriber connection per process, supervised.
+"""The bridge over Redis pub/sub: a publisher and a subscriber connection per process, supervised.
 
 Channels are ``{prefix}:group:{id}``, ``{prefix}:client:{id}``, ``{prefix}:broadcast`` and
 ``{prefix}:resync``. Every published payload starts with the publisher's node id, so a
@@ -7,45 +7,44 @@ was published, for the latency metric.
 """
 
 import asyncio
-import contextlib
 import logging
 import random
 import struct
 import time
 
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-
 from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
+from .resp import Address, ConnectionClosed, ReplyError, RespConnection, connect
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+CONNECT_TIMEOUT = 2.0
+# Both connections are pinged when this long passes; a ping unanswered for REPLY_TIMEOUT
+# means Redis is gone even if the socket has not said so.
+HEALTH_INTERVAL = 5.0
+REPLY_TIMEOUT = 5.0
 _STAMP = struct.Struct("!d")
-# Publishes waiting for Redis, at most; a pipeline round trip normally drains them all.
+# Publishes sent and not yet answered, at most; past it Redis cannot keep up with the load.
 MAX_OUTBOX = 100_000
-# How long one read waits before checking the state again (and letting health checks run).
-READ_TIMEOUT = 1.0
+_PUBLISH = b"PUBLISH"
+_SUBSCRIBE = b"SUBSCRIBE"
+_UNSUBSCRIBE = b"UNSUBSCRIBE"
+_PING = b"PING"
 
 
 class RedisBridge:
-    def __init__(self, redis: Redis, prefix: str, node_id: str) -> None:
-        self._redis = redis
+    def __init__(self, address: Address, prefix: str, node_id: str) -> None:
+        self._address = address
         self._prefix = prefix + ":"
-        self._prefix_bytes = self._prefix.encode()
+        self._prefix_length = len(self._prefix.encode())
         self._origin = node_id.encode()
-        self._pubsub: PubSub | None = None
+        self._publisher: RespConnection | None = None
+        self._subscriber: RespConnection | None = None
+        # The channels subscribed on the current subscriber connection.
         self._subscribed: set[str] = set()
-        # Subscription changes not yet sent: channel -> wanted; the last change wins.
-        self._changes: dict[str, bool] = {}
-        self._lock = asyncio.Lock()
+        self._pong: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
-        # Publishes not yet sent: (channel key, envelope, future for the receiver count or None).
-        self._outbox: list[tuple[str, bytes, asyncio.Future | None]] = []
-        self._sender: asyncio.Task | None = None
         self._overloaded = False
         self._reported_up: bool | None = None
         self.up = False
@@ -55,160 +54,150 @@ class RedisBridge:
         self._task = asyncio.create_task(self._supervise(), name="redis bridge")
 
     def send(self, channel: str, payload: bytes) -> None:
-        if not self.up:
-            raise BridgeDown
-        self._queue(channel, payload, None)
+        self._ready_publisher().command(_PUBLISH, self._prefix + channel, self._envelope(payload))
 
     async def publish(self, channel: str, payload: bytes) -> int:
-        if not self.up:
-            raise BridgeDown
-        answer = asyncio.get_running_loop().create_future()
-        self._queue(channel, payload, answer)
-        receivers = await answer
+        reply = self._ready_publisher().call(_PUBLISH, self._prefix + channel, self._envelope(payload))
+        try:
+            receivers = await reply
+        except (ConnectionClosed, ReplyError):
+            raise BridgeDown from None
         # Our own subscriber counts too when we hold the channel; never below zero, since a
         # subscription change may be on its way.
         return max(0, receivers - (channel in self._subscribed))
 
-    def _queue(self, channel: str, payload: bytes, answer: asyncio.Future | None) -> None:
-        """Every publish goes through one queue, in order, sent as pipelines by one task.
+    def _envelope(self, payload: bytes) -> bytes:
+        return self._origin + _STAMP.pack(time.time()) + payload
 
-        A Redis too slow for the load would let the queue grow without end: past
-        ``MAX_OUTBOX`` publishes are refused (at most once) until it drains.
+    def _ready_publisher(self) -> RespConnection:
+        """The publisher, if Redis is up and keeping up; every publish goes through it, in order.
+
+        A Redis too slow for the load would let the unanswered publishes grow without end:
+        past ``MAX_OUTBOX`` new ones are refused (logged once) until it catches up.
         """
-        if len(self._outbox) >= MAX_OUTBOX:
+        publisher = self._publisher
+        if not self.up or publisher is None:
+            raise BridgeDown
+        if publisher.unanswered >= MAX_OUTBOX:
             if not self._overloaded:
-                log.warning("Redis cannot keep up: %d publishes wait; dropping new ones", len(self._outbox))
+                log.warning("Redis cannot keep up: %d publishes wait; dropping new ones", publisher.unanswered)
             self._overloaded = True
             raise BridgeDown
         self._overloaded = False
-        self._outbox.append((self._prefix + channel, self._origin + _STAMP.pack(time.time()) + payload, answer))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send_outbox(), name="redis publish")
-
-    async def _send_outbox(self) -> None:
-        """Send what queued up while the previous pipeline was in flight: one round trip each."""
-        while self._outbox:
-            batch, self._outbox = self._outbox, []
-            pipeline = self._redis.pipeline(transaction=False)
-            for key, envelope, _ in batch:
-                pipeline.publish(key, envelope)
-            try:
-                counts = await pipeline.execute()
-            except Exception as error:  # redis-py may raise more than RedisError on a dead connection
-                self._lost(error)
-                for _, _, answer in batch:
-                    if answer is not None and not answer.done():
-                        answer.set_exception(BridgeDown())
-                continue
-            for (_, _, answer), count in zip(batch, counts, strict=True):
-                if answer is not None and not answer.done():
-                    answer.set_result(count)
+        return publisher
 
     async def subscribe(self, channel: str) -> None:
-        self._changes[channel] = True
-        await self._apply_changes()
+        """Sent at once, in the hub's order; while down, the next connection subscribes from the hub."""
+        if self._subscriber is not None and channel not in self._subscribed:
+            self._subscribed.add(channel)
+            self._subscriber.command(_SUBSCRIBE, self._prefix + channel)
 
     async def unsubscribe(self, channel: str) -> None:
-        self._changes[channel] = False
-        await self._apply_changes()
+        if self._subscriber is not None and channel in self._subscribed:
+            self._subscribed.discard(channel)
+            self._subscriber.command(_UNSUBSCRIBE, self._prefix + channel)
 
     def mark_lost(self, error: BaseException) -> None:
         """Another user of Redis lost it: reconnect, resubscribe and resync presence."""
         self._lost(error)
 
     async def close(self) -> None:
-        """Stop reading and close the Redis client (presence is done with it by now)."""
-        for task in (self._task, self._sender):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         self.up = False
-        await self._drop_pubsub()
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.aclose()
-
-    async def _apply_changes(self) -> None:
-        """Send pending subscription changes in the order the hub made them."""
-        async with self._lock:
-            changes, self._changes = self._changes, {}
-            if not self.up or self._pubsub is None:
-                return  # the next connection subscribes from the hub's own list
-            add = [channel for channel, on in changes.items() if on and channel not in self._subscribed]
-            drop = [channel for channel, on in changes.items() if not on and channel in self._subscribed]
-            try:
-                if add:
-                    await self._pubsub.subscribe(*(self._prefix + channel for channel in add))
-                    self._subscribed.update(add)
-                if drop:
-                    await self._pubsub.unsubscribe(*(self._prefix + channel for channel in drop))
-                    self._subscribed.difference_update(drop)
-            except Exception as error:  # redis-py may raise more than RedisError on a dead connection
-                self._lost(error)
+        await self._disconnect()
 
     async def _supervise(self) -> None:
-        """Connect, resubscribe, read; on any failure back off (capped, full jitter) and retry."""
+        """Connect, resubscribe, watch; on any failure back off (capped, full jitter) and retry."""
         delay = BACKOFF_FIRST
         while True:
             on_up = None
             try:
                 await self._connect()
                 delay = BACKOFF_FIRST
-                # Read while the node resyncs, so Redis never queues up messages for us.
+                # Keep reading while the node resyncs, so Redis never queues up messages for us.
                 on_up = asyncio.create_task(self._on_up(), name="bridge up")
                 on_up.add_done_callback(self._check_on_up)
-                await self._read()
-            except (RedisError, OSError) as error:
+                await self._watch()
+            except (OSError, ReplyError, TimeoutError) as error:
                 self._lost(error)
             except Exception:
                 log.exception("Redis bridge failed; reconnecting")
                 self.up = False
-            if on_up is not None:
-                on_up.cancel()
-            await self._drop_pubsub()
+            finally:
+                if on_up is not None:
+                    on_up.cancel()
+            await self._disconnect()
             await asyncio.sleep(random.uniform(0, delay))
             delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _connect(self) -> None:
+        self._publisher = await connect(self._address, CONNECT_TIMEOUT)
+        self._subscriber = subscriber = await connect(self._address, CONNECT_TIMEOUT)
+        subscriber.listen(self._on_push)
+        channels = {RESYNC_CHANNEL, *self._wanted()}
+        subscriber.command(_SUBSCRIBE, *(self._prefix + channel for channel in channels))
+        self._subscribed = channels
+        # Redis answers in order: the pong says every channel is subscribed.
+        await self._ping_subscriber(subscriber)
+        self.up = True
+        self._report(True, f"subscribed to {len(channels)} channels")
+
+    async def _watch(self) -> None:
+        """Return nothing: raise ConnectionClosed or TimeoutError once either connection is gone."""
+        publisher, subscriber = self._publisher, self._subscriber
+        assert publisher is not None and subscriber is not None
+        while True:
+            closed, _ = await asyncio.wait(
+                (publisher.closed, subscriber.closed), timeout=HEALTH_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+            )
+            if closed:
+                raise closed.pop().result()
+            await asyncio.wait_for(publisher.call(_PING), REPLY_TIMEOUT)
+            await self._ping_subscriber(subscriber)
+
+    async def _ping_subscriber(self, subscriber: RespConnection) -> None:
+        """A subscriber's pong arrives as a push, after everything sent before the ping."""
+        self._pong = pong = asyncio.get_running_loop().create_future()
+        subscriber.command(_PING)
+        done, _ = await asyncio.wait(
+            (pong, subscriber.closed), timeout=REPLY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if subscriber.closed in done:
+            raise subscriber.closed.result()
+        if not done:
+            raise TimeoutError("Redis did not answer a ping")
+
+    def _on_push(self, reply: list[bytes]) -> None:
+        kind = reply[0]
+        if kind == b"message":
+            _, channel, data = reply
+            if data.startswith(self._origin):
+                return
+            name = channel[self._prefix_length :].decode()
+            origin = len(self._origin)
+            try:
+                self._on_message(name, data[origin + _STAMP.size :], _STAMP.unpack_from(data, origin)[0])
+            except Exception:
+                log.exception("delivering a message from channel %s failed", name)
+        elif kind == b"pong" and self._pong is not None and not self._pong.done():
+            self._pong.set_result(None)
 
     def _check_on_up(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
-            if not isinstance(error, RedisError | OSError):
+            if not isinstance(error, OSError | ReplyError | TimeoutError):
                 log.error("resync after connecting failed", exc_info=error)
             self._lost(error)
 
-    async def _connect(self) -> None:
-        async with self._lock:
-            # Connections pooled before an outage are dead even if Redis is back: drop them all.
-            await self._redis.connection_pool.disconnect(inuse_connections=False)
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            self._pubsub = pubsub
-            channels = {RESYNC_CHANNEL, *self._wanted()}
-            await pubsub.subscribe(*(self._prefix + channel for channel in channels))
-            self._subscribed = channels
-            self.up = True
-        self._report(True, f"subscribed to {len(channels)} channels")
-
-    async def _read(self) -> None:
-        pubsub = self._pubsub
-        assert pubsub is not None
-        origin = len(self._origin)
-        skip = origin + _STAMP.size
-        while self.up:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=READ_TIMEOUT)
-            if message is None or message["type"] != "message":
-                continue
-            data = message["data"]
-            if data[:origin] == self._origin:
-                continue
-            channel = message["channel"][len(self._prefix_bytes) :].decode()
-            try:
-                self._on_message(channel, data[skip:], _STAMP.unpack_from(data, origin)[0])
-            except Exception:
-                log.exception("delivering a message from channel %s failed", channel)
-        raise RedisConnectionError("a publish or subscribe on another connection failed")
-
     def _lost(self, error: BaseException) -> None:
+        """Down until the supervisor has reconnected; closing the connections wakes it."""
         self.up = False
         self._report(False, str(error) or type(error).__name__)
+        for connection in (self._publisher, self._subscriber):
+            if connection is not None:
+                connection.close()
 
     def _report(self, up: bool, detail: str) -> None:
         """One log line per change of state, not one per failed attempt."""
@@ -219,8 +208,11 @@ class RedisBridge:
             else:
                 log.warning("Redis bridge down, serving local connections only: %s", detail)
 
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+    async def _disconnect(self) -> None:
+        connections = [connection for connection in (self._publisher, self._subscriber) if connection is not None]
+        self._publisher = self._subscriber = None
+        self._subscribed = set()
+        for connection in connections:
+            connection.close()
+        if connections:
+            await asyncio.wait([connection.closed for connection in connections], timeout=CONNECT_TIMEOUT)

@@ -37,3 +37,6 @@ class Presence(Protocol):
 
     async def resync(self) -> None:
         """After the shared store's outage, put this process's leases back, silently."""
+
+    async def close(self) -> None:
+        """Release the shared store's connections; the leases stay until they expire."""

@@ -53,6 +53,9 @@ class MemoryPresence:
     async def resync(self) -> None:
         pass
 
+    async def close(self) -> None:
+        pass
+
     def leases(self) -> list[Lease]:
         return [
             Lease(group_id, client_id, key)

@@ -12,6 +12,7 @@ silently, as the protocol asks.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +112,8 @@ class RedisPresence:
         restarted empty, so this runs after every reconnection, noticed here or not.
         """
         async with self._resyncing:
+            # Connections pooled before an outage are dead even if Redis is back: drop them all.
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
             while self._left_while_down:
                 lease = self._left_while_down.pop()
                 try:
@@ -123,6 +126,10 @@ class RedisPresence:
             if self.down:
                 log.info("presence back in Redis: %d leases put back", len(leases))
             self.down = False
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
 
     async def _after_resync(self) -> None:
         if self._resyncing.locked():

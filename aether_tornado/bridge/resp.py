@@ -1,0 +1,179 @@
+"""Redis spoken directly for the bridge's hot path: RESP through hiredis, nothing per command.
+
+The bridge sends and receives one Redis message per WebSocket message. redis-py costs, for
+each of them, a pipeline object on the way out and a timeout, a health check and a dict on
+the way in. Here a publish is one packed command written to the socket, and a received
+message one list handed to a callback. Presence keeps redis-py: its calls are rare.
+"""
+
+import asyncio
+import collections
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import hiredis
+from redis.asyncio.connection import SSLConnection, parse_url
+
+log = logging.getLogger(__name__)
+
+# A reply that arrives without a command waiting for it (subscribe confirmations, messages).
+OnPush = Callable[[Any], None]
+
+
+class ReplyError(Exception):
+    """Redis answered a command with an error."""
+
+
+class ConnectionClosed(ConnectionError):
+    """The connection to Redis closed before the reply came."""
+
+
+@attrs.frozen
+class Address:
+    """Where Redis listens and how to log in, from the same URL redis-py takes."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None
+    username: str | None = None
+    password: str | None = None
+    tls: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> "Address":
+        """``redis://``, ``rediss://`` (TLS; ``ssl_ca_certs`` and ``ssl_cert_reqs=none`` honoured) or ``unix://``.
+
+        The database number does not matter here: pub/sub channels are shared by all databases.
+        Raises ValueError for a URL redis-py would refuse.
+        """
+        options = parse_url(url)
+        tls = None
+        if options.get("connection_class") is SSLConnection:
+            tls = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+            if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
+                tls.check_hostname = False
+                tls.verify_mode = ssl.CERT_NONE
+        return cls(
+            host=options.get("host", "localhost"),
+            port=options.get("port", 6379),
+            path=options.get("path"),
+            username=options.get("username"),
+            password=options.get("password"),
+            tls=tls,
+        )
+
+
+async def connect(address: Address, timeout: float) -> "RespConnection":
+    """Open a connection and log in; raises OSError, ReplyError or TimeoutError."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        if address.path is not None:
+            _, connection = await loop.create_unix_connection(RespConnection, address.path)
+        else:
+            _, connection = await loop.create_connection(RespConnection, address.host, address.port, ssl=address.tls)
+        try:
+            if address.password is not None:
+                login = (address.username, address.password) if address.username else (address.password,)
+                await connection.call(b"AUTH", *login)
+        except BaseException:
+            connection.close()
+            raise
+    return connection
+
+
+class RespConnection(asyncio.Protocol):
+    """One connection: commands written in order, replies matched to them in order.
+
+    Commands issued in one pass of the event loop leave in one write. After ``listen``
+    every reply goes to the callback instead (a subscriber's messages and confirmations).
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = hiredis.Reader(replyError=ReplyError)
+        self._transport: asyncio.Transport | None = None
+        self._outgoing: list[bytes] = []
+        # One entry per command sent and not yet answered: its future, or None if nobody waits.
+        self._waiting: collections.deque[asyncio.Future | None] = collections.deque()
+        self._on_push: OnPush | None = None
+        self.last_read = time.monotonic()
+        # Resolves, with the ConnectionClosed that ended it, once the connection is gone.
+        self.closed: asyncio.Future[ConnectionClosed] = self._loop.create_future()
+
+    @property
+    def unanswered(self) -> int:
+        return len(self._waiting)
+
+    def listen(self, on_push: OnPush) -> None:
+        self._on_push = on_push
+
+    def command(self, *args: str | bytes) -> None:
+        """Send a command whose reply nobody waits for; on a closed connection it is dropped."""
+        if self._send(args) and self._on_push is None:
+            self._waiting.append(None)
+
+    def call(self, *args: str | bytes) -> asyncio.Future:
+        """Send a command; the future gets its reply, ReplyError or ConnectionClosed."""
+        reply = self._loop.create_future()
+        if self._send(args):
+            self._waiting.append(reply)
+        else:
+            reply.set_exception(ConnectionClosed("the connection to Redis is closed"))
+        return reply
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _send(self, args: tuple[str | bytes, ...]) -> bool:
+        if self._transport is None or self._transport.is_closing():
+            return False
+        if not self._outgoing:
+            self._loop.call_soon(self._flush)
+        self._outgoing.append(hiredis.pack_command(args))
+        return True
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(outgoing))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                if self._on_push is not None:
+                    self._on_push(reply)
+                elif not self._waiting:
+                    raise hiredis.ProtocolError(f"a reply nobody asked for: {reply!r:.80}")
+                elif (waiter := self._waiting.popleft()) is None:
+                    if isinstance(reply, ReplyError):
+                        log.warning("Redis refused a command: %s", reply)
+                elif not waiter.done():
+                    if isinstance(reply, ReplyError):
+                        waiter.set_exception(reply)
+                    else:
+                        waiter.set_result(reply)
+        except hiredis.ProtocolError as error:
+            log.error("closing a Redis connection that broke the protocol: %s", error)
+            assert self._transport is not None
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        closed = ConnectionClosed(str(exc) if exc else "the connection to Redis closed")
+        waiting, self._waiting = self._waiting, collections.deque()
+        for waiter in waiting:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(closed)
+        if not self.closed.done():
+            self.closed.set_result(closed)

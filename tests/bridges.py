@@ -1,0 +1,59 @@
+"""A bridge with what a node gives it, for tests that drive bridges without a server."""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aether_tornado.bridge.redis import RedisBridge
+from aether_tornado.bridge.resp import Address
+
+TIMEOUT = 5.0
+
+
+class Process:
+    """One bridge with what a node gives it: a channel list (the hub's) and callbacks."""
+
+    def __init__(self, bridge) -> None:
+        self.bridge = bridge
+        self.channels: set[str] = set()
+        self.received: asyncio.Queue = asyncio.Queue()
+        self.ups: asyncio.Queue = asyncio.Queue()
+
+    async def start(self) -> None:
+        await self.bridge.start(self._on_message, lambda: self.channels, self._on_up)
+
+    def _on_message(self, channel: str, payload: bytes, published_at: float) -> None:
+        assert published_at <= time.time()
+        self.received.put_nowait((channel, payload))
+
+    async def _on_up(self) -> None:
+        self.ups.put_nowait(True)
+
+    async def subscribe(self, channel: str) -> None:
+        self.channels.add(channel)
+        await self.bridge.subscribe(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.channels.discard(channel)
+        await self.bridge.unsubscribe(channel)
+
+    async def next(self) -> tuple[str, bytes]:
+        return await asyncio.wait_for(self.received.get(), TIMEOUT)
+
+    async def wait_up(self) -> None:
+        await asyncio.wait_for(self.ups.get(), TIMEOUT * 2)
+
+
+def redis_bridge(redis_server, node_id: str = "node00000000", url: str | None = None) -> RedisBridge:
+    return RedisBridge(Address.from_url(url or redis_server.url), "test", node_id)
+
+
+async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+    """Wait for a state no event announces (a bridge going down), checking every 10 ms."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def stop(process: Process) -> None:
+    await asyncio.wait_for(process.bridge.close(), TIMEOUT)
