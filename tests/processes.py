@@ -47,6 +47,14 @@ class LoggedProcess:
             if not self._logged.wait_for(lambda: len(self.lines(text)) >= count, timeout):
                 raise TimeoutError(f"{count} x {text!r} not seen within {timeout} s:\n{''.join(self.log)}")
 
+    def wait_for_start(self, text: str) -> None:
+        """Like wait_for_log, but a process that never gets there is killed, not left behind."""
+        try:
+            self.wait_for_log(text)
+        except TimeoutError:
+            self.kill()
+            raise
+
     def kill(self) -> None:
         """SIGKILL: its sockets vanish without a goodbye, as in a crash."""
         if self.process.poll() is None:
@@ -99,7 +107,7 @@ class RedisServer(LoggedProcess):
         elif self.password:
             argv += ["--requirepass", self.password]
         super().__init__(argv)
-        self.wait_for_log("to accept connections")
+        self.wait_for_start("to accept connections")
 
 
 class ServerProcess(LoggedProcess):
@@ -108,8 +116,8 @@ class ServerProcess(LoggedProcess):
     def __init__(self, *args: str, ready: str = "serving", port: int | None = None) -> None:
         self.port = port or free_port()
         super().__init__([sys.executable, "-m", "aether_tornado", "--port", str(self.port), *args])
-        self.wait_for_log("serving")
-        self.wait_for_log(ready)
+        self.wait_for_start("serving")
+        self.wait_for_start(ready)
 
     def url(self, group_id: str, client_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/v3/ws/group/{group_id}/client/{client_id}"
