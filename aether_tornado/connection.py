@@ -33,7 +33,7 @@ from .errors import (
 )
 from .limits import TokenBucket
 from .node import Node
-from .schema import WSMessageV3, decode
+from .schema import decode
 
 log = logging.getLogger(__name__)
 
@@ -251,41 +251,46 @@ class ClientConnection(asyncio.Protocol):
             message = decode(text)
         except ProtocolError as problem:
             return self._reply(problem)
-        self._run(self._route(message))
+        try:
+            rest = self.node.receive(self, message)
+            if rest is not None:
+                self._finish(rest)
+        except Exception as error:
+            self._routing_failed(error)
         return None
 
-    async def _route(self, message: WSMessageV3) -> None:
-        try:
-            await self.node.receive(self, message)
-        except ProtocolError as problem:
-            self._reply(problem)
-        except Exception:
-            log.exception("routing a message of %s/%s failed", self.group_id, self.client_id)
-            self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
+    def _finish(self, rest: Coroutine[Any, Any, None]) -> None:
+        """Run what routing left to do; the messages after it wait until it is done (order).
 
-    def _run(self, work: Coroutine[Any, Any, None]) -> None:
-        """Route a message; the messages after it wait until it is done, which keeps order.
-
-        Alone (memory backends) routing never waits, so it runs to its end right here and
-        costs no Task; with Redis it runs as a Task.
+        Alone (memory backends) nothing waits, so it runs to its end right here and costs no
+        Task; with Redis it runs as a Task.
         """
         if self._eager:
             try:
-                work.send(None)
+                rest.send(None)
             except StopIteration:
                 return
-            work.close()  # it waited after all: a bug in a memory backend, not a client's doing
+            rest.close()  # it waited after all: a bug in a memory backend, not a client's doing
             raise RuntimeError("routing waited although every backend is in memory")
         self._busy = True
-        self.node.spawn(self._routed(work))
+        self.node.spawn(self._finished(rest))
 
-    async def _routed(self, work: Coroutine[Any, Any, None]) -> None:
+    async def _finished(self, rest: Coroutine[Any, Any, None]) -> None:
         try:
-            await work
+            await rest
+        except Exception as error:
+            self._routing_failed(error)
         finally:
             self._busy = False
             if self._transport is not None:
                 self._take_frames()
+
+    def _routing_failed(self, error: Exception) -> None:
+        if isinstance(error, ProtocolError):
+            self._reply(error)
+            return
+        log.error("routing a message of %s/%s failed", self.group_id, self.client_id, exc_info=error)
+        self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
 
     def _rate_limited(self) -> None:
         if self._strikes >= self.config.rate_strikes:

@@ -33,6 +33,9 @@ from .wire import text_frame
 
 log = logging.getLogger(__name__)
 
+# What is left of routing a message once it must wait for Redis, or None when it is done.
+Rest = Coroutine[Any, Any, None] | None
+
 
 def frame_of(message: WSMessageV3) -> bytes:
     """Encode a message and frame it, once for all its receivers."""
@@ -145,21 +148,32 @@ class Node:
 
     # Messages from clients.
 
-    async def receive(self, conn: Connection, message: WSMessageV3) -> None:
-        """Route one valid message from ``conn``; problems come back as ProtocolError."""
+    def receive(self, conn: Connection, message: WSMessageV3) -> Rest:
+        """Route one valid message from ``conn``; problems come back as ProtocolError.
+
+        What needs no answer from Redis is done here and now. The rest (a heartbeat's lease, a
+        presence query, a direct message's receiver count) is returned, for the caller to run
+        before the sender's next message.
+        """
         _check_identity(conn, message)
         if message.target == "broadcast":
             self._check_broadcast(conn)
         self.metrics.messages_in.inc(message.msg_type, message.target)
         if message.msg_type == "heartbeat":
-            await self._refresh([_lease(conn)])
-            self._send_one(conn, messages.heartbeat_reply(conn.group_id, message))
-        elif message.msg_type == "presence":
-            self._send_one(conn, messages.snapshot(conn.group_id, await self.presence.members(conn.group_id)))
-        elif message.target == "echo":
+            return self._answer_heartbeat(conn, message)
+        if message.msg_type == "presence":
+            return self._answer_presence(conn)
+        if message.target == "echo":
             self._send_one(conn, _stamped(message, conn.client_id, conn.group_id))
-        else:
-            await self._route(_stamped(message, conn.client_id, conn.group_id))
+            return None
+        return self._route(_stamped(message, conn.client_id, conn.group_id))
+
+    async def _answer_heartbeat(self, conn: Connection, message: WSMessageV3) -> None:
+        await self._refresh([_lease(conn)])
+        self._send_one(conn, messages.heartbeat_reply(conn.group_id, message))
+
+    async def _answer_presence(self, conn: Connection) -> None:
+        self._send_one(conn, messages.snapshot(conn.group_id, await self.presence.members(conn.group_id)))
 
     async def publish(self, message: WSMessageV3) -> str:
         """Route a backend's message (POST /v3/publish); returns its ``sent_at``.
@@ -176,7 +190,9 @@ class Node:
             raise ProtocolError(INVALID_MESSAGE, text, problems)
         self.metrics.messages_in.inc(message.msg_type, message.target)
         stamped = _stamped(message, message.from_id, message.group_id)
-        await self._route(stamped)
+        rest = self._route(stamped)
+        if rest is not None:
+            await rest
         assert stamped.sent_at is not None
         return stamped.sent_at
 
@@ -194,15 +210,16 @@ class Node:
 
     # Delivery: local sockets first, then one copy for the other processes.
 
-    async def _route(self, message: WSMessageV3) -> None:
-        """Deliver a stamped group, direct or broadcast message."""
+    def _route(self, message: WSMessageV3) -> Rest:
+        """Deliver a stamped group, direct or broadcast message; a direct one returns its check."""
         assert message.group_id is not None or message.target != "group"
+        if message.target == "direct":
+            return self._to_client(message)
         if message.target == "group":
             self._to_group(message.group_id, message)
-        elif message.target == "direct":
-            await self._to_client(message)
         else:
             self._send(BROADCAST_CHANNEL, self.hub.all(), message)
+        return None
 
     def _send_one(self, conn: Connection, message: WSMessageV3) -> None:
         conn.send(frame_of(message))
