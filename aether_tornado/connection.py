@@ -32,7 +32,7 @@ from .errors import (
     ProtocolError,
 )
 from .limits import TokenBucket
-from .node import Node
+from .node import Node, Rest
 from .schema import decode
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class ClientConnection(asyncio.Protocol):
             return self._rate_limited()
         self._strikes = 0
         if opcode == 0x2:
-            return self._reply(ProtocolError(UNSUPPORTED_FRAME, "Binary frames are not supported; send JSON text."))
+            return self.refuse(ProtocolError(UNSUPPORTED_FRAME, "Binary frames are not supported; send JSON text."))
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
@@ -250,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             message = decode(text)
         except ProtocolError as problem:
-            return self._reply(problem)
+            return self.refuse(problem)
         try:
             rest = self.node.receive(self, message)
             if rest is not None:
@@ -259,12 +259,17 @@ class ClientConnection(asyncio.Protocol):
             self._routing_failed(error)
         return None
 
-    def _finish(self, rest: Coroutine[Any, Any, None]) -> None:
+    def _finish(self, rest: Rest) -> None:
         """Run what routing left to do; the messages after it wait until it is done (order).
 
-        Alone (memory backends) nothing waits, so it runs to its end right here and costs no
-        Task; with Redis it runs as a Task.
+        A future (a direct message's receiver count) needs only a callback. A coroutine runs
+        to its end right here when every backend is in memory, since then nothing waits, and
+        as a Task with Redis.
         """
+        if isinstance(rest, asyncio.Future):
+            self._busy = True
+            rest.add_done_callback(self._resume)
+            return
         if self._eager:
             try:
                 rest.send(None)
@@ -281,13 +286,16 @@ class ClientConnection(asyncio.Protocol):
         except Exception as error:
             self._routing_failed(error)
         finally:
-            self._busy = False
-            if self._transport is not None:
-                self._take_frames()
+            self._resume()
+
+    def _resume(self, _: object = None) -> None:
+        self._busy = False
+        if self._transport is not None:
+            self._take_frames()
 
     def _routing_failed(self, error: Exception) -> None:
         if isinstance(error, ProtocolError):
-            self._reply(error)
+            self.refuse(error)
             return
         log.error("routing a message of %s/%s failed", self.group_id, self.client_id, exc_info=error)
         self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
@@ -305,9 +313,9 @@ class ClientConnection(asyncio.Protocol):
             return
         self._strikes += 1
         rate = self.config.rate_limit
-        self._reply(ProtocolError(RATE_LIMITED, f"Too many messages: at most {rate:g} a second; this one was dropped."))
+        self.refuse(ProtocolError(RATE_LIMITED, f"Too many messages: at most {rate:g} a second; this one was dropped."))
 
-    def _reply(self, problem: ProtocolError) -> None:
+    def refuse(self, problem: ProtocolError) -> None:
         log.debug(
             "%s/%s: %s: %s", self.group_id, self.client_id, problem.code, problem.msg, extra={"conn": self.lease_key}
         )

@@ -7,6 +7,8 @@ empty, which is when the node subscribes to or unsubscribes from its bridge chan
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
+from .errors import ProtocolError
+
 
 class Connection(Protocol):
     """What the hub and the node need of one open WebSocket."""
@@ -23,6 +25,9 @@ class Connection(Protocol):
         Frames sent before ``release`` are held back, so the snapshot comes first. A
         connection whose unsent output would pass its cap closes itself with 1013.
         """
+
+    def refuse(self, problem: ProtocolError) -> None:
+        """Answer the client with an error frame; the connection stays open."""
 
     def release(self, first: bytes) -> None:
         """Write ``first`` (the presence snapshot), then every frame held back so far."""

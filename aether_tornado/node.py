@@ -6,6 +6,7 @@ idle sweep and shutdown. Handlers hand it decoded messages and nothing else.
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -33,8 +34,9 @@ from .wire import text_frame
 
 log = logging.getLogger(__name__)
 
-# What is left of routing a message once it must wait for Redis, or None when it is done.
-Rest = Coroutine[Any, Any, None] | None
+# What is left of routing a message once it must wait for Redis, or None when it is done: a
+# coroutine, or a future whose callbacks have done the work once it is settled.
+Rest = Coroutine[Any, Any, None] | asyncio.Future | None
 
 
 def frame_of(message: WSMessageV3) -> bytes:
@@ -166,7 +168,15 @@ class Node:
         if message.target == "echo":
             self._send_one(conn, _stamped(message, conn.client_id, conn.group_id))
             return None
-        return self._route(_stamped(message, conn.client_id, conn.group_id))
+        receivers = self._route(_stamped(message, conn.client_id, conn.group_id))
+        if receivers is not None:
+            receivers.add_done_callback(functools.partial(self._answer_unreached, conn, message.to_id))
+        return receivers
+
+    def _answer_unreached(self, conn: Connection, to_id: str, receivers: asyncio.Future[int]) -> None:
+        problem = _unreached(to_id, receivers)
+        if problem is not None:
+            conn.refuse(problem)
 
     async def _answer_heartbeat(self, conn: Connection, message: WSMessageV3) -> None:
         await self._refresh([_lease(conn)])
@@ -190,9 +200,14 @@ class Node:
             raise ProtocolError(INVALID_MESSAGE, text, problems)
         self.metrics.messages_in.inc(message.msg_type, message.target)
         stamped = _stamped(message, message.from_id, message.group_id)
-        rest = self._route(stamped)
-        if rest is not None:
-            await rest
+        receivers = self._route(stamped)
+        if receivers is not None:
+            assert message.to_id is not None
+            with contextlib.suppress(BridgeDown):
+                await receivers
+            problem = _unreached(message.to_id, receivers)
+            if problem is not None:
+                raise problem
         assert stamped.sent_at is not None
         return stamped.sent_at
 
@@ -210,8 +225,12 @@ class Node:
 
     # Delivery: local sockets first, then one copy for the other processes.
 
-    def _route(self, message: WSMessageV3) -> Rest:
-        """Deliver a stamped group, direct or broadcast message; a direct one returns its check."""
+    def _route(self, message: WSMessageV3) -> asyncio.Future[int] | None:
+        """Deliver a stamped group, direct or broadcast message.
+
+        A direct message that no connection of this process took returns how many other
+        processes received it, to be checked by the caller.
+        """
         assert message.group_id is not None or message.target != "group"
         if message.target == "direct":
             return self._to_client(message)
@@ -225,24 +244,16 @@ class Node:
         conn.send(frame_of(message))
         self.metrics.deliveries.inc()
 
-    async def _to_client(self, message: WSMessageV3) -> None:
+    def _to_client(self, message: WSMessageV3) -> asyncio.Future[int] | None:
         assert message.to_id is not None  # the schema requires it for target 'direct'
         local = list(self.hub.client(message.to_id))
+        if local:
+            self._send(client_channel(message.to_id), local, message)
+            return None
         try:
-            remote = await self._publish(client_channel(message.to_id), local, message)
+            return self.bridge.publish(client_channel(message.to_id), self._deliver(local, message))
         except BridgeDown:
-            if local:
-                return
-            raise ProtocolError(
-                UNAVAILABLE,
-                f"{message.to_id} is not on this server process and the others cannot be reached now.",
-            ) from None
-        if not local and not remote:
-            raise ProtocolError(
-                RECIPIENT_OFFLINE,
-                f"{message.to_id} has no open connection.",
-                [{"field": "to_id", "problem": "has no open connection"}],
-            )
+            raise _unavailable(message.to_id) from None
 
     def _to_group(self, group_id: str, message: WSMessageV3) -> None:
         self._send(group_channel(group_id), self.hub.group(group_id), message)
@@ -252,10 +263,6 @@ class Node:
         payload = self._deliver(local, message)
         with contextlib.suppress(BridgeDown):  # at most once: local receivers already have it
             self.bridge.send(channel, payload)
-
-    async def _publish(self, channel: str, local: Iterable[Connection], message: WSMessageV3) -> int:
-        """Like ``_send``, then wait for the number of other processes that received it."""
-        return await self.bridge.publish(channel, self._deliver(local, message))
 
     def _deliver(self, local: Iterable[Connection], message: WSMessageV3) -> bytes:
         payload = encode(message)
@@ -390,3 +397,21 @@ def _check_identity(conn: Connection, message: WSMessageV3) -> None:
     if problems:
         fields = " and ".join(problem["field"] for problem in problems)
         raise ProtocolError(FORBIDDEN, f"{fields} must be your own or left out.", problems)
+
+
+def _unreached(to_id: str, receivers: asyncio.Future[int]) -> ProtocolError | None:
+    """The error for a direct message that no connection of its process took, once the other
+    processes' count is settled: none, recipient_offline, or unavailable if Redis failed."""
+    if receivers.exception() is not None:
+        return _unavailable(to_id)
+    if receivers.result():
+        return None
+    return ProtocolError(
+        RECIPIENT_OFFLINE,
+        f"{to_id} has no open connection.",
+        [{"field": "to_id", "problem": "has no open connection"}],
+    )
+
+
+def _unavailable(to_id: str) -> ProtocolError:
+    return ProtocolError(UNAVAILABLE, f"{to_id} is not on this server process and the others cannot be reached now.")

@@ -76,6 +76,18 @@ async def test_direct_to_nobody_is_recipient_offline(url):
     assert code == "recipient_offline" and errors == [{"field": "to_id", "problem": "has no open connection"}]
 
 
+async def test_an_error_comes_back_before_the_answers_to_later_messages(url):
+    """The recipient_offline check waits for Redis's count; the sender's next messages wait for it."""
+    alice, bob = await room(url, "g_a", "c_alice", "c_bob")
+    await alice.send(msg_type="msg", target="direct", to_id="c_ghost", msg="anyone?")
+    await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="then bob")
+    await alice.send(msg_type="msg", target="echo", msg="then me")
+    code, _ = errors_of(await alice.recv())
+    assert code == "recipient_offline"
+    assert (await alice.recv())["msg"] == "then me"
+    assert (await bob.recv())["msg"] == "then bob"
+
+
 async def test_broadcast_reaches_everybody(url):
     alice, bob = await room(url, "g_1", "c_alice", "c_bob")
     (carol,) = await room(url, "g_2", "c_carol")

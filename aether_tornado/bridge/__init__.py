@@ -3,10 +3,11 @@
 Guarantee: at most once. A message published while the transport is down is lost for
 the other processes (local delivery never depends on it). Messages one process publishes
 arrive at each subscribing process in the order they were published, across channels
-too (one subscriber connection per process, publishes awaited in turn): the node relies
-on this for order per sender and receiver.
+too (one subscriber connection per process, every publish of a process in order on one
+connection): the node relies on this for order per sender and receiver.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
@@ -49,11 +50,11 @@ class Bridge(Protocol):
         Raises BridgeDown when the transport is known to be unreachable.
         """
 
-    async def publish(self, channel: str, payload: bytes) -> int:
-        """Like ``send``, then wait for how many processes other than this one received it.
+    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+        """Like ``send``; the future tells how many processes other than this one received it.
 
-        Raises BridgeDown when the transport is unreachable. ``send`` and ``publish`` share
-        one order.
+        Raises BridgeDown when the transport is known to be unreachable; the future fails with
+        BridgeDown when it turns out to be. ``send`` and ``publish`` share one order.
         """
 
     async def subscribe(self, channel: str) -> None:

@@ -1,5 +1,7 @@
 """The bridge of a process that serves alone: there is nobody else to reach."""
 
+import asyncio
+
 from . import OnMessage, OnUp, Wanted
 
 
@@ -12,8 +14,10 @@ class MemoryBridge:
     def send(self, channel: str, payload: bytes) -> None:
         pass
 
-    async def publish(self, channel: str, payload: bytes) -> int:
-        return 0
+    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+        nobody = asyncio.get_running_loop().create_future()
+        nobody.set_result(0)
+        return nobody
 
     async def subscribe(self, channel: str) -> None:
         pass

@@ -7,13 +7,14 @@ was published, for the latency metric.
 """
 
 import asyncio
+import functools
 import logging
 import random
 import struct
 import time
 
 from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
-from .resp import Address, ConnectionClosed, ReplyError, RespConnection, connect
+from .resp import Address, ReplyError, RespConnection, connect
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,13 @@ class RedisBridge:
     def send(self, channel: str, payload: bytes) -> None:
         self._ready_publisher().command(_PUBLISH, self._prefix + channel, self._envelope(payload))
 
-    async def publish(self, channel: str, payload: bytes) -> int:
-        reply = self._ready_publisher().call(_PUBLISH, self._prefix + channel, self._envelope(payload))
-        try:
-            receivers = await reply
-        except (ConnectionClosed, ReplyError):
-            raise BridgeDown from None
-        # Our own subscriber counts too when we hold the channel; never below zero, since a
-        # subscription change may be on its way.
-        return max(0, receivers - (channel in self._subscribed))
+    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+        publisher = self._ready_publisher()
+        receivers = asyncio.get_running_loop().create_future()
+        # Our own subscriber counts too when we hold the channel.
+        count = functools.partial(_count_others, receivers, channel in self._subscribed)
+        publisher.call_then(count, _PUBLISH, self._prefix + channel, self._envelope(payload))
+        return receivers
 
     def _envelope(self, payload: bytes) -> bytes:
         return self._origin + _STAMP.pack(time.time()) + payload
@@ -216,3 +215,14 @@ class RedisBridge:
             connection.close()
         if connections:
             await asyncio.wait([connection.closed for connection in connections], timeout=CONNECT_TIMEOUT)
+
+
+def _count_others(receivers: asyncio.Future[int], subscribed_here: bool, reply: int | Exception) -> None:
+    """Settle a publish: the receiving processes other than this one (never below zero, since a
+    subscription change may be on its way), or BridgeDown."""
+    if receivers.done():
+        return
+    if isinstance(reply, Exception):
+        receivers.set_exception(BridgeDown())
+    else:
+        receivers.set_result(max(0, reply - subscribed_here))

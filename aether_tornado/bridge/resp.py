@@ -8,6 +8,7 @@ message one list handed to a callback. Presence keeps redis-py: its calls are ra
 
 import asyncio
 import collections
+import functools
 import logging
 import ssl
 import time
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 # A reply that arrives without a command waiting for it (subscribe confirmations, messages).
 OnPush = Callable[[Any], None]
+# Called with a command's reply, a ReplyError, or ConnectionClosed if the reply never came.
+OnReply = Callable[[Any], None]
 
 
 class ReplyError(Exception):
@@ -97,8 +100,8 @@ class RespConnection(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
-        # One entry per command sent and not yet answered: its future, or None if nobody waits.
-        self._waiting: collections.deque[asyncio.Future | None] = collections.deque()
+        # One entry per command sent and not yet answered: what to call with its reply, if anything.
+        self._waiting: collections.deque[OnReply | None] = collections.deque()
         self._on_push: OnPush | None = None
         self.last_read = time.monotonic()
         # Resolves, with the ConnectionClosed that ended it, once the connection is gone.
@@ -117,13 +120,17 @@ class RespConnection(asyncio.Protocol):
             self._waiting.append(None)
 
     def call(self, *args: str | bytes) -> asyncio.Future:
-        """Send a command; the future gets its reply, ReplyError or ConnectionClosed."""
+        """Send a command; the future gets its reply, or fails with ReplyError or ConnectionClosed."""
         reply = self._loop.create_future()
-        if self._send(args):
-            self._waiting.append(reply)
-        else:
-            reply.set_exception(ConnectionClosed("the connection to Redis is closed"))
+        self.call_then(functools.partial(_settle, reply), *args)
         return reply
+
+    def call_then(self, on_reply: OnReply, *args: str | bytes) -> None:
+        """Send a command; ``on_reply`` is called as soon as its reply is read, without a future."""
+        if self._send(args):
+            self._waiting.append(on_reply)
+        else:
+            on_reply(ConnectionClosed("the connection to Redis is closed"))
 
     def close(self) -> None:
         if self._transport is not None:
@@ -155,14 +162,10 @@ class RespConnection(asyncio.Protocol):
                     self._on_push(reply)
                 elif not self._waiting:
                     raise hiredis.ProtocolError(f"a reply nobody asked for: {reply!r:.80}")
-                elif (waiter := self._waiting.popleft()) is None:
-                    if isinstance(reply, ReplyError):
-                        log.warning("Redis refused a command: %s", reply)
-                elif not waiter.done():
-                    if isinstance(reply, ReplyError):
-                        waiter.set_exception(reply)
-                    else:
-                        waiter.set_result(reply)
+                elif (on_reply := self._waiting.popleft()) is not None:
+                    on_reply(reply)
+                elif isinstance(reply, ReplyError):
+                    log.warning("Redis refused a command: %s", reply)
         except hiredis.ProtocolError as error:
             log.error("closing a Redis connection that broke the protocol: %s", error)
             assert self._transport is not None
@@ -172,8 +175,17 @@ class RespConnection(asyncio.Protocol):
         self._transport = None
         closed = ConnectionClosed(str(exc) if exc else "the connection to Redis closed")
         waiting, self._waiting = self._waiting, collections.deque()
-        for waiter in waiting:
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(closed)
+        for on_reply in waiting:
+            if on_reply is not None:
+                on_reply(closed)
         if not self.closed.done():
             self.closed.set_result(closed)
+
+
+def _settle(future: asyncio.Future, reply: Any) -> None:
+    if future.done():
+        return
+    if isinstance(reply, Exception):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
