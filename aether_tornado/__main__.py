@@ -1,7 +1,8 @@
 """``python -m aether_tornado``: parse settings, set up logging, serve."""
 
-import asyncio
 import sys
+
+import uvloop
 
 from .app import serve
 from .config import SettingsError, load_settings
@@ -15,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aether_tornado: error: {error}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    uvloop.run(serve(settings))  # libuv's loop and transports: see bench/RESULTS.md
     return 0
 
 

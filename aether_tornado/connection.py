@@ -12,7 +12,7 @@ import logging
 import struct
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from tornado.util import _websocket_mask
 
@@ -125,9 +125,8 @@ class ClientConnection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(self._response)
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses, but alike
+        self._transport.write(self._response)
         self.made = True
         self._attached = asyncio.ensure_future(self.node.attach(self))
         self._attached.add_done_callback(self._after_attach)

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from aether_tornado.app import Server
 from aether_tornado.config import Settings
@@ -16,6 +17,11 @@ StartServer = Callable[..., Awaitable[Server]]
 
 def ws_url(server: Server, group_id: str, client_id: str) -> str:
     return f"ws://127.0.0.1:{server.port}/v3/ws/group/{group_id}/client/{client_id}"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """In-process servers run on uvloop, as ``python -m aether_tornado`` does."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

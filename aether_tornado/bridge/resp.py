@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import hiredis
@@ -150,8 +150,7 @@ class RespConnection(asyncio.Protocol):
             self._transport.write(b"".join(outgoing))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses, but alike
 
     def data_received(self, data: bytes) -> None:
         self.last_read = time.monotonic()
