@@ -1,15 +1,18 @@
 """Wiring: builds the node with its backends and the Tornado application, and serves."""
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 import uuid
 from urllib.parse import urlsplit
 
+import attrs
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -28,19 +31,31 @@ from .sd_notify import notify
 
 log = logging.getLogger(__name__)
 
+PRESENCE_CONNECTIONS = 32
+# Seconds an HTTP connection may stay silent before its request (or between two of them).
+HTTP_IDLE_TIMEOUT = 10.0
+# Open files a process needs besides its WebSockets: listening sockets, Redis, logs, and a
+# descriptor or two for each handshake under way.
+FILES_RESERVED = PRESENCE_CONNECTIONS + 100
+
 
 def build_node(settings: Settings) -> Node:
     """The one place that picks the backends: Redis with a URL, memory without."""
     node_id = uuid.uuid4().hex[:12]
     if settings.redis_url is None:
         return Node(settings, node_id, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds))
-    redis = Redis.from_url(
+    # Presence calls wait for one of a few connections rather than open one each: a burst of
+    # handshakes would otherwise open hundreds, each a file descriptor a client could have had.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=PRESENCE_CONNECTIONS,
+        timeout=5,
         retry=Retry(NoBackoff(), 0),  # the bridge's supervisor reconnects, then resyncs presence
         socket_connect_timeout=2,
         socket_timeout=5,
         health_check_interval=5,
     )
+    redis = Redis.from_pool(pool)
     bridge = RedisBridge(Address.from_url(settings.redis_url), settings.redis_prefix, node_id)
     presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost)
     return Node(settings, node_id, Hub(), bridge, presence)
@@ -87,9 +102,14 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.node = build_node(settings)
-        # A published message is one message: its body has the WebSocket frame limit.
+        # A published message is one message: its body has the WebSocket frame limit. A
+        # connection that sends no request soon is closed: each one holds a descriptor.
         self.http = tornado.httpserver.HTTPServer(
-            make_app(self.node), xheaders=True, max_body_size=settings.max_message_bytes
+            make_app(self.node),
+            xheaders=True,
+            max_body_size=settings.max_message_bytes,
+            idle_connection_timeout=HTTP_IDLE_TIMEOUT,
+            body_timeout=HTTP_IDLE_TIMEOUT,
         )
         self.port = settings.port
 
@@ -113,8 +133,32 @@ def _redacted(url: str) -> str:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
 
 
+def fit_open_files(settings: Settings) -> Settings:
+    """Lift the soft limit on open files to the hard one, and lower max_connections to what fits.
+
+    A process out of descriptors cannot even accept a connection to refuse it; within the
+    limit, the extra handshakes get 503 over_capacity.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):  # a hard limit of "unlimited" cannot be the soft one
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    room = soft - FILES_RESERVED
+    if soft == resource.RLIM_INFINITY or settings.max_connections <= room:
+        return settings
+    log.warning(
+        "max_connections lowered from %d to %d: the process may open %d files; "
+        "raise the limit (LimitNOFILE= in systemd, ulimit -n) to hold more",
+        settings.max_connections,
+        max(room, 1),
+        soft,
+    )
+    return attrs.evolve(settings, max_connections=max(room, 1))
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    settings = fit_open_files(settings)
     server = Server(settings)
     await server.start()
     log.info(

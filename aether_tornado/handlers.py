@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import errno
 import hashlib
 import logging
 import os
@@ -86,7 +87,15 @@ class ClientSocket(JSONErrorMixin, tornado.web.RequestHandler):
         if self.node.sockets >= self.config.max_connections:
             log.warning("refused %s/%s: at the connection limit", group_id, client_id)
             return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
-        await self._upgrade(key, (group_id, client_id, may_broadcast))
+        try:
+            # The socket's own descriptor, for the protocol; Tornado closes its one.
+            descriptor = os.dup(self.request.connection.stream.socket.fileno())
+        except OSError as error:
+            if error.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            log.warning("refused %s/%s: out of file descriptors (%s)", group_id, client_id, error.strerror)
+            return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
+        await self._upgrade(key, (group_id, client_id, may_broadcast), descriptor)
         return None
 
     def _websocket_key(self) -> str | None:
@@ -107,28 +116,26 @@ class ClientSocket(JSONErrorMixin, tornado.web.RequestHandler):
             return None
         return key
 
-    async def _upgrade(self, key: str, handshake: tuple[str, str, bool]) -> None:
+    async def _upgrade(self, key: str, handshake: tuple[str, str, bool], descriptor: int) -> None:
         accept = base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest()).decode()
         response = (
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
         ).encode()
         self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
+        sock = socket.socket(fileno=descriptor)
         conn = ClientConnection(self.node, self._flusher, handshake, response)
         stream = self.detach()
-        sock = None
         try:
             # Tornado may already hold what the client sent after its request; it goes first.
             conn.feed_early(bytes(stream._read_buffer))
-            sock = socket.socket(fileno=os.dup(stream.socket.fileno()))
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock=sock)
         except BaseException:
             if not conn.made:  # otherwise connection_lost gives the slot back
                 self.node.sockets -= 1
-                if sock is not None:
-                    sock.close()
+                sock.close()
             raise
         finally:
             stream.close()  # closes Tornado's descriptor; the socket lives on in ours

@@ -1,6 +1,7 @@
 """Real processes for tests: a private redis-server and aether_tornado servers."""
 
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -20,15 +21,18 @@ def free_port() -> int:
 class LoggedProcess:
     """A child process whose output lines are collected, so tests can wait for one."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], open_files: int | None = None) -> None:
+        """``open_files`` caps the descriptors the process may open, soft and hard limit alike."""
         self.log: list[str] = []
         self._logged = threading.Condition()
+        limit = None if open_files is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files,) * 2))
         self.process = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit,
         )
         threading.Thread(target=self._collect, args=(self.process,), daemon=True).start()
 
@@ -113,9 +117,11 @@ class RedisServer(LoggedProcess):
 class ServerProcess(LoggedProcess):
     """``python -m aether_tornado`` on a free port, ready once ``ready`` is logged."""
 
-    def __init__(self, *args: str, ready: str = "serving", port: int | None = None) -> None:
+    def __init__(
+        self, *args: str, ready: str = "serving", port: int | None = None, open_files: int | None = None
+    ) -> None:
         self.port = port or free_port()
-        super().__init__([sys.executable, "-m", "aether_tornado", "--port", str(self.port), *args])
+        super().__init__([sys.executable, "-m", "aether_tornado", "--port", str(self.port), *args], open_files)
         self.wait_for_start("serving")
         self.wait_for_start(ready)
 

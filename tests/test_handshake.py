@@ -6,7 +6,10 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from aether_tornado.app import FILES_RESERVED
+
 from .conftest import ws_url
+from .processes import ServerProcess
 from .wsclient import Client
 
 UPGRADE = {
@@ -103,6 +106,20 @@ async def test_connection_limit_is_503_until_a_slot_frees(start_server):
     await second.recv_where(event="leave", client_id="c_1")  # the server has let go of it
     third = await Client.joined(ws_url(server, "g_cap", "c_3"))
     assert third.snapshot["payload"]["clients"] == ["c_2", "c_3"]
+
+
+async def test_a_process_allowed_few_open_files_holds_what_fits_and_refuses_the_rest_with_503():
+    server = ServerProcess("--max-connections", "1000", open_files=FILES_RESERVED + 10)
+    try:
+        assert server.lines("max_connections lowered from 1000 to 10")
+        clients = [await Client.joined(server.url("g_fd", f"c_{n}")) for n in range(10)]
+        status, body = await handshake(server.port, "/v3/ws/group/g_fd/client/c_more")
+        assert (status, body["code"]) == (503, "over_capacity")
+        clients[0].close()
+        await clients[1].recv_where(event="leave", client_id="c_0")
+        await Client.joined(server.url("g_fd", "c_more"))
+    finally:
+        server.kill()
 
 
 async def test_simultaneous_handshakes_cannot_overshoot_the_limit(start_server):

@@ -4,6 +4,8 @@ import asyncio
 import os
 import random
 
+from aether_tornado import app
+
 from .wsclient import Client, RawSocket, errors_of
 
 GARBAGE = [
@@ -69,3 +71,12 @@ async def test_thousands_of_garbage_frames_and_abrupt_disconnects(start_server):
     snapshot = await fresh.recv_where(event="snapshot")
     assert snapshot["payload"]["clients"] == ["c_fresh", "c_watch"]
     assert len(server.node.hub) == 2
+
+
+async def test_a_connection_that_never_sends_a_request_is_closed(start_server, monkeypatch):
+    """Each silent connection holds a descriptor: it may not hold one for long."""
+    monkeypatch.setattr(app, "HTTP_IDLE_TIMEOUT", 0.3)
+    server = await start_server()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
