@@ -6,6 +6,7 @@ so a frontend developer fixes a message in one round trip instead of one per typ
 
 import re
 import time
+from collections.abc import Callable
 from typing import Any, Literal, NewType, get_args
 
 import attrs
@@ -72,19 +73,30 @@ def _structure_payload(value: Any, _: type) -> dict:
     return value
 
 
-def _structure_literal(value: Any, literal: Any) -> str:
-    choices = get_args(literal)
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError("not one of " + ", ".join(f"'{choice}'" for choice in choices))
-    return value
+def _literal_hook(literal: Any) -> Callable[[Any, type], str]:
+    """One check per Literal type, its choices looked up once, not per message."""
+    choices = frozenset(get_args(literal))
+    problem = "not one of " + ", ".join(f"'{choice}'" for choice in get_args(literal))
+
+    def structure(value: Any, _: type) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ValueError(problem)
+        return value
+
+    return structure
 
 
 converter = Converter(forbid_extra_keys=True, detailed_validation=True)
-converter.register_structure_hook(str, _structure_str)
-converter.register_structure_hook(VisionId, _structure_vision_id)
-converter.register_structure_hook(CmdName, _structure_cmd)
-converter.register_structure_hook(Payload, _structure_payload)
-converter.register_structure_hook_func(is_literal, _structure_literal)
+for kind, hook in (
+    (str, _structure_str),
+    (VisionId, _structure_vision_id),
+    (CmdName, _structure_cmd),
+    (Payload, _structure_payload),
+):
+    converter.register_structure_hook(kind, hook)
+    # decode() drops nulls first, so an optional field's hook only ever sees a value.
+    converter.register_structure_hook(kind | None, hook)
+converter.register_structure_hook_factory(is_literal, _literal_hook)
 
 
 def _field_problems(error: ClassValidationError) -> dict[str, str]:
