@@ -144,7 +144,7 @@ class RedisBridge:
         self._report(True, f"subscribed to {len(channels)} channels")
 
     async def _watch(self) -> None:
-        """Return nothing: raise ConnectionClosed or TimeoutError once either connection is gone."""
+        """Ping both connections every HEALTH_INTERVAL; raise once either is gone or stops answering."""
         publisher, subscriber = self._publisher, self._subscriber
         assert publisher is not None and subscriber is not None
         while True:

@@ -11,7 +11,6 @@ import collections
 import functools
 import logging
 import ssl
-import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -103,7 +102,6 @@ class RespConnection(asyncio.Protocol):
         # One entry per command sent and not yet answered: what to call with its reply, if anything.
         self._waiting: collections.deque[OnReply | None] = collections.deque()
         self._on_push: OnPush | None = None
-        self.last_read = time.monotonic()
         # Resolves, with the ConnectionClosed that ended it, once the connection is gone.
         self.closed: asyncio.Future[ConnectionClosed] = self._loop.create_future()
 
@@ -153,7 +151,6 @@ class RespConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses, but alike
 
     def data_received(self, data: bytes) -> None:
-        self.last_read = time.monotonic()
         self._reader.feed(data)
         try:
             while (reply := self._reader.gets()) is not False:
