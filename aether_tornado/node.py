@@ -265,9 +265,12 @@ class Node:
             self.bridge.send(channel, payload)
 
     def _deliver(self, local: Iterable[Connection], message: WSMessageV3) -> bytes:
+        """Encode once, frame once for the local receivers if any; return the other processes' copy."""
         payload = encode(message)
         self.metrics.messages_out.inc(message.msg_type, message.target)
-        self.metrics.deliveries.inc(amount=self.hub.deliver(local, text_frame(payload)))
+        receivers = tuple(local)
+        if receivers:
+            self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload)))
         return payload
 
     def _on_bridge_message(self, channel: str, payload: bytes, published_at: float) -> None:
