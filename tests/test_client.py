@@ -42,6 +42,10 @@ async def test_roster_messages_and_helpers(server):
         alice.send_direct("c_nobody", "hello?")
         error = await next_message(alice)
         assert error["cmd"] == "ERROR" and error["payload"]["code"] == "recipient_offline"
+        bob.query_presence()
+        while ((message := await bob.recv(5))["payload"] or {}).get("event") != "snapshot":
+            pass
+        assert message["payload"]["clients"] == ["c_alice", "c_bob"]
     assert alice.state == "closed"
 
 
