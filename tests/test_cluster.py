@@ -1,8 +1,12 @@
 """Several processes on one Redis act as one server, through crashes and Redis outages."""
 
+import asyncio
+
 import orjson
 import redis
 from tornado.httpclient import AsyncHTTPClient
+
+from aether_tornado.app import PRESENCE_CONNECTIONS
 
 from .wsclient import Client, errors_of
 
@@ -159,3 +163,16 @@ async def test_recipient_offline_is_decided_cluster_wide(start_process):
     await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="still there?")
     code, errors = errors_of(await alice.recv_where(cmd="ERROR"))
     assert code == "recipient_offline" and errors[0]["field"] == "to_id"
+
+
+async def test_a_burst_of_handshakes_opens_a_bounded_number_of_redis_connections(redis_server, start_process):
+    process = start_process()
+    clients = await asyncio.gather(*(Client.joined(process.url("g_burst", f"c_{n}")) for n in range(150)))
+    store = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    try:
+        # presence's pool, the bridge's publisher and subscriber, and this probe
+        assert len(store.client_list()) <= PRESENCE_CONNECTIONS + 3
+    finally:
+        store.close()
+        for client in clients:
+            client.close()
