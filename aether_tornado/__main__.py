@@ -7,12 +7,14 @@ import uvloop
 from .app import serve
 from .config import SettingsError, load_settings
 from .logs import setup_logging
+from .tornado_internals import check_tornado
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        check_tornado()
         settings = load_settings(argv)
-    except SettingsError as error:
+    except (RuntimeError, SettingsError) as error:
         print(f"aether_tornado: error: {error}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)

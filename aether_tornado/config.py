@@ -80,8 +80,17 @@ class Settings:
         None, "HS256 secret of client tokens (?token=), 32 bytes or more; set, every WebSocket needs a token", _secret
     )
     max_message_bytes: int = _setting(
-        65536, "largest frame a client may send; a larger one closes with 1009", _positive
+        65536, "largest message a client may send, all its fragments together; a larger one closes with 1009", _positive
     )
+    max_fragments: int = _setting(64, "frames one message may be split into; more close with 1008", _positive)
+    frame_rate: float = _setting(
+        500.0, "frames of any kind (data, ping, pong, continuation) a client may send a second", _positive
+    )
+    frame_burst: int = _setting(
+        2000, "frames a client may send in one burst; past the budget it is closed with 1008", _positive
+    )
+    control_rate: float = _setting(10.0, "pings and pongs a client may send a second", _positive)
+    control_burst: int = _setting(50, "pings and pongs a client may send in one burst; past it, 1008", _positive)
     rate_limit: float = _setting(100.0, "messages per second a connection may send, sustained", _positive)
     rate_burst: int = _setting(1000, "messages a connection may send in one burst", _positive)
     rate_strikes: int = _setting(
@@ -111,6 +120,9 @@ class Settings:
     console: bool = _setting(True, "serve the console page at /v3/console (the client module is always served)")
     ping_interval: float = _setting(
         25.0, "seconds between WebSocket pings that find dead peers (0 turns them off)", _not_negative
+    )
+    close_timeout: float = _setting(
+        5.0, "seconds to wait for the client's close frame (or its end) after ours before dropping it", _positive
     )
     shutdown_timeout: float = _setting(
         10.0, "seconds to wait for sockets to close on SIGTERM before exiting", _positive

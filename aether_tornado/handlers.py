@@ -1,19 +1,14 @@
 """Tornado handlers for the WebSocket endpoint: the handshake's checks and the upgrade."""
 
-import asyncio
-import base64
 import errno
-import hashlib
 import logging
-import os
-import socket
 from urllib.parse import urlsplit
 
 import orjson
 import tornado.web
 
 from .auth import AuthError, verify_token
-from .connection import ClientConnection, Flusher
+from .connection import ClientConnection
 from .errors import (
     FORBIDDEN_ORIGIN,
     INVALID_ID,
@@ -24,10 +19,10 @@ from .errors import (
 )
 from .ids import id_problem
 from .node import Node
+from .tornado_internals import take_socket
+from .websocket import Flusher, handshake_response, serve_socket, upgrade_problem
 
 log = logging.getLogger(__name__)
-
-WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
 class JSONErrorMixin:
@@ -88,57 +83,33 @@ class ClientSocket(JSONErrorMixin, tornado.web.RequestHandler):
             log.warning("refused %s/%s: at the connection limit", group_id, client_id)
             return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
         try:
-            # The socket's own descriptor, for the protocol; Tornado closes its one.
-            descriptor = os.dup(self.request.connection.stream.socket.fileno())
+            sock, early = take_socket(self)
         except OSError as error:
             if error.errno not in (errno.EMFILE, errno.ENFILE):
                 raise
             log.warning("refused %s/%s: out of file descriptors (%s)", group_id, client_id, error.strerror)
             return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
-        await self._upgrade(key, (group_id, client_id, may_broadcast), descriptor)
+        response = handshake_response(key)
+        conn = ClientConnection(self.node, self._flusher, (group_id, client_id, may_broadcast), response, early)
+        self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
+        try:
+            await serve_socket(sock, conn)
+        except BaseException:
+            if not conn.made:  # otherwise the connection gives the slot back when it is lost
+                self.node.sockets -= 1
+            raise
         return None
 
     def _websocket_key(self) -> str | None:
         """The client's Sec-WebSocket-Key, or None after answering a request that is no upgrade."""
-        headers = self.request.headers
-        upgrade = headers.get("Upgrade", "").lower() == "websocket"
-        connection = "upgrade" in (part.strip().lower() for part in headers.get("Connection", "").split(","))
-        if not upgrade or not connection:
-            self.refuse(400, NOT_WEBSOCKET, "This is a WebSocket endpoint: send an upgrade request.")
+        problem = upgrade_problem(self.request.headers)
+        if problem is not None:
+            status, msg = problem
+            if status == 426:
+                self.set_header("Sec-WebSocket-Version", "13")
+            self.refuse(status, NOT_WEBSOCKET, msg)
             return None
-        if headers.get("Sec-WebSocket-Version") != "13":
-            self.set_header("Sec-WebSocket-Version", "13")
-            self.refuse(426, NOT_WEBSOCKET, "Only WebSocket version 13 is supported.")
-            return None
-        key = headers.get("Sec-WebSocket-Key")
-        if not key:
-            self.refuse(400, NOT_WEBSOCKET, "Sec-WebSocket-Key is missing.")
-            return None
-        return key
-
-    async def _upgrade(self, key: str, handshake: tuple[str, str, bool], descriptor: int) -> None:
-        accept = base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest()).decode()
-        response = (
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
-        ).encode()
-        self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
-        sock = socket.socket(fileno=descriptor)
-        conn = ClientConnection(self.node, self._flusher, handshake, response)
-        stream = self.detach()
-        try:
-            # Tornado may already hold what the client sent after its request; it goes first.
-            conn.feed_early(bytes(stream._read_buffer))
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock=sock)
-        except BaseException:
-            if not conn.made:  # otherwise connection_lost gives the slot back
-                self.node.sockets -= 1
-                sock.close()
-            raise
-        finally:
-            stream.close()  # closes Tornado's descriptor; the socket lives on in ours
+        return self.request.headers["Sec-WebSocket-Key"]
 
     def _origin_allowed(self, origin: str) -> bool:
         allowed = self.config.allowed_origins

@@ -26,11 +26,11 @@ from .errors import (
     UNAVAILABLE,
     ProtocolError,
 )
+from .frames import text_frame
 from .hub import Connection, Hub
 from .metrics import Metrics
 from .presence import Lease, Presence
 from .schema import WSMessageV3, encode, utc_timestamp
-from .wire import text_frame
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ GARBAGE = [
 
 
 async def test_thousands_of_garbage_frames_and_abrupt_disconnects(start_server):
-    server = await start_server(rate_limit=100000, rate_burst=100000)
+    server = await start_server(rate_limit=100000, rate_burst=100000, frame_rate=100000, frame_burst=100000)
     rng = random.Random(7)
     path = "/v3/ws/group/g_junk/client/{}"
     await Client.joined(f"ws://127.0.0.1:{server.port}" + path.format("c_watch"))

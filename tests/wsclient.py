@@ -4,12 +4,13 @@ import asyncio
 import base64
 import os
 import socket
-import struct
 from typing import Any
 
 import orjson
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from aether_tornado import frames
 
 TIMEOUT = 5.0
 
@@ -84,27 +85,27 @@ def errors_of(message: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
 
 
 class RawSocket:
-    """A hand-made WebSocket client, for what a well-behaved library refuses to do."""
+    """A hand-made WebSocket client, for what a well-behaved library refuses to do.
+
+    Frames are built and parsed by the server's own sans-I/O module; what it reads from the
+    server is checked by the same rules, so a malformed server frame fails the test.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.frames = frames.FrameReader(from_client=False)
 
     @classmethod
-    async def open(cls, port: int, path: str, recv_buffer: int | None = None) -> "RawSocket":
+    async def open(cls, port: int, path: str, recv_buffer: int | None = None, with_request: bytes = b"") -> "RawSocket":
+        """Connect and upgrade; ``with_request`` goes in the same write as the request (pipelined frames)."""
         sock = socket.socket()
         if recv_buffer:  # set before connecting, so the TCP window stays small
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
         sock.setblocking(False)
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), TIMEOUT)
         reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        writer.write(upgrade_request(port, path) + with_request)
         response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert response.startswith(b"HTTP/1.1 101"), response
         return cls(reader, writer)
@@ -114,51 +115,58 @@ class RawSocket:
 
     @staticmethod
     def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-        """A masked client frame, as RFC 6455 section 5.2 lays it out."""
-        mask = os.urandom(4)
-        head = bytes([(0x80 if fin else 0) | opcode])
-        length = len(payload)
-        if length < 126:
-            head += bytes([0x80 | length])
-        elif length <= 0xFFFF:
-            head += bytes([0x80 | 126]) + struct.pack("!H", length)
-        else:
-            head += bytes([0x80 | 127]) + struct.pack("!Q", length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        return head + mask + masked
+        """A masked client frame."""
+        return frames.build(opcode, payload, fin, mask_key=os.urandom(4))
 
-    async def read_frame(self) -> tuple[int, bytes]:
-        """One server frame as (opcode, payload); server frames are never masked."""
-        head = await self.reader.readexactly(2)
-        length = head[1] & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", await self.reader.readexactly(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", await self.reader.readexactly(8))[0]
-        return head[0] & 0x0F, await self.reader.readexactly(length)
+    async def read_frame(self, timeout: float = TIMEOUT) -> tuple[int, bytes]:
+        """One server frame as (opcode, payload); raises EOFError when the connection ends first."""
+
+        async def read() -> tuple[int, bytes]:
+            while (event := self.frames.next()) is None:
+                data = await self.reader.read(1 << 16)
+                if not data:
+                    raise EOFError("the server ended the connection")
+                self.frames.feed(data)
+            opcode, payload = event
+            return opcode, payload.encode() if isinstance(payload, str) else payload
+
+        return await asyncio.wait_for(read(), timeout)
 
     async def close_code(self, timeout: float = TIMEOUT) -> tuple[int, int]:
         """Read until the close frame; return (text frames read before it, close code)."""
 
         async def drain() -> tuple[int, int]:
-            frames = 0
+            count = 0
             while True:
-                opcode, payload = await self.read_frame()
-                if opcode == 0x8:
-                    return frames, struct.unpack("!H", payload[:2])[0]
-                frames += opcode == 0x1
+                opcode, payload = await self.read_frame(timeout)
+                if opcode == frames.CLOSE:
+                    return count, frames.close_code(payload)
+                count += opcode == frames.TEXT
 
         return await asyncio.wait_for(drain(), timeout)
 
-    async def at_eof(self, timeout: float = TIMEOUT) -> bool:
-        """Wait until the server drops the connection, discarding what it sent."""
+    async def closed_cleanly(self, timeout: float = TIMEOUT) -> int:
+        """The server's close code, once its close frame and then the end of the TCP stream arrived.
 
-        async def drain() -> None:
-            while await self.reader.read(65536):
-                pass
+        For a connection the server failed (it ends the stream after its close frame); after
+        a close handshake it waits for ours. An abrupt drop fails: a reset, or the end of the
+        stream without a close frame.
+        """
 
-        await asyncio.wait_for(drain(), timeout)
-        return True
+        async def close_then_end() -> int:
+            _, code = await self.close_code(timeout)
+            assert await self.reader.read(1 << 16) == b"", "bytes after the close frame"
+            return code
+
+        return await asyncio.wait_for(close_then_end(), timeout)
 
     def close(self) -> None:
         self.writer.close()
+
+
+def upgrade_request(port: int, path: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()

@@ -1,0 +1,48 @@
+"""Every use of Tornado's private API, in one place, for the Tornado releases it was tested with.
+
+The server lets Tornado answer the HTTP handshake and then serves the socket itself
+(websocket.py). Taking the socket over needs two things Tornado keeps private: the stream's
+socket and what it has already read from it. Masking borrows Tornado's C speedup.
+``check_tornado`` refuses to start on a release these were not tested with.
+"""
+
+import os
+import socket
+
+import tornado
+import tornado.web
+from tornado.util import _websocket_mask
+
+# Tornado releases (major, minor) whose internals below were tested.
+TESTED_TORNADO = ((6, 6),)
+
+# mask(key, data): ``data`` XORed with the 4-byte ``key`` (RFC 6455 section 5.3), in C when
+# Tornado was built with its speedups.
+mask = _websocket_mask
+
+
+def check_tornado(version: tuple[int, ...] = tornado.version_info) -> None:
+    """Raise RuntimeError unless ``version`` is a Tornado release this module was tested with."""
+    if tuple(version[:2]) not in TESTED_TORNADO:
+        tested = ", ".join(f"{major}.{minor}" for major, minor in TESTED_TORNADO)
+        shown = ".".join(str(part) for part in version[:3])
+        raise RuntimeError(
+            f"Tornado {shown} is installed, but the socket hand-over was tested with Tornado {tested} only; "
+            "install the version pinned in requirements.txt"
+        )
+
+
+def take_socket(handler: tornado.web.RequestHandler) -> tuple[socket.socket, bytes]:
+    """Take the handshake's socket from Tornado, with the bytes Tornado read past the request.
+
+    Tornado's stream is closed before this returns, so it stops watching the socket: every
+    byte the client sends from now on stays in the kernel until the new owner reads it.
+    Nothing here awaits, so no event can run between taking the buffer and closing the
+    stream. Raises OSError (EMFILE when out of descriptors) before the handler is touched.
+    """
+    stream = handler.request.connection.stream
+    descriptor = os.dup(stream.socket.fileno())  # the socket lives on in this one
+    stream = handler.detach()
+    early = bytes(stream._read_buffer[: stream._read_buffer_size])
+    stream.close()  # unwatches and closes Tornado's descriptor; no RST, the socket is still open
+    return socket.socket(fileno=descriptor), early

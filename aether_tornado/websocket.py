@@ -1,0 +1,331 @@
+"""One WebSocket after its handshake, on an asyncio transport: RFC 6455's rules and the frame budget.
+
+Tornado answers the HTTP handshake; the socket then moves to a ``WebSocketProtocol``, which
+reads every whole frame a read brings (frames.py parses them) and writes queued frames
+straight to the transport. It owns what RFC 6455 asks of a server (pings answered, the
+close handshake, a violation failed with its close code after what was queued before it)
+and what keeps one peer from taking the process: every frame the peer sends costs from a
+budget, control frames from a smaller one, and a read handles at most ``FRAMES_PER_TURN``
+frames before other sockets get theirs. What a message means is a subclass's
+(``on_message``): the server's ``ClientConnection``, or the conformance suite's echo.
+"""
+
+import asyncio
+import base64
+import hashlib
+import logging
+import socket
+import time
+from typing import cast
+
+from tornado.httputil import HTTPHeaders
+
+from . import frames
+from .config import Settings
+from .errors import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG, REASON_PING
+from .frames import FrameError, FrameReader
+from .limits import TokenBucket
+
+log = logging.getLogger(__name__)
+
+# Frames handled from one socket before the loop serves the others.
+FRAMES_PER_TURN = 64
+
+WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+def upgrade_problem(headers: HTTPHeaders) -> tuple[int, str] | None:
+    """Why a request is no WebSocket upgrade this server takes, as (HTTP status, sentence); None if it is."""
+    upgrade = headers.get("Upgrade", "").lower() == "websocket"
+    connection = "upgrade" in (part.strip().lower() for part in headers.get("Connection", "").split(","))
+    if not upgrade or not connection:
+        return 400, "This is a WebSocket endpoint: send an upgrade request."
+    if headers.get("Sec-WebSocket-Version") != "13":
+        return 426, "Only WebSocket version 13 is supported."
+    if not headers.get("Sec-WebSocket-Key"):
+        return 400, "Sec-WebSocket-Key is missing."
+    return None
+
+
+def handshake_response(key: str) -> bytes:
+    """The 101 response that accepts a client's Sec-WebSocket-Key (RFC 6455 section 4.2.2)."""
+    digest = base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest()).decode()
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {digest}\r\n\r\n"
+    ).encode()
+
+
+async def serve_socket(sock: socket.socket, protocol: "WebSocketProtocol") -> None:
+    """Serve a socket taken from Tornado (tornado_internals.take_socket) from ``protocol``."""
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=sock)
+    except BaseException:
+        if not protocol.made:
+            sock.close()
+        raise
+
+
+class Flusher:
+    """Writes every connection's queued frames in one pass, at most once per ``interval``.
+
+    A fan-out queues one frame on each receiver. An idle server writes at the next loop
+    iteration; a busy one waits until ``interval`` after its last pass began, and at least as
+    long as that pass took, so the frames that meet on one socket meanwhile leave in one
+    write: the system call per frame is what a fan-out costs most (see bench/RESULTS.md).
+    The longer the passes, the more frames each write carries, so throughput grows with load.
+    """
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self._interval = interval
+        self._dirty: list[WebSocketProtocol] = []
+        self._next = 0.0
+
+    def mark(self, conn: "WebSocketProtocol") -> None:
+        if not self._dirty:
+            loop = asyncio.get_running_loop()
+            wait = self._next - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._flush)
+            else:
+                loop.call_soon(self._flush)
+        self._dirty.append(conn)
+
+    def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            conn.write_queued()
+        # Rest at least as long as the pass took: meanwhile messages are read and routed, and
+        # the frames they bring meet on their sockets for the next pass.
+        self._next = start + max(self._interval, 2 * (loop.time() - start))
+
+
+class WebSocketProtocol(asyncio.Protocol):
+    """A server-side WebSocket: frames in, queued frames out, closed as RFC 6455 says.
+
+    Subclasses implement ``on_message`` (a whole text message as str, binary as bytes) and
+    may implement ``on_open`` and ``on_lost``. Frames are read only while ``holding`` is
+    false; a subclass sets it while a message's handling must finish before the next one
+    (``resume`` reads on). Output is held until ``release``, so that a first frame (a
+    snapshot) can go before anything queued meanwhile.
+    """
+
+    def __init__(self, settings: Settings, flusher: Flusher, response: bytes, early: bytes) -> None:
+        """``response`` is the handshake's 101, sent first; ``early`` what the client sent after its request."""
+        self.settings = settings
+        self._flusher = flusher
+        self._response = response
+        self._reader = FrameReader(settings.max_message_bytes, settings.max_fragments)
+        self._reader.feed(early)
+        now = time.monotonic()
+        self._frame_budget = TokenBucket(settings.frame_rate, settings.frame_burst, now)
+        self._control_budget = TokenBucket(settings.control_rate, settings.control_burst, now)
+        self._unanswered_ping = False
+        self._transport: asyncio.Transport | None = None
+        self.holding = True  # until on_open says otherwise
+        self._turn: asyncio.Handle | None = None  # the next turn of a long read
+        self._closing = False  # our close frame is out (or the socket is gone): no more data frames
+        self._draining = False  # failed: the input is discarded until the peer closes
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._held: list[bytes] | None = []
+        self._held_bytes = 0
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+
+    @property
+    def made(self) -> bool:
+        """The protocol has its transport: its ``on_lost`` will run."""
+        return self._transport is not None
+
+    # What a subclass does.
+
+    def on_open(self) -> None:
+        """The 101 is out; set ``holding`` false (now or later) to read the client's frames."""
+        self.holding = False
+
+    def on_message(self, opcode: int, payload: bytes | str) -> None:
+        raise NotImplementedError
+
+    def on_lost(self) -> None:
+        """The socket is gone."""
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses, but alike
+        self._transport.write(self._response)
+        self.on_open()
+        self.read_frames()
+
+    def data_received(self, data: bytes) -> None:
+        if self._draining or self._reader.closed:
+            return  # failed, or closed by the peer: what follows is discarded
+        self._reader.feed(data)
+        if self._reader.pending > self.settings.max_message_bytes + 65536:
+            self._transport.pause_reading()  # a peer far ahead of us waits in its own buffers
+        self.read_frames()
+
+    def eof_received(self) -> bool:
+        return False  # the peer is done: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = self._draining = True
+        for handle in (self._close_timer, self._turn):
+            if handle is not None:
+                handle.cancel()
+        self.on_lost()
+
+    # Reading
+
+    def resume(self, _: object = None) -> None:
+        """Read on after ``holding``."""
+        self.holding = False
+        if self._transport is not None:
+            self.read_frames()
+
+    def read_frames(self) -> None:
+        """Handle the frames that have arrived, in order, until one must wait or the turn is over."""
+        if self._turn is not None or self._draining:
+            return
+        reader, now = self._reader, time.monotonic()
+        handled = 0
+        try:
+            while not self.holding and not self._draining:
+                if handled == FRAMES_PER_TURN:
+                    self._turn = asyncio.get_running_loop().call_soon(self._next_turn)
+                    self._transport.pause_reading()
+                    return
+                event = reader.next()
+                if event is None:
+                    break
+                handled += 1
+                if not self._frame_budget.take(now):
+                    return self.fail(CLOSE_POLICY_VIOLATION, "too many frames")
+                self._frame(*event, now)
+        except FrameError as error:
+            return self.fail(error.code, error.reason)
+        if reader.pending <= self.settings.max_message_bytes + 14 and not self._transport.is_closing():
+            self._transport.resume_reading()
+        return None
+
+    def _next_turn(self) -> None:
+        self._turn = None
+        self.read_frames()
+
+    def _frame(self, opcode: int, payload: bytes | str, now: float) -> None:
+        self._unanswered_ping = False
+        if opcode < frames.CLOSE:
+            if opcode != frames.CONTINUATION and not self._closing:  # after our close, only the peer's matters
+                self.on_message(opcode, payload)
+            return
+        if opcode == frames.CLOSE:
+            return self._peer_closed(cast(bytes, payload))
+        if not self._control_budget.take(now):
+            return self.fail(CLOSE_POLICY_VIOLATION, "too many pings or pongs")
+        if opcode == frames.PING and not self._closing:
+            self.send(frames.build(frames.PONG, cast(bytes, payload)))
+        return None
+
+    def _peer_closed(self, payload: bytes) -> None:
+        """Answer the peer's close with its code (unless ours went first), then end the connection."""
+        if not self._closing:
+            code = frames.close_code(payload)
+            self._send_close(CLOSE_NORMAL if code == frames.NO_STATUS else code, "")
+        self._transport.close()  # after what is buffered; the server ends the TCP connection first
+
+    # Writing
+
+    def send(self, frame: bytes) -> None:
+        """Queue a ready frame for the next flush; past the outbound cap, close with 1013."""
+        if self._closing:
+            return
+        if self._held is not None:
+            self._held.append(frame)
+            self._held_bytes += len(frame)
+            if self._held_bytes > self.settings.outbound_buffer_bytes:
+                self._overflow()
+            return
+        waiting = self._out_bytes + len(frame) + self._transport.get_write_buffer_size()
+        if waiting > self.settings.outbound_buffer_bytes:
+            self._overflow()
+            return
+        if not self._out:
+            self._flusher.mark(self)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+
+    def release(self, first: bytes = b"") -> None:
+        """Send ``first``, then what was held back for it, then everything as it comes."""
+        held, self._held = self._held or [], None
+        if first:
+            self.send(first)
+        for frame in held:
+            self.send(frame)
+
+    def write_queued(self) -> None:
+        out, self._out, self._out_bytes = self._out, [], 0
+        if out and not self._closing:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)  # asyncio sends at once and keeps only what the kernel refused
+
+    def _send_close(self, code: int, reason: str) -> None:
+        """What was queued, then the close frame; nothing after it."""
+        self.write_queued()
+        self._closing = True
+        self._write(frames.build(frames.CLOSE, frames.close_payload(code, reason)))
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the close handshake; drop the socket if the peer never answers."""
+        if self._closing:
+            return
+        self._send_close(code, reason)
+        self._drop_later()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 section 7.1.7): what was queued, the close frame, then the end.
+
+        Our side is shut after the close frame and the peer's bytes are read and discarded
+        until it closes, so the close frame is not lost to a reset.
+        """
+        self._reader.closed = True
+        self._draining = True
+        if not self._closing:
+            self._send_close(code, reason)
+        if self._transport is None or self._transport.is_closing():
+            return
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self._transport.resume_reading()
+        self._drop_later()
+
+    def _drop_later(self) -> None:
+        if self._transport is not None and self._close_timer is None:
+            self._close_timer = asyncio.get_running_loop().call_later(
+                self.settings.close_timeout, self._transport.abort
+            )
+
+    def _overflow(self) -> None:
+        self._held, self._held_bytes, self._out, self._out_bytes = [], 0, [], 0
+        self.overflowed()
+        self.close(CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG)
+
+    def overflowed(self) -> None:
+        """The outbound buffer is full; the connection is being closed with 1013."""
+        log.warning("closing a connection: outbound buffer full")
+
+    def keepalive(self) -> None:
+        """Ping the peer; close it if the last ping got no frame back."""
+        if self._closing:
+            return
+        if self._unanswered_ping:
+            self.close(CLOSE_NORMAL, REASON_PING)
+            return
+        self._unanswered_ping = True
+        self._write(frames.build(frames.PING))
