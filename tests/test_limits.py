@@ -20,9 +20,7 @@ async def test_frame_of_exactly_the_limit_passes_and_one_more_byte_closes_1009(u
     await client.send_raw(message_of_size(65536))
     assert len((await client.recv())["msg"]) > 65000
     await client.send_raw(message_of_size(65537))
-    code, _ = await client.closed()
-    assert code in (1009, None)  # 1009, or an abrupt close if the frame was cut short
-    assert client.conn.close_code == 1009
+    assert await client.closed() == (1009, "message too big")
 
 
 async def test_flooding_client_is_rate_limited_then_closed_1008(start_server):
@@ -103,12 +101,12 @@ async def test_idle_connection_is_closed_1001_while_a_heartbeating_one_stays(sta
 
 
 async def test_a_peer_that_never_answers_pings_is_dropped(start_server):
-    server = await start_server(ping_interval=0.2)
+    server = await start_server(ping_interval=0.2, close_timeout=0.3)
     watcher = await Client.joined(ws_url(server, "g_ping", "c_watch"))
     dead = await RawSocket.open(server.port, "/v3/ws/group/g_ping/client/c_dead")
     await watcher.recv_where(event="join", client_id="c_dead")
-    # Tornado sends a close frame after the missed pong and drops the peer 5 s later.
-    leave = await watcher.recv_where(event="leave", client_id="c_dead", timeout=8)
+    # A close frame after the missed pong; the peer never answers it and is dropped.
+    leave = await watcher.recv_where(event="leave", client_id="c_dead", timeout=3)
     assert leave["payload"]["reason"] == "closed"
     dead.close()
     await watcher.send(msg_type="msg", target="echo", msg="alive")
