@@ -114,7 +114,7 @@ class RawSocket:
         self.writer.write(self.frame(opcode, payload, fin))
 
     @staticmethod
-    def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
         """A masked client frame."""
         return frames.build(opcode, payload, fin, mask_key=os.urandom(4))
 
