@@ -6,9 +6,10 @@
     python bench/load.py connect --url ws://127.0.0.1:8888 --clients 5000 [--pid SERVER_PID] [--hold 0]
 
 Each run prints one JSON line: throughput, latency p50/p99/p99.9 (ms) and problems (lost,
-reordered, errors, dropped). Clients are plain asyncio protocols with a small frame parser;
-frames are sent with a zero mask (valid, and free to apply), so the generator costs a few
-microseconds a message. Every loop is bounded by a count and by --timeout.
+reordered, errors, dropped). Clients are plain asyncio protocols that parse with the
+server's own sans-I/O frame module (aether_tornado/frames.py); frames are sent with a zero
+mask (valid, and cheap to apply), so the generator costs a few microseconds a message.
+Every loop is bounded by a count and by --timeout.
 """
 
 import argparse
@@ -17,25 +18,22 @@ import base64
 import contextlib
 import os
 import socket
-import struct
 import sys
 import time
 from urllib.parse import urlsplit
 
 import orjson
 
+if not __package__:  # run as a script: the project is one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aether_tornado import frames
+
 ZERO_MASK = b"\x00\x00\x00\x00"
 
 
 def text_frame(payload: bytes) -> bytes:
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x81, 0x80 | length)
-    elif length <= 0xFFFF:
-        header = struct.pack("!BBH", 0x81, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 0x80 | 127, length)
-    return header + ZERO_MASK + payload
+    return frames.build(frames.TEXT, payload, mask_key=ZERO_MASK)
 
 
 class Client(asyncio.Protocol):
@@ -43,7 +41,8 @@ class Client(asyncio.Protocol):
 
     def __init__(self, path: str, host: str, on_message) -> None:
         self.path, self.host, self.on_message = path, host, on_message
-        self.buffer = bytearray()
+        self.buffer = bytearray()  # the handshake's response
+        self.reader = frames.FrameReader(from_client=False)
         self.upgraded = asyncio.get_running_loop().create_future()
         self.closed = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
@@ -58,42 +57,30 @@ class Client(asyncio.Protocol):
         )
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.upgraded.done():
+        if self.upgraded.done():
+            self.reader.feed(data)
+        else:
+            self.buffer += data
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 return
             status = bytes(self.buffer[: self.buffer.find(b"\r\n")])
-            del self.buffer[: end + 4]
             if b" 101 " not in status:
                 self.upgraded.set_exception(ConnectionError(status.decode(errors="replace")))
                 return
+            self.reader.feed(self.buffer[end + 4 :])
             self.upgraded.set_result(None)
         self._frames()
 
     def _frames(self) -> None:
-        buffer, start, size = self.buffer, 0, len(self.buffer)
-        while size - start >= 2:
-            opcode, length, head = buffer[start] & 0x0F, buffer[start + 1] & 0x7F, 2
-            if length == 126:
-                if size - start < 4:
-                    break
-                length, head = struct.unpack_from("!H", buffer, start + 2)[0], 4
-            elif length == 127:
-                if size - start < 10:
-                    break
-                length, head = struct.unpack_from("!Q", buffer, start + 2)[0], 10
-            if size - start < head + length:
-                break
-            payload = bytes(buffer[start + head : start + head + length])
-            start += head + length
-            if opcode == 0x1:
+        while (event := self.reader.next()) is not None:
+            opcode, payload = event
+            if opcode == frames.TEXT:
                 self.on_message(payload)
-            elif opcode == 0x9:  # ping: answer, as a browser would
-                self.transport.write(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + ZERO_MASK + payload)
-            elif opcode == 0x8 and not self.closed.done():
-                self.closed.set_result(struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else None)
-        del buffer[:start]
+            elif opcode == frames.PING:  # answer, as a browser would
+                self.transport.write(frames.build(frames.PONG, payload, mask_key=ZERO_MASK))
+            elif opcode == frames.CLOSE and not self.closed.done():
+                self.closed.set_result(frames.close_code(payload))
 
     def send(self, message: dict) -> None:
         self.transport.write(text_frame(orjson.dumps(message)))
