@@ -1,6 +1,8 @@
 """Fixtures: in-process servers on free ports, with settings per test."""
 
 import itertools
+import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -13,6 +15,14 @@ from aether_tornado.config import Settings
 from .processes import RedisServer, ServerProcess
 
 StartServer = Callable[..., Awaitable[Server]]
+
+CHROMIUM = shutil.which("chromium")
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+# Browser tests are skipped on a developer's machine without Chromium; CI (CI=true) installs it and never skips.
+CHROMIUM_MISSING = pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") != "true", reason="chromium is not installed (make test installs it)"
+)
 
 
 def ws_url(server: Server, group_id: str, client_id: str) -> str:
@@ -49,6 +59,17 @@ async def server(start_server: StartServer) -> Server:
 @pytest.fixture
 def url(server: Server) -> Callable[[str, str], str]:
     return lambda group_id, client_id: ws_url(server, group_id, client_id)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Debian's headless Chromium, driven by Playwright."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as driver:
+        browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
+        yield browser
+        await browser.close()
 
 
 @pytest.fixture

@@ -1,31 +1,13 @@
 """The console page and the browser client in a real Chromium, driven by Playwright."""
 
-import os
-import shutil
 from pathlib import Path
 
-import pytest
-
+from .conftest import CHROMIUM_MISSING
 from .processes import ServerProcess
 
-playwright = pytest.importorskip("playwright.async_api")
-
-CHROMIUM = shutil.which("chromium")
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]  # fmt: skip
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and os.environ.get("CI") != "true", reason="chromium is not installed (make test installs it)"
-)
-
-
-@pytest.fixture
-async def browser():
-    async with playwright.async_playwright() as driver:
-        browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield browser
-        await browser.close()
+pytestmark = CHROMIUM_MISSING
 
 
 async def open_console(browser, port: int, client_id: str):
