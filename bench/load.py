@@ -4,6 +4,7 @@
     python bench/load.py echo   --url ws://127.0.0.1:8888 --clients 50 --seconds 5
     python bench/load.py direct --url ws://127.0.0.1:8001 --url2 ws://127.0.0.1:8002 --pairs 50 --seconds 5
     python bench/load.py connect --url ws://127.0.0.1:8888 --clients 5000 [--pid SERVER_PID] [--hold 0]
+    python bench/load.py flood --url ws://127.0.0.1:8888 --kind ping|pong|continuation|text --seconds 5
 
 Each run prints one JSON line: throughput, latency p50/p99/p99.9 (ms) and problems (lost,
 reordered, errors, dropped). Clients are plain asyncio protocols that parse with the
@@ -270,7 +271,60 @@ async def connect_many(args) -> dict:
     return result
 
 
-SCENARIOS = {"fanout": fanout, "echo": echo, "direct": direct, "connect": connect_many}
+FLOODS = {
+    "ping": frames.build(frames.PING, b"", mask_key=ZERO_MASK),
+    "pong": frames.build(frames.PONG, b"", mask_key=ZERO_MASK),
+    "continuation": frames.build(frames.CONTINUATION, b"", final=False, mask_key=ZERO_MASK),
+    "text": text_frame(b'{"msg_type":"msg","target":"echo"}'),
+}
+
+
+async def flood(args) -> dict:
+    """One client floods --kind frames for --seconds (reconnecting when closed); another measures echo.
+
+    The measuring client sends one echo every 2 ms and waits for it; its latencies are the
+    result, with how often the flooder was closed and with which codes.
+    """
+    burst = FLOODS[args.kind] * 4096
+    # Continuations need a message to continue: one that never ends.
+    opener = frames.build(frames.TEXT, b"", final=False, mask_key=ZERO_MASK) if args.kind == "continuation" else b""
+    deadline = time.monotonic() + args.seconds
+    codes: dict[str, int] = {}
+
+    async def flooder() -> None:
+        number = 0
+        while time.monotonic() < deadline:
+            number += 1
+            client = await connect(args.url, "g_flood", f"c_flood{number}", lambda payload: None)
+            client.transport.write(opener)
+            while not client.closed.done() and time.monotonic() < deadline:
+                if client.transport.get_write_buffer_size() < 1 << 20:
+                    client.transport.write(burst)
+                await asyncio.sleep(0)
+            code = str(client.closed.result()) if client.closed.done() else "open at the end"
+            codes[code] = codes.get(code, 0) + 1
+            client.transport.close()
+
+    stats = Stats()
+    arrived = asyncio.Event()
+    measurer = await connect(args.url, "g_calm", "c_calm", lambda payload: arrived.set())
+    await asyncio.sleep(args.settle)
+    flooding = asyncio.create_task(flooder())
+    await asyncio.sleep(0.2)  # the flood is under way
+    while time.monotonic() < deadline:
+        arrived.clear()
+        sent = time.monotonic_ns()
+        measurer.send({"msg_type": "msg", "target": "echo"})
+        await asyncio.wait_for(arrived.wait(), args.timeout)
+        stats.latencies.append(time.monotonic_ns() - sent)
+        await asyncio.sleep(0.002)
+    await flooding
+    worst = round(max(stats.latencies) / 1e6, 3) if stats.latencies else None
+    return {"kind": args.kind, "round_trips": len(stats.latencies), **stats.percentiles(), "lat_max_ms": worst,
+            "flooder_closes": codes}  # fmt: skip
+
+
+SCENARIOS = {"fanout": fanout, "echo": echo, "direct": direct, "connect": connect_many, "flood": flood}
 
 
 def main() -> None:
@@ -289,6 +343,7 @@ def main() -> None:
     parser.add_argument("--pid", type=int, help="connect: the server process whose RSS to read")
     parser.add_argument("--hold", type=float, default=0.0, help="connect: seconds to keep the connections open")
     parser.add_argument("--settle", type=float, default=1.0, help="fanout: seconds between set-up and load")
+    parser.add_argument("--kind", choices=FLOODS, default="ping", help="flood: the frame kind to flood with")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
     args.url2 = args.url2 or args.url
