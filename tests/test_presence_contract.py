@@ -9,17 +9,45 @@ from aether_tornado.presence import Lease
 from aether_tornado.presence.memory import MemoryPresence
 from aether_tornado.presence.redis import RedisPresence
 
-LEASE = 0.3
+class ManualClock:
+    """Memory presence's clock: time moves only when a test moves it, so no margin can be missed."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RedisClock:
+    """Redis presence keeps time by Redis's own clock: time moves by waiting for it.
+
+    The lease is long enough that what must still be alive has half a lease of margin
+    (0.5 s) against a slow machine, and waiting never ends early.
+    """
+
+    async def advance(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def presence(request):
+async def backend(request):
+    """(presence, clock, lease seconds) for each implementation."""
     if request.param == "memory":
-        yield MemoryPresence(LEASE)
+        clock = ManualClock()
+        yield MemoryPresence(10, clock), clock, 10
         return
     redis = Redis.from_url(request.getfixturevalue("redis_server").url, socket_timeout=5)
-    yield RedisPresence(redis, "test", LEASE)
+    yield RedisPresence(redis, "test", 1.0), RedisClock(), 1.0
     await redis.aclose()
+
+
+@pytest.fixture
+def presence(backend):
+    return backend[0]
 
 
 async def test_join_is_true_once_per_span_and_leave_on_the_last_lease(presence):
@@ -42,12 +70,13 @@ async def test_groups_are_separate_and_members_sorted(presence):
     assert await presence.members("nobody") == []
 
 
-async def test_unrefreshed_leases_expire_once(presence):
+async def test_unrefreshed_leases_expire_once(backend):
+    presence, clock, lease = backend
     kept, dropped = Lease("g", "kept", "n:1"), Lease("g", "dropped", "n:2")
     await presence.join(kept)
     await presence.join(dropped)
-    for _ in range(4):
-        await asyncio.sleep(LEASE / 3)
+    for _ in range(3):
+        await clock.advance(lease / 2)
         assert await presence.refresh([kept]) == []
     assert await presence.expire() == [("g", "dropped")]
     assert await presence.expire() == []
@@ -55,22 +84,26 @@ async def test_unrefreshed_leases_expire_once(presence):
     assert await presence.leave(dropped) is False  # its leave was already reported by expire
 
 
-async def test_a_client_stays_while_one_of_its_leases_lives(presence):
+async def test_a_client_stays_while_one_of_its_leases_lives(backend):
+    presence, clock, lease = backend
     old, fresh = Lease("g", "c", "n:old"), Lease("g", "c", "n:fresh")
     await presence.join(old)
-    await asyncio.sleep(LEASE / 2)
+    await clock.advance(lease * 0.55)
     await presence.join(fresh)
-    await asyncio.sleep(LEASE * 0.7)
+    await clock.advance(lease * 0.5)
     assert await presence.expire() == []  # old expired, but fresh holds the client
     assert await presence.members("g") == ["c"]
-
-
-async def test_refresh_of_an_expired_lease_makes_the_client_present_again(presence):
-    lease = Lease("g", "c", "n:1")
-    await presence.join(lease)
-    await asyncio.sleep(LEASE * 1.2)
+    await clock.advance(lease * 0.55)
     assert await presence.expire() == [("g", "c")]
-    assert await presence.refresh([lease]) == [lease]
+
+
+async def test_refresh_of_an_expired_lease_makes_the_client_present_again(backend):
+    presence, clock, lease = backend
+    lease_of_c = Lease("g", "c", "n:1")
+    await presence.join(lease_of_c)
+    await clock.advance(lease * 1.05)
+    assert await presence.expire() == [("g", "c")]
+    assert await presence.refresh([lease_of_c]) == [lease_of_c]
     assert await presence.members("g") == ["c"]
 
 
@@ -83,11 +116,11 @@ async def test_resync_without_an_outage_changes_nothing(presence):
 
 async def test_redis_presence_is_shared_and_expiry_reported_by_one_process_only(redis_server):
     redis = Redis.from_url(redis_server.url, socket_timeout=5)
-    first, second, third = (RedisPresence(redis, "test", LEASE) for _ in range(3))
+    first, second, third = (RedisPresence(redis, "test", 0.3) for _ in range(3))
     assert await first.join(Lease("g", "c", "a:1")) is True
     assert await second.join(Lease("g", "c", "b:1")) is False  # another process, same client
     assert await third.members("g") == ["c"]
-    await asyncio.sleep(LEASE * 1.2)  # both processes "died": nobody refreshed
+    await asyncio.sleep(0.35)  # both processes "died": nobody refreshed; waiting never ends early
     reports = await asyncio.gather(first.expire(), second.expire(), third.expire())
     assert sorted(map(len, reports)) == [0, 0, 1] and [("g", "c")] in reports
     await redis.aclose()

@@ -1,18 +1,21 @@
 """Presence of a process that serves alone: leases in a dict, expiry by the monotonic clock."""
 
 import time
+from collections.abc import Callable
 
 from . import Lease
 
 
 class MemoryPresence:
-    def __init__(self, lease_seconds: float) -> None:
+    def __init__(self, lease_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` tells the time in seconds; tests pass one they move by hand."""
         self._lease_seconds = lease_seconds
+        self._clock = clock
         # group_id -> client_id -> lease key -> expiry (monotonic seconds)
         self._groups: dict[str, dict[str, dict[str, float]]] = {}
 
     async def join(self, lease: Lease) -> bool:
-        return self._put(lease, time.monotonic() + self._lease_seconds)
+        return self._put(lease, self._clock() + self._lease_seconds)
 
     async def leave(self, lease: Lease) -> bool:
         clients = self._groups.get(lease.group_id, {})
@@ -27,11 +30,11 @@ class MemoryPresence:
         return True
 
     async def refresh(self, leases: list[Lease]) -> list[Lease]:
-        expiry = time.monotonic() + self._lease_seconds
+        expiry = self._clock() + self._lease_seconds
         return [lease for lease in leases if self._put(lease, expiry)]
 
     async def expire(self) -> list[tuple[str, str]]:
-        now = time.monotonic()
+        now = self._clock()
         ended = []
         for group_id, clients in list(self._groups.items()):
             for client_id, keys in list(clients.items()):
