@@ -117,7 +117,8 @@ class FrameReader:
             if available < 10:
                 return None
             length, head = struct.unpack_from("!Q", buffer, pos + 2)[0], 10
-        self._check_header(final, opcode, length)
+        if not (final and opcode == TEXT and length <= self._max_message and self._continued is None):
+            self._check_header(final, opcode, length)  # all but the most common frame: a whole text message
         if self._masked:
             head += 4
         start, end = pos + head, pos + head + length

@@ -205,7 +205,13 @@ class WebSocketProtocol(asyncio.Protocol):
                 handled += 1
                 if not self._frame_budget.take(now):
                     return self.fail(CLOSE_POLICY_VIOLATION, "too many frames")
-                self._frame(*event, now)
+                opcode, payload = event
+                self._unanswered_ping = False
+                if opcode == frames.TEXT or opcode == frames.BINARY:  # whole messages, the common case
+                    if not self._closing:  # after our close, only the peer's close matters
+                        self.on_message(opcode, payload)
+                elif opcode != frames.CONTINUATION:
+                    self._control(opcode, cast(bytes, payload), now)
         except FrameError as error:
             return self.fail(error.code, error.reason)
         if reader.pending <= self.settings.max_message_bytes + 14 and not self._transport.is_closing():
@@ -216,18 +222,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self._turn = None
         self.read_frames()
 
-    def _frame(self, opcode: int, payload: bytes | str, now: float) -> None:
-        self._unanswered_ping = False
-        if opcode < frames.CLOSE:
-            if opcode != frames.CONTINUATION and not self._closing:  # after our close, only the peer's matters
-                self.on_message(opcode, payload)
-            return
+    def _control(self, opcode: int, payload: bytes, now: float) -> None:
         if opcode == frames.CLOSE:
-            return self._peer_closed(cast(bytes, payload))
+            return self._peer_closed(payload)
         if not self._control_budget.take(now):
             return self.fail(CLOSE_POLICY_VIOLATION, "too many pings or pongs")
         if opcode == frames.PING and not self._closing:
-            self.send(frames.build(frames.PONG, cast(bytes, payload)))
+            self.send(frames.build(frames.PONG, payload))
         return None
 
     def _peer_closed(self, payload: bytes) -> None:
