@@ -9,6 +9,7 @@ from aether_tornado.presence import Lease
 from aether_tornado.presence.memory import MemoryPresence
 from aether_tornado.presence.redis import RedisPresence
 
+
 class ManualClock:
     """Memory presence's clock: time moves only when a test moves it, so no margin can be missed."""
 
