@@ -195,9 +195,9 @@ class WebSocketProtocol(asyncio.Protocol):
         handled = 0
         try:
             while not self.holding and not self._draining:
-                if handled == FRAMES_PER_TURN:
+                if handled == FRAMES_PER_TURN and not self._transport.is_closing():
                     self._turn = asyncio.get_running_loop().call_soon(self._next_turn)
-                    self._transport.pause_reading()
+                    self._transport.pause_reading()  # until this socket's frames are all handled
                     return
                 event = reader.next()
                 if event is None:
