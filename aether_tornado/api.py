@@ -48,6 +48,13 @@ class Publish(BackendHandler):
     """``POST /v3/publish``: one WS_Message_V3 to a group, a client or everybody."""
 
     async def post(self) -> None:
+        media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            # A page on another site can POST text/plain without asking; it cannot send JSON unasked.
+            return self.reply(
+                415, {"code": "unsupported_media_type", "msg": "Send the message as Content-Type: application/json.",
+                      "errors": []}
+            )  # fmt: skip
         try:
             sent_at = await self.node.publish(decode(self.request.body))
         except ProtocolError as problem:

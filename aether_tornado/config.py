@@ -4,8 +4,10 @@ Precedence, lowest first: defaults, the ``--config`` file, the environment, the 
 """
 
 import argparse
+import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,11 @@ def _secret(instance: Any, attribute: attrs.Attribute, value: str | None) -> Non
         raise SettingsError(f"{attribute.name} must be at least 32 bytes (RFC 7518 section 3.2)")
 
 
+def _api_key(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is not None and len(value.strip()) < 16:
+        raise SettingsError(f"{attribute.name} must be at least 16 characters (an empty one is not 'no key')")
+
+
 def _redis_url(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
     if value is None:
         return
@@ -75,7 +82,12 @@ class Settings:
         _redis_url,
     )
     redis_prefix: str = _setting("aether", "prefix of every Redis key and channel, so deployments can share one Redis")
-    api_key: str | None = _setting(None, "key backends send as 'Authorization: Bearer KEY' on /v3/ HTTP routes")
+    api_key: str | None = _setting(
+        None, "key (16 characters or more) backends send as 'Authorization: Bearer KEY' on /v3/ HTTP routes", _api_key
+    )
+    api_open: bool = _setting(
+        False, "serve the /v3/ HTTP API without a key on a non-loopback address (without it, that refuses to start)"
+    )
     jwt_secret: str | None = _setting(
         None, "HS256 secret of client tokens (?token=), 32 bytes or more; set, every WebSocket needs a token", _secret
     )
@@ -135,9 +147,53 @@ class Settings:
     )
 
 
+# Secrets may also come from a file (--api-key-file) or a systemd credential of the same name
+# (LoadCredential=api_key:/etc/...), so that they never stand in a command line or environment.
+SECRETS = ("api_key", "jwt_secret")
+
+
 def _check_together(settings: "Settings") -> None:
     if settings.broadcast_requires_grant and settings.jwt_secret is None:
         raise SettingsError("broadcast_requires_grant needs jwt_secret: only a token can grant broadcast")
+    if settings.api_key is None and not settings.api_open and not is_loopback(settings.host):
+        raise SettingsError(
+            f"listening on {settings.host!r} without an API key would open the backend API (POST /v3/publish) "
+            "to everyone: set --api-key or --api-key-file, or --api-open true if that is meant"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host``; a name other than localhost may resolve to anything."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_secret(path: str, source: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise SettingsError(f"{source}: cannot read {path}: {error.strerror}") from None
+
+
+def _secrets_from_files(values: dict[str, Any], args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Fill api_key and jwt_secret from --NAME-file, AETHER_NAME_FILE or a systemd credential NAME."""
+    for name in SECRETS:
+        file_flag, file_env = _flag(name) + "-file", _env_name(name) + "_FILE"
+        path = getattr(args, name + "_file") or environ.get(file_env)
+        source = file_flag if getattr(args, name + "_file") else file_env
+        if path is None and name not in values and environ.get("CREDENTIALS_DIRECTORY"):
+            credential = Path(environ["CREDENTIALS_DIRECTORY"]) / name
+            if credential.is_file():
+                path, source = str(credential), f"systemd credential {name}"
+        if path is None:
+            continue
+        if name in values:
+            raise SettingsError(f"{source}: {name} is given twice, as a value and as a file; give one")
+        values[name] = _read_secret(path, source)
 
 
 def _env_name(name: str) -> str:
@@ -172,7 +228,7 @@ def _parse(field: attrs.Attribute, raw: Any, source: str) -> Any:
         if kind == tuple[str, ...]:
             items = raw if isinstance(raw, list) else str(raw).split(",")
             return tuple(str(item) for item in items)
-        if raw == "" and kind == str | None:  # an empty variable unsets an optional setting
+        if raw == "" and kind == str | None and field.name not in SECRETS:  # an empty variable unsets it
             return None
         return str(raw)
     except ValueError as error:
@@ -194,10 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=field.name.upper(),
             help=f"{field.metadata['help']} [env {_env_name(field.name)}, default {default}]",
         )
+    for name in SECRETS:
+        parser.add_argument(
+            _flag(name) + "-file",
+            dest=name + "_file",
+            metavar="FILE",
+            help=f"read {name} from FILE (or a systemd credential named {name}) [env {_env_name(name)}_FILE]",
+        )
     return parser
 
 
-def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from flags, environment and file; raise SettingsError on any bad value."""
     args = build_parser().parse_args(argv)
     environ = os.environ if environ is None else environ
@@ -218,6 +281,7 @@ def load_settings(argv: list[str] | None = None, environ: dict[str, str] | None 
         flag_value = getattr(args, name)
         if flag_value is not None:
             values[name] = _parse(field, flag_value, _flag(name))
+    _secrets_from_files(values, args, environ)
     try:
         settings = Settings(**values)
     except SettingsError:

@@ -10,6 +10,8 @@ from .wsclient import Client
 
 async def http(server, method: str, path: str, body=None, **headers) -> tuple[int, dict | str]:
     payload = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
+    if payload is not None:
+        headers = {"Content-Type": "application/json", **headers}
     response = await AsyncHTTPClient().fetch(
         f"http://127.0.0.1:{server.port}{path}",
         method=method,
@@ -84,17 +86,35 @@ async def test_a_body_over_the_message_limit_is_refused(start_server):
 
 
 async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_server):
-    server = await start_server(api_key="s3cret")
+    server = await start_server(api_key="s3cret-of-16-chars")
     message = {"msg_type": "msg", "target": "broadcast"}
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-of-16-chars"}):
         status, body = await http(server, "POST", "/v3/publish", message, **headers)
         assert status == 401 and body["code"] == "unauthorized"
         status, body = await http(server, "GET", "/v3/groups/g_x/presence", **headers)
         assert status == 401
-    assert (await http(server, "POST", "/v3/publish", message, Authorization="Bearer s3cret"))[0] == 202
-    assert (await http(server, "GET", "/v3/groups/g_x/presence", Authorization="Bearer s3cret"))[0] == 200
+    assert (await http(server, "POST", "/v3/publish", message, Authorization="Bearer s3cret-of-16-chars"))[0] == 202
+    assert (await http(server, "GET", "/v3/groups/g_x/presence", Authorization="Bearer s3cret-of-16-chars"))[0] == 200
     assert (await http(server, "GET", "/healthz"))[0] == 200
     assert (await http(server, "GET", "/metrics"))[0] == 200
+
+
+async def test_publish_takes_only_json_so_no_page_of_another_site_can_send_unasked(server):
+    for content_type in (None, "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded"):
+        headers = {} if content_type is None else {"Content-Type": content_type}
+        response = await AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{server.port}/v3/publish",
+            method="POST",
+            body=orjson.dumps({"msg_type": "msg", "target": "broadcast"}),
+            headers=headers,
+            raise_error=False,
+            request_timeout=5,
+        )
+        assert response.code == 415, content_type
+        assert orjson.loads(response.body)["code"] == "unsupported_media_type"
+    status, _ = await http(server, "POST", "/v3/publish", {"msg_type": "msg", "target": "broadcast"},
+                           **{"Content-Type": "application/json; charset=utf-8"})  # fmt: skip
+    assert status == 202
 
 
 async def test_group_presence(server):

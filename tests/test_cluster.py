@@ -21,6 +21,7 @@ async def publish(process, message: dict) -> tuple[int, dict]:
         f"http://127.0.0.1:{process.port}/v3/publish",
         method="POST",
         body=orjson.dumps(message),
+        headers={"Content-Type": "application/json"},
         raise_error=False,
         request_timeout=5,
     )

@@ -173,6 +173,7 @@ async def test_traffic_and_presence_through_nginx(nginx):
         f"{api}/publish",
         method="POST",
         body=orjson.dumps({"msg_type": "cmd", "target": "group", "group_id": "g_nx", "cmd": "RELOAD"}),
+        headers={"Content-Type": "application/json"},
         request_timeout=5,
     )
     assert published.code == 202

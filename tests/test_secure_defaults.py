@@ -1,0 +1,72 @@
+"""Secure by default: no open backend API beyond loopback, keys of a safe length, secrets from files."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aether_tornado.config import SettingsError, is_loopback, load_settings
+
+KEY = "k" * 24
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.org", ""])
+def test_listening_beyond_loopback_without_an_api_key_is_refused(host):
+    with pytest.raises(SettingsError, match="--api-key"):
+        load_settings(["--host", host], {})
+    assert load_settings(["--host", host, "--api-key", KEY], {}).api_key == KEY
+    assert load_settings(["--host", host, "--api-open", "true"], {}).api_key is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost"])
+def test_loopback_needs_no_key(host):
+    assert is_loopback(host)
+    assert load_settings(["--host", host], {}).api_key is None
+
+
+def test_the_process_refuses_to_start_with_one_line_that_names_the_flag():
+    result = subprocess.run(
+        [sys.executable, "-m", "aether_tornado", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={key: value for key, value in os.environ.items() if not key.startswith("AETHER_")},
+    )
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "--api-key" in line and "--api-open" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ"),
+    [
+        ([], {"AETHER_API_KEY": ""}),
+        (["--api-key", ""], {}),
+        (["--api-key", "short"], {}),
+        ([], {"AETHER_API_KEY": " " * 20}),
+    ],
+)
+def test_an_empty_or_short_api_key_is_an_error_not_no_key(argv, environ):
+    with pytest.raises(SettingsError, match="api_key must be at least 16 characters"):
+        load_settings(argv, environ)
+
+
+def test_secrets_come_from_files_the_environment_s_file_or_a_systemd_credential(tmp_path):
+    (tmp_path / "key").write_text(KEY + "\n")
+    (tmp_path / "jwt").write_text("j" * 40)
+    assert load_settings(["--api-key-file", str(tmp_path / "key")], {}).api_key == KEY
+    settings = load_settings(
+        [], {"AETHER_API_KEY_FILE": str(tmp_path / "key"), "AETHER_JWT_SECRET_FILE": str(tmp_path / "jwt")}
+    )
+    assert (settings.api_key, settings.jwt_secret) == (KEY, "j" * 40)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "api_key").write_text(KEY)
+    assert load_settings([], {"CREDENTIALS_DIRECTORY": str(credentials)}).api_key == KEY
+    # A value given outright wins over a credential; a value and a file of one's own clash.
+    assert load_settings(["--api-key", "v" * 16], {"CREDENTIALS_DIRECTORY": str(credentials)}).api_key == "v" * 16
+    with pytest.raises(SettingsError, match="given twice"):
+        load_settings(["--api-key", KEY, "--api-key-file", str(tmp_path / "key")], {})
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_settings(["--api-key-file", str(tmp_path / "missing")], {})
