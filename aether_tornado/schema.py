@@ -4,6 +4,7 @@ Decoding reports every problem of a message at once, each with the field it conc
 so a frontend developer fixes a message in one round trip instead of one per typo.
 """
 
+import heapq
 import re
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any, Literal, NewType, get_args
 
 import attrs
 import orjson
-from cattrs import ClassValidationError, Converter, ForbiddenExtraKeysError
+from cattrs import ClassValidationError, Converter
 from cattrs.literals import is_literal
 
 from .errors import INVALID_JSON, INVALID_MESSAGE, ProtocolError
@@ -25,6 +26,13 @@ CmdName = NewType("CmdName", str)
 Payload = NewType("Payload", dict)
 
 _CMD_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+# Problems listed in one error reply, and the characters of a field name shown in one, so that
+# a reply stays a few KiB whatever the input (a frame of thousands of unknown keys, say).
+MAX_PROBLEMS = 20
+MAX_FIELD_SHOWN = 64
+# Nesting orjson can encode (its recursion limit), the message object itself counting as one.
+MAX_DEPTH = 254
 
 
 @attrs.frozen(kw_only=True)
@@ -86,7 +94,7 @@ def _literal_hook(literal: Any) -> Callable[[Any, type], str]:
     return structure
 
 
-converter = Converter(forbid_extra_keys=True, detailed_validation=True)
+converter = Converter(detailed_validation=True)  # decode() reports unknown keys itself, bounded
 for kind, hook in (
     (str, _structure_str),
     (VisionId, _structure_vision_id),
@@ -101,17 +109,8 @@ converter.register_structure_hook_factory(is_literal, _literal_hook)
 
 def _field_problems(error: ClassValidationError) -> dict[str, str]:
     """Turn cattrs' collected exceptions into ``{field: problem}``."""
-    problems: dict[str, str] = {}
-    with_notes, without_notes = error.group_exceptions()
-    for exc, note in with_notes:
-        problems[note.name] = "required" if isinstance(exc, KeyError) else str(exc)
-    for exc in without_notes:
-        if isinstance(exc, ForbiddenExtraKeysError):
-            for key in sorted(exc.extra_fields):
-                problems[key] = "not a field of WS_Message_V3"
-        else:  # pragma: no cover - cattrs reports nothing else without a field
-            problems["message"] = str(exc)
-    return problems
+    with_notes, _ = error.group_exceptions()
+    return {note.name: "required" if isinstance(exc, KeyError) else str(exc) for exc, note in with_notes}
 
 
 def _rule_problems(fields: dict[str, Any], bad: dict[str, str]) -> dict[str, str]:
@@ -146,8 +145,13 @@ def decode(frame: str | bytes) -> WSMessageV3:
         raise ProtocolError(INVALID_JSON, "The frame is not valid JSON.") from None
     if not isinstance(data, dict):
         raise ProtocolError(INVALID_JSON, "A message must be a JSON object.")
-    # null counts as absent for the fields; an unknown key stays to be reported, null or not.
-    fields = {key: value for key, value in data.items() if value is not None or key not in _FIELD_SET}
+    # null counts as absent for the fields; an unknown key is reported, null or not.
+    fields, unknown = {}, []
+    for key, value in data.items():
+        if key not in _FIELD_SET:
+            unknown.append(key)
+        elif value is not None:
+            fields[key] = value
     fields.pop("sent_at", None)
     try:
         message = converter.structure(fields, WSMessageV3)
@@ -156,20 +160,48 @@ def decode(frame: str | bytes) -> WSMessageV3:
         message = None
         problems = _field_problems(error)
     problems |= _rule_problems(fields, problems)
-    if problems:
-        order = {name: index for index, name in enumerate(FIELDS)}
-        ordered = sorted(problems.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
-        raise ProtocolError(
-            INVALID_MESSAGE,
-            "; ".join(f"{field} is {problem}" for field, problem in ordered),
-            [{"field": field, "problem": problem} for field, problem in ordered],
-        )
+    if problems or unknown:
+        raise _invalid(problems, unknown)
     assert message is not None  # structure() either returns or raises
     return message
 
 
+def _invalid(problems: dict[str, str], unknown: list[str]) -> ProtocolError:
+    """Every problem, in field order then unknown keys sorted, at most MAX_PROBLEMS of them listed."""
+    order = {name: index for index, name in enumerate(FIELDS)}
+    listed = sorted(problems.items(), key=lambda item: order[item[0]])
+    room = MAX_PROBLEMS - len(listed)
+    listed += [(key, "not a field of WS_Message_V3") for key in heapq.nsmallest(room, unknown)]
+    more = len(problems) + len(unknown) - len(listed)
+    shown = [(_shown(field), problem) for field, problem in listed]
+    text = "; ".join(f"{field} is {problem}" for field, problem in shown)
+    if more:
+        text += f"; and {more} more unknown keys"
+    return ProtocolError(INVALID_MESSAGE, text, [{"field": field, "problem": problem} for field, problem in shown])
+
+
+def _shown(field: str) -> str:
+    return field if len(field) <= MAX_FIELD_SHOWN else field[:MAX_FIELD_SHOWN] + "…"
+
+
+def too_deep(field: str = "payload") -> ProtocolError:
+    """A message nested deeper than the encoder can go: the client's mistake, not ours."""
+    problem = f"nested deeper than {MAX_DEPTH - 1} levels"
+    return ProtocolError(INVALID_MESSAGE, f"{field} is {problem}", [{"field": field, "problem": problem}])
+
+
 def encode(message: WSMessageV3) -> bytes:
-    """Serialize a message with all ten keys; done once per message, never per receiver."""
+    """Serialize a message with all ten keys; done once per message, never per receiver.
+
+    A payload too deep for the encoder raises ProtocolError (``invalid_message``).
+    """
+    try:
+        return _encode(message)
+    except orjson.JSONEncodeError:
+        raise too_deep() from None
+
+
+def _encode(message: WSMessageV3) -> bytes:
     return orjson.dumps(
         {
             "version": message.version,

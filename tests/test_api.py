@@ -99,6 +99,14 @@ async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_ser
     assert (await http(server, "GET", "/metrics"))[0] == 200
 
 
+async def test_a_payload_too_deep_to_encode_is_a_400_not_a_500(server):
+    deep = b'{"a":' * 300 + b"{}" + b"}" * 300
+    status, body = await http(
+        server, "POST", "/v3/publish", b'{"msg_type": "msg", "target": "broadcast", "payload": ' + deep + b"}"
+    )
+    assert status == 400 and body["code"] == "invalid_message" and body["errors"][0]["field"] == "payload"
+
+
 async def test_publish_takes_only_json_so_no_page_of_another_site_can_send_unasked(server):
     for content_type in (None, "text/plain", "text/plain; charset=utf-8", "application/x-www-form-urlencoded"):
         headers = {} if content_type is None else {"Content-Type": content_type}

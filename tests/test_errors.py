@@ -115,3 +115,29 @@ async def test_errors_go_to_the_sender_alone(url, alice):
     await alice.send_raw("garbage")
     errors_of(await alice.recv())
     await bob.nothing_within(0.2)
+
+
+async def test_an_error_reply_stays_small_whatever_the_frame(alice):
+    unknown = {f"k{n:04d}": 1 for n in range(5000)}  # 55 KB of unknown keys
+    unknown["z" * 5000] = 1  # and one absurdly long one
+    await alice.send_raw(orjson.dumps({"msg_type": "msg", "target": "echo", **unknown}).decode())
+    frame = await alice.conn.read_message()
+    assert len(frame) < 4096
+    code, errors = errors_of(orjson.loads(frame))
+    assert code == "invalid_message" and len(errors) == 20
+    assert [error["field"] for error in errors[:2]] == ["k0000", "k0001"]
+    assert orjson.loads(frame)["msg"].endswith("; and 4981 more unknown keys")
+    await alice.send_raw(orjson.dumps({"msg_type": "msg", "target": "echo", "z" * 5000: 1}).decode())
+    [error] = errors_of(await alice.recv())[1]
+    assert error == {"field": "z" * 64 + "…", "problem": "not a field of WS_Message_V3"}
+    await assert_still_open(alice)
+
+
+@pytest.mark.parametrize("msg_type", ["msg", "heartbeat"])
+async def test_a_payload_too_deep_to_encode_is_invalid_message_and_the_connection_stays(alice, msg_type):
+    deep = '{"a":' * 300 + "{}" + "}" * 300
+    await alice.send_raw(f'{{"msg_type": "{msg_type}", "target": "echo", "payload": {deep}}}')
+    code, errors = errors_of(await alice.recv())
+    assert code == "invalid_message"
+    assert errors == [{"field": "payload", "problem": "nested deeper than 253 levels"}]
+    await assert_still_open(alice)
