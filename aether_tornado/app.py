@@ -71,7 +71,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         "%d %s %s (%s) %.1f ms",
         status,
         request.method,
-        request.uri,
+        request.path,  # not the query: it may hold a client's token
         request.remote_ip,
         1000 * request.request_time(),
     )

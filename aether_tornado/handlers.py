@@ -70,9 +70,7 @@ class ClientSocket(JSONErrorMixin, tornado.web.RequestHandler):
         may_broadcast = True
         if self.config.jwt_secret is not None:
             try:
-                grant = verify_token(
-                    self.config.jwt_secret, self.get_query_argument("token", None), group_id, client_id
-                )
+                grant = verify_token(self.config.jwt_secret, self._token(), group_id, client_id)
             except AuthError as error:
                 return self.refuse(401, UNAUTHORIZED, str(error))
             may_broadcast = grant.may_broadcast
@@ -99,6 +97,14 @@ class ClientSocket(JSONErrorMixin, tornado.web.RequestHandler):
                 self.node.sockets -= 1
             raise
         return None
+
+    def _token(self) -> str | None:
+        """``?token=`` (browsers cannot set a WebSocket's headers), else ``Authorization: Bearer``."""
+        token = self.get_query_argument("token", None)
+        if token is None:
+            scheme, _, credentials = self.request.headers.get("Authorization", "").partition(" ")
+            token = credentials.strip() if scheme.lower() == "bearer" else None
+        return token
 
     def _websocket_key(self) -> str | None:
         """The client's Sec-WebSocket-Key, or None after answering a request that is no upgrade."""

@@ -1,6 +1,7 @@
 """Logging set-up: readable lines by default, or one JSON object a line for log shippers."""
 
 import logging
+import re
 import sys
 
 import orjson
@@ -23,8 +24,24 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# What a log line may never show: a token in a query, a bearer credential, a URL's password.
+_SECRETS = re.compile(r"(?i)(token=|bearer\s+|://[^:/@\s]*:)[^&\s\"'@]+")
+
+
+class RedactSecrets(logging.Filter):
+    """Masks secrets in every record, whichever library logged it (Tornado's request summaries too)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRETS.sub(r"\1***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactSecrets())
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:

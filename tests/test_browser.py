@@ -52,3 +52,25 @@ async def test_the_readme_s_connect_then_send_reaches_the_group_every_time(page)
         }"""
     )
     assert echoed == [f"hello {n}" for n in range(30)]
+
+
+async def test_the_browser_client_diagnoses_a_refusal_without_the_token_in_a_url(browser, start_server):
+    server = await start_server(jwt_secret="s" * 32)
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    requests = []
+    page.on("request", lambda request: requests.append((request.url, request.headers.get("authorization"))))
+    await page.goto(f"http://127.0.0.1:{server.port}/")
+    refusal = await page.evaluate(
+        """async () => {
+          const { AetherClient } = await import("/v3/client/aether-v3.js");
+          const client = new AetherClient({ groupId: "g_tok", clientId: "c_tok", token: "not.a.valid-token" });
+          const refused = new Promise((resolve) => client.on("error", (error) => resolve(error.code)));
+          client.connect();
+          return await refused;
+        }"""
+    )
+    assert refusal == "unauthorized"
+    diagnoses = [(url, auth) for url, auth in requests if url.startswith("http://") and "/v3/ws/" in url]
+    assert diagnoses == [(f"http://127.0.0.1:{server.port}/v3/ws/group/g_tok/client/c_tok", "Bearer not.a.valid-token")]
+    await page.close()

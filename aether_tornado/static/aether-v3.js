@@ -132,10 +132,13 @@ export class AetherClient {
     return this;
   }
 
-  // A browser hides why a handshake failed; the same URL over plain HTTP tells (same origin only).
+  // A browser hides why a handshake failed; the same path over plain HTTP tells (same origin
+  // only). The token goes in a header there, so no log that keeps URLs sees it a second time.
   async diagnose() {
     try {
-      const response = await fetch(this.endpoint.replace(/^ws/, "http"));
+      const url = this.endpoint.replace(/^ws/, "http").replace(/\?.*$/, "");
+      const headers = this.token ? { Authorization: `Bearer ${this.token}` } : {};
+      const response = await fetch(url, { headers });
       const body = await response.json();
       return FINAL_REFUSALS.has(body.code) ? body : null;
     } catch {
