@@ -46,13 +46,15 @@ def build_node(settings: Settings) -> Node:
         return Node(settings, node_id, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds))
     # Presence calls wait for one of a few connections rather than open one each: a burst of
     # handshakes would otherwise open hundreds, each a file descriptor a client could have had.
+    # A heartbeat or presence query holds its sender's next messages: Redis gets a second to
+    # answer, as the bridge does, before presence answers from this process's own leases.
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=PRESENCE_CONNECTIONS,
-        timeout=5,
+        timeout=1,
         retry=Retry(NoBackoff(), 0),  # the bridge's supervisor reconnects, then resyncs presence
-        socket_connect_timeout=2,
-        socket_timeout=5,
+        socket_connect_timeout=1,
+        socket_timeout=1,
         health_check_interval=5,
     )
     redis = Redis.from_pool(pool)

@@ -1,6 +1,8 @@
 """The bridge contract: the memory bridge of a lone process, and the Redis bridge between processes."""
 
+import asyncio
 import signal
+import time
 
 import pytest
 
@@ -132,7 +134,6 @@ def quick_pings(monkeypatch):
     from aether_tornado.bridge import redis as redis_module
 
     monkeypatch.setattr(redis_module, "HEALTH_INTERVAL", 0.1)
-    monkeypatch.setattr(redis_module, "REPLY_TIMEOUT", 0.3)
 
 
 async def test_a_redis_that_stops_answering_is_noticed_and_rejoined(quick_pings, redis_server, redis_processes):
@@ -149,6 +150,25 @@ async def test_a_redis_that_stops_answering_is_noticed_and_rejoined(quick_pings,
     await b.wait_up()
     assert await b.bridge.publish("group:g", b"back") == 1
     assert await a.next() == ("group:g", b"back")
+
+
+async def test_a_direct_publish_waits_at_most_a_second_for_a_frozen_redis(redis_server, redis_processes):
+    a, b = redis_processes
+    await a.subscribe("client:c")
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BridgeDown):
+            await asyncio.wait_for(b.bridge.publish("client:c", b"to a frozen Redis"), 5)
+        waited = time.monotonic() - started
+        assert waited < 2, f"waited {waited:.2f} s"  # the contract's 1 s, with room for a busy machine
+        assert not b.bridge.up
+        await until(lambda: not a.bridge.up)  # the idle one notices by its pings
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    await a.wait_up()
+    await b.wait_up()
+    assert await b.bridge.publish("client:c", b"back") == 1
 
 
 async def test_a_wrong_password_keeps_the_bridge_down_and_logs_why(caplog):

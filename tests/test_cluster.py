@@ -1,6 +1,8 @@
 """Several processes on one Redis act as one server, through crashes and Redis outages."""
 
 import asyncio
+import signal
+import time
 
 import orjson
 import redis
@@ -131,22 +133,28 @@ async def test_redis_sends_a_group_message_only_to_processes_with_members(redis_
     assert store.pubsub_numsub("aether:group:g_one") == [(b"aether:group:g_one", 1)]
     assert store.pubsub_numsub("aether:group:g_other") == [(b"aether:group:g_other", 2)]
 
-    def publishes() -> int:
-        return store.info("commandstats").get("cmdstat_publish", {}).get("calls", 0)
+    watch = store.pubsub()
+    watch.subscribe("aether:group:g_one")
+    assert watch.get_message(timeout=5)["type"] == "subscribe"
 
     async def publishes_for_one_message(tag: str) -> int:
-        before = publishes()
+        """How many times Redis carried the message: a marker sent after it comes after them all."""
         await sender.send(msg_type="msg", target="group", msg=tag)
-        # A connection's next message waits for the previous one's publish: the echo proves it done.
-        await sender.send(msg_type="msg", target="echo", msg=f"after {tag}")
-        await sender.recv_where(msg=f"after {tag}")
-        return publishes() - before
+        await sender.send(msg_type="msg", target="group", msg=f"after {tag}")  # one connection, in order
+        copies = 0
+        while f"after {tag}".encode() not in (data := (await asyncio.to_thread(watch.get_message, True, 5))["data"]):
+            copies += f'"msg":"{tag}"'.encode() in data
+        return copies
 
     assert await publishes_for_one_message("small group") == 1
     members = [await Client.joined(first.url("g_one", f"c_m{n}")) for n in range(20)]
     await sender.recv_where(event="join", client_id="c_m19")
     assert await publishes_for_one_message("large group") == 1
-    assert store.pubsub_numsub("aether:group:g_one") == [(b"aether:group:g_one", 1)]
+    watch.unsubscribe()
+    while (await asyncio.to_thread(watch.get_message, False, 5))["type"] != "unsubscribe":
+        pass
+    assert store.pubsub_numsub("aether:group:g_one") == [(b"aether:group:g_one", 1)]  # 21 members, one process
+    watch.close()
     assert (await members[-1].recv_where(msg="large group"))["from_id"] == "c_sender"
     store.close()
 
@@ -177,3 +185,32 @@ async def test_a_burst_of_handshakes_opens_a_bounded_number_of_redis_connections
         store.close()
         for client in clients:
             client.close()
+
+
+async def test_a_frozen_redis_holds_no_sender_for_more_than_a_second(redis_server, start_process):
+    first, second = start_process(), start_process()
+    alice = await Client.joined(first.url("g_f", "c_alice"))
+    bob = await Client.joined(first.url("g_f", "c_bob"))
+    carol = await Client.joined(second.url("g_f", "c_carol"))
+    await joined_all([alice, bob], "c_bob", "c_carol")
+    redis_server.process.send_signal(signal.SIGSTOP)  # its sockets stay open: it just never answers
+    try:
+        started = time.monotonic()
+        await alice.send(msg_type="msg", target="direct", to_id="c_carol", msg="to the other process")
+        await alice.send(msg_type="heartbeat", target="echo")
+        await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="local, sent after")
+        code, _ = errors_of(await alice.recv_where(cmd="ERROR"))
+        assert code == "unavailable"
+        assert (await alice.recv_where(msg_type="heartbeat"))["target"] == "echo"
+        assert (await bob.recv_where(msg_type="msg"))["msg"] == "local, sent after"
+        waited = time.monotonic() - started
+        assert waited < 3, f"held for {waited:.2f} s"  # one Redis deadline each for the count and the lease
+        first.wait_for_log("Redis bridge down", timeout=5)
+        assert (await health(first))["status"] == "degraded"
+        second.wait_for_log("Redis bridge down", timeout=5)  # the idle one notices by its pings
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    first.wait_for_log("Redis bridge up", timeout=10, count=2)
+    second.wait_for_log("Redis bridge up", timeout=10, count=2)
+    await alice.send(msg_type="msg", target="direct", to_id="c_carol", msg="back")
+    assert (await carol.recv_where(msg="back"))["from_id"] == "c_alice"

@@ -19,12 +19,18 @@ from .resp import Address, ReplyError, RespConnection, connect
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.1
-BACKOFF_MAX = 5.0
+# Reconnection attempts come at most this far apart, so delivery across processes is back
+# within about a second of Redis.
+BACKOFF_MAX = 1.0
 CONNECT_TIMEOUT = 2.0
-# Both connections are pinged when this long passes; a ping unanswered for REPLY_TIMEOUT
-# means Redis is gone even if the socket has not said so.
-HEALTH_INTERVAL = 5.0
-REPLY_TIMEOUT = 5.0
+# A connection with commands waiting and no reply for REPLY_DEADLINE means Redis hangs
+# (frozen, or gone without the socket saying so): it counts as down, and a sender waiting
+# for a direct message's count gets `unavailable` instead of waiting on. Checked every
+# WATCH_INTERVAL; both connections are pinged every HEALTH_INTERVAL, so an idle one is
+# checked too.
+REPLY_DEADLINE = 0.9
+WATCH_INTERVAL = 0.1
+HEALTH_INTERVAL = 1.0
 _STAMP = struct.Struct("!d")
 # Publishes sent and not yet answered, at most; past it Redis cannot keep up with the load.
 MAX_OUTBOX = 100_000
@@ -44,7 +50,8 @@ class RedisBridge:
         self._subscriber: RespConnection | None = None
         # The channels subscribed on the current subscriber connection.
         self._subscribed: set[str] = set()
-        self._pong: asyncio.Future | None = None
+        self._pong: asyncio.Future | None = None  # the first pong of a connection, awaited
+        self._pong_due: float | None = None  # when the watched subscriber's pong is overdue
         self._task: asyncio.Task | None = None
         self._overloaded = False
         self._reported_up: bool | None = None
@@ -132,6 +139,7 @@ class RedisBridge:
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _connect(self) -> None:
+        self._pong_due = None
         self._publisher = await connect(self._address, CONNECT_TIMEOUT)
         self._subscriber = subscriber = await connect(self._address, CONNECT_TIMEOUT)
         subscriber.listen(self._on_push)
@@ -144,24 +152,34 @@ class RedisBridge:
         self._report(True, f"subscribed to {len(channels)} channels")
 
     async def _watch(self) -> None:
-        """Ping both connections every HEALTH_INTERVAL; raise once either is gone or stops answering."""
+        """Raise once either connection is gone, or has left a command unanswered for REPLY_DEADLINE."""
         publisher, subscriber = self._publisher, self._subscriber
         assert publisher is not None and subscriber is not None
+        loop = asyncio.get_running_loop()
+        silence = _Silence(publisher, loop.time())
+        next_ping = loop.time() + HEALTH_INTERVAL
         while True:
             closed, _ = await asyncio.wait(
-                (publisher.closed, subscriber.closed), timeout=HEALTH_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                (publisher.closed, subscriber.closed), timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED
             )
             if closed:
                 raise closed.pop().result()
-            await asyncio.wait_for(publisher.call(_PING), REPLY_TIMEOUT)
-            await self._ping_subscriber(subscriber)
+            now = loop.time()
+            if silence.longer_than(REPLY_DEADLINE, now) or (self._pong_due is not None and now > self._pong_due):
+                raise TimeoutError(f"Redis answered nothing for {REPLY_DEADLINE:g} s")
+            if now >= next_ping:
+                next_ping = now + HEALTH_INTERVAL
+                publisher.command(_PING)  # its answer, or its absence, is watched above
+                if self._pong_due is None:
+                    self._pong_due = now + REPLY_DEADLINE
+                    subscriber.command(_PING)
 
     async def _ping_subscriber(self, subscriber: RespConnection) -> None:
         """A subscriber's pong arrives as a push, after everything sent before the ping."""
         self._pong = pong = asyncio.get_running_loop().create_future()
         subscriber.command(_PING)
         done, _ = await asyncio.wait(
-            (pong, subscriber.closed), timeout=REPLY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            (pong, subscriber.closed), timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
         )
         if subscriber.closed in done:
             raise subscriber.closed.result()
@@ -180,8 +198,10 @@ class RedisBridge:
                 self._on_message(name, data[origin + _STAMP.size :], _STAMP.unpack_from(data, origin)[0])
             except Exception:
                 log.exception("delivering a message from channel %s failed", name)
-        elif kind == b"pong" and self._pong is not None and not self._pong.done():
-            self._pong.set_result(None)
+        elif kind == b"pong":
+            self._pong_due = None
+            if self._pong is not None and not self._pong.done():
+                self._pong.set_result(None)
 
     def _check_on_up(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -226,3 +246,19 @@ def _count_others(receivers: asyncio.Future[int], subscribed_here: bool, reply: 
         receivers.set_exception(BridgeDown())
     else:
         receivers.set_result(max(0, reply - subscribed_here))
+
+
+class _Silence:
+    """How long a connection has had commands waiting with no reply read (not for a subscriber)."""
+
+    def __init__(self, connection: RespConnection, now: float) -> None:
+        self._connection = connection
+        self._replies = connection.replies
+        self._since = now
+
+    def longer_than(self, seconds: float, now: float) -> bool:
+        connection = self._connection
+        if connection.replies != self._replies or not connection.unanswered:
+            self._replies, self._since = connection.replies, now
+            return False
+        return now - self._since > seconds

@@ -102,6 +102,7 @@ class RespConnection(asyncio.Protocol):
         # One entry per command sent and not yet answered: what to call with its reply, if anything.
         self._waiting: collections.deque[OnReply | None] = collections.deque()
         self._on_push: OnPush | None = None
+        self.replies = 0  # replies read so far: a watcher tells a hung Redis from an idle one
         # Resolves, with the ConnectionClosed that ended it, once the connection is gone.
         self.closed: asyncio.Future[ConnectionClosed] = self._loop.create_future()
 
@@ -154,6 +155,7 @@ class RespConnection(asyncio.Protocol):
         self._reader.feed(data)
         try:
             while (reply := self._reader.gets()) is not False:
+                self.replies += 1
                 if self._on_push is not None:
                     self._on_push(reply)
                 elif not self._waiting:
