@@ -101,6 +101,10 @@ class Settings:
     frame_burst: int = _setting(
         2000, "frames a client may send in one burst; past the budget it is closed with 1008", _positive
     )
+    byte_rate: float = _setting(
+        262144.0, "bytes a second a client's socket is read at, sustained (past the burst, reading waits)", _positive
+    )
+    byte_burst: int = _setting(262144, "bytes a client may send at once before reading waits for byte_rate", _positive)
     control_rate: float = _setting(10.0, "pings and pongs a client may send a second", _positive)
     control_burst: int = _setting(50, "pings and pongs a client may send in one burst; past it, 1008", _positive)
     rate_limit: float = _setting(100.0, "messages per second a connection may send, sustained", _positive)
@@ -116,6 +120,8 @@ class Settings:
     )
     max_connections: int = _setting(20000, "open WebSockets per process; more are refused with 503", _positive)
     allow_client_broadcast: bool = _setting(True, "whether clients may send target 'broadcast'")
+    broadcast_rate: float = _setting(1.0, "broadcasts a second a client may send, sustained", _positive)
+    broadcast_burst: int = _setting(10, "broadcasts a client may send in one burst; more get rate_limited", _positive)
     broadcast_requires_grant: bool = _setting(
         False, "clients may broadcast only with a token that grants it (needs jwt_secret)"
     )

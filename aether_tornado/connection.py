@@ -54,6 +54,7 @@ class ClientConnection(WebSocketProtocol):
         now = time.monotonic()
         self.last_seen = now
         self._bucket = TokenBucket(self.settings.rate_limit, self.settings.rate_burst, now)
+        self.broadcast_budget = TokenBucket(self.settings.broadcast_rate, self.settings.broadcast_burst, now)
         self._strikes = 0
         self._attached: asyncio.Task | None = None
         # Only Redis makes routing wait; alone, a message is routed without a Task.

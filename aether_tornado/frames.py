@@ -69,6 +69,7 @@ class FrameReader:
         "_pos",
         "buffer",
         "closed",
+        "frame_size",
     )
 
     def __init__(self, max_message_bytes: int = 1 << 62, max_fragments: int = 1 << 62, from_client: bool = True):
@@ -85,6 +86,7 @@ class FrameReader:
         self._partial = None  # the decoder checking a text frame whose payload is still arriving
         self._checked = 0  # how much of that payload it has checked
         self.closed = False
+        self.frame_size = 0  # bytes of the frame ``next`` returned last, head included
 
     def feed(self, data: bytes) -> None:
         if self._pos:
@@ -130,6 +132,7 @@ class FrameReader:
         if self._masked and length:
             payload = mask(bytes(buffer[start - 4 : start]), payload)
         self._pos = end
+        self.frame_size = end - pos
         self._partial, self._checked = None, 0
         if opcode == TEXT and final:  # the common case: a whole message in one frame
             try:

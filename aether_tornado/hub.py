@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 from .errors import ProtocolError
+from .limits import TokenBucket
 
 
 class Connection(Protocol):
@@ -18,6 +19,7 @@ class Connection(Protocol):
     lease_key: str
     last_seen: float
     may_broadcast: bool
+    broadcast_budget: TokenBucket
 
     def send(self, frame: bytes) -> None:
         """Queue one ready-made WebSocket frame; never blocks, never raises.

@@ -1,4 +1,4 @@
-"""The per-connection rate limit: a token bucket."""
+"""Per-connection budgets: token buckets."""
 
 
 class TokenBucket:
@@ -20,3 +20,9 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+    def spend(self, amount: float, now: float) -> float:
+        """Spend ``amount`` even past empty; return how long the bucket needs to be out of debt."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate) - amount
+        self.updated = now
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate

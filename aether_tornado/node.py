@@ -20,6 +20,7 @@ from .errors import (
     CLOSE_GOING_AWAY,
     FORBIDDEN,
     INVALID_MESSAGE,
+    RATE_LIMITED,
     REASON_IDLE,
     REASON_SHUTDOWN,
     RECIPIENT_OFFLINE,
@@ -212,10 +213,14 @@ class Node:
         return stamped.sent_at
 
     def _check_broadcast(self, conn: Connection) -> None:
+        """A client broadcast reaches everybody: it needs the right, and has a budget of its own."""
         if not self.settings.allow_client_broadcast:
             why = "broadcast is disabled for clients"
         elif self.settings.broadcast_requires_grant and not conn.may_broadcast:
             why = "broadcast needs a token that grants it"
+        elif not conn.broadcast_budget.take(time.monotonic()):
+            rate = self.settings.broadcast_rate
+            raise ProtocolError(RATE_LIMITED, f"Too many broadcasts: at most {rate:g} a second; this one was dropped.")
         else:
             return
         raise ProtocolError(FORBIDDEN, f"Not allowed: {why}.", [{"field": "target", "problem": why}])

@@ -5,9 +5,10 @@ reads every whole frame a read brings (frames.py parses them) and writes queued 
 straight to the transport. It owns what RFC 6455 asks of a server (pings answered, the
 close handshake, a violation failed with its close code after what was queued before it)
 and what keeps one peer from taking the process: every frame the peer sends costs from a
-budget, control frames from a smaller one, and a read handles at most ``FRAMES_PER_TURN``
-frames before other sockets get theirs. What a message means is a subclass's
-(``on_message``): the server's ``ClientConnection``, or the conformance suite's echo.
+budget, control frames from a smaller one, its bytes are read no faster than a byte budget
+allows, and a read handles at most ``FRAMES_PER_TURN`` frames before other sockets get theirs.
+What a message means is a subclass's (``on_message``): the server's ``ClientConnection``, or
+the conformance suite's echo.
 """
 
 import asyncio
@@ -123,6 +124,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._reader.feed(early)
         now = time.monotonic()
         self._frame_budget = TokenBucket(settings.frame_rate, settings.frame_burst, now)
+        self._byte_budget = TokenBucket(settings.byte_rate, settings.byte_burst, now)
+        self._throttle: asyncio.TimerHandle | None = None  # reading waits for the byte budget
         self._control_budget = TokenBucket(settings.control_rate, settings.control_burst, now)
         self._unanswered_ping = False
         self._transport: asyncio.Transport | None = None
@@ -169,12 +172,16 @@ class WebSocketProtocol(asyncio.Protocol):
             self._transport.pause_reading()  # a peer far ahead of us waits in its own buffers
         self.read_frames()
 
+    def _unthrottle(self) -> None:
+        self._throttle = None
+        self.read_frames()
+
     def eof_received(self) -> bool:
         return False  # the peer is done: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = self._draining = True
-        for handle in (self._close_timer, self._turn):
+        for handle in (self._close_timer, self._turn, self._throttle):
             if handle is not None:
                 handle.cancel()
         self.on_lost()
@@ -189,7 +196,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def read_frames(self) -> None:
         """Handle the frames that have arrived, in order, until one must wait or the turn is over."""
-        if self._turn is not None or self._draining:
+        if self._turn is not None or self._throttle is not None or self._draining:
             return
         reader, now = self._reader, time.monotonic()
         handled = 0
@@ -205,6 +212,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 handled += 1
                 if not self._frame_budget.take(now):
                     return self.fail(CLOSE_POLICY_VIOLATION, "too many frames")
+                wait = self._byte_budget.spend(reader.frame_size, now)
                 opcode, payload = event
                 self._unanswered_ping = False
                 if opcode == frames.TEXT or opcode == frames.BINARY:  # whole messages, the common case
@@ -212,11 +220,21 @@ class WebSocketProtocol(asyncio.Protocol):
                         self.on_message(opcode, payload)
                 elif opcode != frames.CONTINUATION:
                     self._control(opcode, cast(bytes, payload), now)
+                if wait and not self._draining:  # past its byte budget: the peer waits, TCP pushes back
+                    self._transport.pause_reading()
+                    self._throttle = asyncio.get_running_loop().call_later(wait, self._unthrottle)
+                    return None
         except FrameError as error:
             return self.fail(error.code, error.reason)
-        if reader.pending <= self.settings.max_message_bytes + 14 and not self._transport.is_closing():
-            self._transport.resume_reading()
+        self._read_on()
         return None
+
+    def _read_on(self) -> None:
+        """Read from the socket again, unless a long read's next turn, the byte budget or a full inbox holds it."""
+        if self._turn is not None or self._throttle is not None or self._transport.is_closing():
+            return
+        if self._reader.pending <= self.settings.max_message_bytes + 14:
+            self._transport.resume_reading()
 
     def _next_turn(self) -> None:
         self._turn = None
@@ -303,6 +321,9 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         if self._transport.can_write_eof():
             self._transport.write_eof()
+        if self._throttle is not None:
+            self._throttle.cancel()
+            self._throttle = None
         self._transport.resume_reading()
         self._drop_later()
 

@@ -160,7 +160,7 @@ async def test_the_peers_close_is_answered_with_its_code_when_registered(server)
 
 
 async def test_a_peer_that_floods_pings_without_reading_is_closed_1013(start_server):
-    lifted = {"control_rate": 1e9, "control_burst": 10**9, "frame_rate": 1e9, "frame_burst": 10**9}
+    lifted = {"control_rate": 1e9, "control_burst": 10**9, "frame_rate": 1e9, "frame_burst": 10**9, "byte_rate": 1e12}
     server = await start_server(outbound_buffer_bytes=64 * 1024, **lifted)  # only the cap can stop this peer
     raw = await RawSocket.open(server.port, PATH, recv_buffer=4096)
     ping = RawSocket.frame(PING, b"p" * 125)
@@ -221,7 +221,9 @@ async def test_the_budget_refills_for_a_client_within_it(start_server):
 
 
 async def test_others_are_served_while_one_connection_floods(start_server):
-    server = await start_server(control_rate=1e9, control_burst=10**9, frame_rate=1e9, frame_burst=10**9)
+    server = await start_server(
+        control_rate=1e9, control_burst=10**9, frame_rate=1e9, frame_burst=10**9, byte_rate=1e12
+    )
     flooder = await opened(server)
     other = await Client.joined(ws_url(server, "g_calm", "c_calm"))
     flood = RawSocket.frame(PONG, b"") * 200_000  # answered by nothing: only reading it costs

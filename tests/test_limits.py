@@ -1,6 +1,7 @@
 """PROTOCOL section 5 limits: frame size, rate, outbound buffer, idle time, dead peers."""
 
 import asyncio
+import time
 
 import orjson
 
@@ -52,7 +53,7 @@ async def test_rate_limit_refills(start_server):
 
 
 async def test_a_client_that_stops_reading_is_closed_1013_and_others_keep_receiving(start_server):
-    server = await start_server(outbound_buffer_bytes=256 * 1024, rate_limit=100000, rate_burst=100000)
+    server = await start_server(outbound_buffer_bytes=256 * 1024, rate_limit=100000, rate_burst=100000, byte_rate=1e12)
     sender = await Client.joined(ws_url(server, "g_slow", "c_sender"))
     fast = await Client.joined(ws_url(server, "g_slow", "c_fast"))
     slow = await RawSocket.open(server.port, "/v3/ws/group/g_slow/client/c_slow", recv_buffer=4096)
@@ -111,3 +112,32 @@ async def test_a_peer_that_never_answers_pings_is_dropped(start_server):
     dead.close()
     await watcher.send(msg_type="msg", target="echo", msg="alive")
     assert (await watcher.recv_where(msg="alive"))["msg"] == "alive"
+
+
+async def test_a_client_is_read_no_faster_than_its_byte_budget(start_server):
+    server = await start_server(byte_rate=100_000, byte_burst=20_000)
+    client = await Client.joined(ws_url(server, "g_bytes", "c_bytes"))
+    await client.recv_where(event="join")
+    started = time.monotonic()
+    for n in range(6):  # 120 KB: 20 KB at once, the other 100 KB at 100 KB a second
+        await client.send(msg_type="msg", target="echo", msg="b" * 20_000, payload={"n": n})
+    for n in range(6):
+        assert (await client.recv())["payload"] == {"n": n}  # all of it, nothing dropped: only slowed
+    assert time.monotonic() - started >= 0.7  # waiting is the budget's whole point; it never ends early
+
+
+async def test_client_broadcasts_have_a_smaller_budget_of_their_own(start_server):
+    server = await start_server(broadcast_rate=1, broadcast_burst=3)
+    sender = await Client.joined(ws_url(server, "g_b1", "c_loud"))
+    other = await Client.joined(ws_url(server, "g_b2", "c_other"))
+    await sender.recv_where(event="join")
+    for n in range(4):
+        await sender.send(msg_type="msg", target="broadcast", payload={"n": n})
+    for n in range(3):
+        assert (await other.recv_where(msg_type="msg"))["payload"] == {"n": n}
+    received = [await sender.recv_where(msg_type="msg") for _ in range(3)]
+    assert [message["payload"]["n"] for message in received] == [0, 1, 2]
+    code, errors = errors_of(await sender.recv_where(cmd="ERROR"))
+    assert code == "rate_limited" and errors == []
+    await sender.send(msg_type="msg", target="group", msg="groups are not broadcasts")
+    assert (await sender.recv_where(msg_type="msg"))["msg"] == "groups are not broadcasts"

@@ -9,11 +9,11 @@ from .processes import ServerProcess
 from .wsclient import Client
 
 SECRET = "s" * 32
-TOKEN = jwt.encode({"sub": "c_other", "group": "g_log", "exp": int(time.time()) + 60}, SECRET, "HS256")
 API_KEY = "api-key-" + "x" * 16
 
 
 async def test_tokens_and_keys_never_reach_the_log(redis_server):
+    token = jwt.encode({"sub": "c_other", "group": "g_log", "exp": int(time.time()) + 60}, SECRET, "HS256")
     server = ServerProcess(
         "--jwt-secret", SECRET, "--api-key", API_KEY, "--log-level", "debug",
         "--redis-url", redis_server.url.replace("redis://", "redis://:hunter2-password@"),
@@ -23,17 +23,17 @@ async def test_tokens_and_keys_never_reach_the_log(redis_server):
         fetch = AsyncHTTPClient().fetch
         url = f"http://127.0.0.1:{server.port}"
         # A refused handshake (the token is for another client), a bad key, and a request Tornado itself refuses.
-        refused = await fetch(f"{url}/v3/ws/group/g_log/client/c_log?token={TOKEN}", raise_error=False)
+        refused = await fetch(f"{url}/v3/ws/group/g_log/client/c_log?token={token}", raise_error=False)
         assert refused.code == 401
         wrong = await fetch(f"{url}/v3/groups/g_log/presence", headers={"Authorization": "Bearer " + "w" * 20},
                             raise_error=False)  # fmt: skip
         assert wrong.code == 401
-        bad = await fetch(f"{url}/v3/publish?token={TOKEN}", method="POST", body=b"x", raise_error=False,
+        bad = await fetch(f"{url}/v3/publish?token={token}", method="POST", body=b"x", raise_error=False,
                           headers={"Content-Type": "multipart/form-data; boundary=b"})  # fmt: skip
         assert bad.code == 400
         with_header = await Client.connect(
             f"ws://127.0.0.1:{server.port}/v3/ws/group/g_log/client/c_other",
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            headers={"Authorization": f"Bearer {token}"},
         )
         assert (await with_header.recv())["payload"]["event"] == "snapshot"  # the header is enough
         with_header.close()
@@ -41,7 +41,7 @@ async def test_tokens_and_keys_never_reach_the_log(redis_server):
         log = "".join(server.log)
         assert "401 GET /v3/ws/group/g_log/client/c_log " in log
         assert "/v3/publish?token=*** " in log  # Tornado's own warning, masked
-        for secret in (TOKEN, TOKEN.split(".")[2], API_KEY, "w" * 20, "hunter2-password", SECRET):
+        for secret in (token, token.split(".")[2], API_KEY, "w" * 20, "hunter2-password", SECRET):
             assert secret not in log
     finally:
         server.kill()

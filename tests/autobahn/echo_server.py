@@ -40,6 +40,8 @@ ROOMY = Settings(
     frame_burst=1_000_000_000,
     control_rate=1e9,
     control_burst=1_000_000_000,
+    byte_rate=1e12,
+    byte_burst=10**12,
     outbound_buffer_bytes=64 * 1024 * 1024,
 )
 
