@@ -5,18 +5,18 @@ import hmac
 from pathlib import Path
 
 import orjson
-import tornado.web
 
 from .errors import INVALID_ID, RECIPIENT_OFFLINE, UNAUTHORIZED, UNAVAILABLE, ProtocolError
 from .ids import id_problem
 from .node import Node
 from .schema import decode
+from .web_headers import SecureHandler, page_policy
 
 # An API error's HTTP status, by protocol error code; any other code is a 400.
 STATUS_OF = {RECIPIENT_OFFLINE: 404, UNAVAILABLE: 503, UNAUTHORIZED: 401}
 
 
-class JSONHandler(tornado.web.RequestHandler):
+class JSONHandler(SecureHandler):
     def initialize(self, node: Node) -> None:
         self.node = node
 
@@ -114,7 +114,7 @@ def _asset(name: str) -> bytes:
     return (Path(__file__).parent / ASSETS[name][0]).read_bytes()
 
 
-class Asset(tornado.web.RequestHandler):
+class Asset(SecureHandler):
     """The index page, the console, the browser client and its types: public, like any page.
 
     The asset is named by the route (``name=``) or by the path (``/v3/client/{name}``).
@@ -128,4 +128,6 @@ class Asset(tornado.web.RequestHandler):
         assert name is not None  # the routes give one or the other
         self.set_header("Content-Type", ASSETS[name][1])
         self.set_header("Cache-Control", "no-cache")
+        if ASSETS[name][1].startswith("text/html"):
+            self.set_header("Content-Security-Policy", page_policy(_asset(name)))
         self.finish(_asset(name))

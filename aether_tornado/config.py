@@ -10,6 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 from redis.asyncio.connection import parse_url
@@ -37,6 +38,28 @@ def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
 def _origin(origin: str) -> str:
     """Origins are compared lower-case and without a trailing slash, however they were written."""
     return origin.strip().rstrip("/").lower()
+
+
+def _check_origin(origin: str) -> None:
+    """An origin as browsers send it, scheme://host[:port], or * for any; nothing that never matches."""
+    if origin == "*":
+        return
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "*" in origin
+        or (parts.path or parts.query or parts.fragment or parts.username)
+    ):
+        raise SettingsError(
+            f"allowed_origins: {origin!r} is not an origin; write scheme://host[:port], "
+            "such as https://app.example.com (no path, no wildcard; * alone allows any)"
+        )
 
 
 def _secret(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
@@ -131,6 +154,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(),
         converter=lambda origins: tuple(_origin(origin) for origin in origins if origin.strip()),
+        validator=lambda instance, attribute, origins: [_check_origin(origin) for origin in origins],
         metadata={
             "help": "extra browser origins allowed to connect, comma-separated (the server's own host always is)"
         },

@@ -5,7 +5,6 @@ import logging
 from urllib.parse import urlsplit
 
 import orjson
-import tornado.web
 
 from .auth import AuthError, verify_token
 from .connection import ClientConnection
@@ -20,6 +19,7 @@ from .errors import (
 from .ids import id_problem
 from .node import Node
 from .tornado_internals import take_socket
+from .web_headers import SecureHandler
 from .websocket import Flusher, handshake_response, serve_socket, upgrade_problem
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,12 @@ class JSONErrorMixin:
         self.finish(orjson.dumps({"code": code, "field": field, "msg": msg}))
 
 
-class NotFound(JSONErrorMixin, tornado.web.RequestHandler):
+class NotFound(JSONErrorMixin, SecureHandler):
     def prepare(self) -> None:
         self.refuse(404, NOT_FOUND, f"No route for {self.request.path}.")
 
 
-class ClientSocket(JSONErrorMixin, tornado.web.RequestHandler):
+class ClientSocket(JSONErrorMixin, SecureHandler):
     """The handshake at ``/v3/ws/group/{group_id}/client/{client_id}``, then the socket moves on.
 
     Every refusal is answered before the upgrade, in JSON; an accepted socket leaves Tornado

@@ -156,3 +156,16 @@ async def test_metrics_count_connections_messages_and_errors(server):
     assert 'aether_messages_out_total{msg_type="msg",target="group"} 1' in lines
     assert 'aether_errors_total{code="invalid_json"} 1' in lines
     assert "# TYPE aether_bridge_delivery_seconds histogram" in lines
+
+
+async def test_every_answer_carries_security_headers_and_pages_a_strict_policy(server):
+    fetch = AsyncHTTPClient().fetch
+    base = f"http://127.0.0.1:{server.port}"
+    for path in ("/", "/v3/console", "/v3/client/aether-v3.js", "/healthz", "/nowhere", "/v3/ws/group/1/client/c"):
+        response = await fetch(base + path, raise_error=False)
+        assert response.headers["X-Content-Type-Options"] == "nosniff", path
+        assert response.headers["X-Frame-Options"] == "DENY", path
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"], path
+    page = await fetch(base + "/v3/console")
+    policy = page.headers["Content-Security-Policy"]
+    assert "'unsafe-inline'" not in policy and "script-src 'self' 'sha256-" in policy and "connect-src 'self'" in policy

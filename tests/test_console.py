@@ -13,11 +13,17 @@ pytestmark = CHROMIUM_MISSING
 async def open_console(browser, port: int, client_id: str):
     page = await browser.new_page()
     page.set_default_timeout(10_000)
+    page.csp_violations = []
+    page.on(
+        "console",
+        lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text),
+    )
     await page.goto(f"http://127.0.0.1:{port}/v3/console")
     await page.fill("#group", "g_browser")
     await page.fill("#client", client_id)
     await page.click("#connect-button")
     await page.wait_for_selector("#state:text('open')")
+    assert page.csp_violations == []  # the page's own inline code runs under its strict policy
     return page
 
 

@@ -82,6 +82,19 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     assert "aether-tornado" not in result.stderr, result.stderr
 
 
+def test_systemd_analyze_security_rates_the_unit_2_or_less(tmp_path):
+    (tmp_path / UNIT.name).write_text(installed_here(UNIT.read_text()))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(tmp_path / UNIT.name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    exposure = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert exposure is not None, result.stdout + result.stderr
+    assert float(exposure.group(1)) <= 2.0, result.stdout
+
+
 async def test_the_unit_command_line_starts_notifies_and_stops(redis_server, tmp_path):
     unit = UNIT.read_text()
     settings = dict(re.findall(r"^([^=\n]+)=(.*)$", unit, re.MULTILINE))
@@ -126,9 +139,10 @@ def nginx(start_process):
     upstreams = [start_process(), start_process()]
     port = free_port()
     site = SITE.read_text().replace("listen 80;", f"listen 127.0.0.1:{port};")
+    prefix = Path(tempfile.mkdtemp(prefix="aether-nginx-"))
+    site = site.replace("/var/log/nginx/", f"{prefix}/")
     for default, process in zip(("8001", "8002"), upstreams, strict=True):
         site = site.replace(f"server 127.0.0.1:{default};", f"server 127.0.0.1:{process.port};")
-    prefix = Path(tempfile.mkdtemp(prefix="aether-nginx-"))
     (prefix / "site.conf").write_text(site)
     (prefix / "nginx.conf").write_text(
         f"worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n"
@@ -145,14 +159,14 @@ def nginx(start_process):
             except OSError:
                 assert process.poll() is None, (prefix / "error.log").read_text()
                 time.sleep(0.05)
-        yield port, upstreams
+        yield port, upstreams, prefix
     finally:
         process.terminate()
         process.wait(10)
 
 
 async def test_traffic_and_presence_through_nginx(nginx):
-    port, upstreams = nginx
+    port, upstreams, _ = nginx
     url = f"ws://127.0.0.1:{port}/v3/ws/group/g_nx/client/{{}}"
     origin = {"Origin": f"http://127.0.0.1:{port}"}  # the Host header reaches the server unchanged
     clients = [await Client.joined(url.format(f"c_{n}"), headers=origin) for n in range(4)]
@@ -179,3 +193,32 @@ async def test_traffic_and_presence_through_nginx(nginx):
     assert published.code == 202
     for client in clients:
         assert (await client.recv_where(cmd="RELOAD"))["from_id"] is None
+
+
+async def test_nginx_keeps_the_backend_api_to_its_allow_list_and_tokens_out_of_its_log(nginx):
+    port, _, prefix = nginx
+    fetch = AsyncHTTPClient().fetch
+    api = f"http://127.0.0.1:{port}/v3"
+    body = orjson.dumps({"msg_type": "msg", "target": "broadcast"})
+    json = {"Content-Type": "application/json"}
+    allowed = await fetch(f"{api}/publish", method="POST", body=body, headers=json, raise_error=False)
+    assert allowed.code == 202
+    assert allowed.headers["Server"] == "nginx"  # server_tokens off: no version
+    for path, method in (("/publish", "POST"), ("/groups/g_x/presence", "GET")):
+        elsewhere = await fetch(
+            f"{api}{path}", method=method, body=body if method == "POST" else None, headers=json,
+            network_interface="127.0.0.2", raise_error=False,
+        )  # fmt: skip
+        assert elsewhere.code == 403, path  # from an address not on the allow-list
+    refused = await fetch(f"{api}/ws/group/g_x/client/c_x?token=secret-in-a-query", raise_error=False)
+    assert refused.code == 400  # no upgrade: the app answers, and nginx logs the request
+    log = (prefix / "aether-tornado.access.log").read_text()
+    assert "/v3/ws/group/g_x/client/c_x " in log and "secret-in-a-query" not in log
+
+
+async def test_nginx_answers_a_handshake_flood_with_429(nginx):
+    port, _, _ = nginx
+    fetch = AsyncHTTPClient().fetch
+    url = f"http://127.0.0.1:{port}/v3/ws/group/g_x/client/c_x"
+    codes = await asyncio.gather(*(fetch(url, raise_error=False) for _ in range(80)))
+    assert {response.code for response in codes} == {400, 429}  # a burst of 40 passes, the rest wait their turn

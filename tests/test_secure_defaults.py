@@ -70,3 +70,16 @@ def test_secrets_come_from_files_the_environment_s_file_or_a_systemd_credential(
         load_settings(["--api-key", KEY, "--api-key-file", str(tmp_path / "key")], {})
     with pytest.raises(SettingsError, match="cannot read"):
         load_settings(["--api-key-file", str(tmp_path / "missing")], {})
+
+
+@pytest.mark.parametrize(
+    "origin", ["*.c.com", "https://*.c.com", "c.com", "https://c.com/path", "ftp://c.com", "https://c.com:port"]
+)
+def test_an_allowed_origin_that_could_never_match_is_refused(origin):
+    with pytest.raises(SettingsError, match="is not an origin"):
+        load_settings(["--allowed-origins", f"https://ok.example,{origin}"], {})
+
+
+def test_origins_are_kept_as_browsers_send_them():
+    settings = load_settings(["--allowed-origins", "https://App.Example/,http://localhost:3000, *"], {})
+    assert settings.allowed_origins == ("https://app.example", "http://localhost:3000", "*")
