@@ -62,7 +62,13 @@ class Histogram:
 class Metrics:
     """Every metric the server exports; the gauges read the node's state when scraped."""
 
-    def __init__(self, connections: Callable[[], float], bridge_up: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        connections: Callable[[], float],
+        bridge_up: Callable[[], float],
+        bridge_backlog: Callable[[], float],
+        presence_backlog: Callable[[], float],
+    ) -> None:
         self.messages_in = Counter(
             "aether_messages_in_total", "Messages accepted from clients and backends.", ("msg_type", "target")
         )
@@ -79,6 +85,12 @@ class Metrics:
         self._all = [
             Gauge("aether_connections", "Open WebSocket connections on this process.", connections),
             Gauge("aether_bridge_up", "1 while other processes can be reached (always 1 alone).", bridge_up),
+            Gauge("aether_bridge_backlog_bytes", "Bytes of publishes waiting for Redis to take them.", bridge_backlog),
+            Gauge(
+                "aether_presence_backlog_leases",
+                "Leases that ended while Redis was away, to drop there when it is back.",
+                presence_backlog,
+            ),
             self.messages_in,
             self.messages_out,
             self.deliveries,

@@ -59,7 +59,12 @@ class Node:
         self._bridge_was_up = False
         # WebSockets this process holds or is opening: what the connection limit counts.
         self.sockets = 0
-        self.metrics = Metrics(connections=lambda: len(hub), bridge_up=lambda: float(bridge.up))
+        self.metrics = Metrics(
+            connections=lambda: len(hub),
+            bridge_up=lambda: float(bridge.up),
+            bridge_backlog=lambda: float(bridge.backlog_bytes),
+            presence_backlog=lambda: float(presence.backlog),
+        )
 
     @property
     def connection_count(self) -> int:

@@ -156,6 +156,7 @@ async def test_metrics_count_connections_messages_and_errors(server):
     assert 'aether_messages_out_total{msg_type="msg",target="group"} 1' in lines
     assert 'aether_errors_total{code="invalid_json"} 1' in lines
     assert "# TYPE aether_bridge_delivery_seconds histogram" in lines
+    assert {"aether_bridge_backlog_bytes 0", "aether_presence_backlog_leases 0"} <= lines
 
 
 async def test_every_answer_carries_security_headers_and_pages_a_strict_policy(server):

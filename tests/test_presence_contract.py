@@ -1,6 +1,7 @@
 """The presence contract, run against every backend."""
 
 import asyncio
+import signal
 
 import pytest
 from redis.asyncio import Redis
@@ -144,4 +145,28 @@ async def test_redis_presence_answers_locally_while_redis_is_down_and_resyncs(re
     await here.resync()
     assert not here.down
     assert await here.members("g") == ["new", "remote", "stays"]
+    await redis.aclose()
+
+
+async def test_leases_that_end_during_an_outage_are_bounded_and_dropped_in_batches(redis_server, monkeypatch):
+    from aether_tornado.presence import redis as redis_presence
+
+    monkeypatch.setattr(redis_presence, "MAX_BACKLOG", 2500)
+    redis = Redis.from_url(redis_server.url, socket_connect_timeout=1, socket_timeout=0.5)
+    here, elsewhere = RedisPresence(redis, "test", 30), RedisPresence(redis, "test", 30)
+    leases = [Lease("g", f"c{n:04d}", f"a:{n}") for n in range(3000)]
+    for lease in leases:
+        await here.join(lease)
+    await elsewhere.join(Lease("g", "remote", "b:1"))
+    redis_server.process.send_signal(signal.SIGSTOP)  # away, but keeping what it holds
+    try:
+        for lease in leases:
+            assert await here.leave(lease) is True  # decided locally once the first call timed out
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert here.down and here.backlog == 2500  # the bound: the last 500 are left to expire in Redis
+    await here.resync()
+    assert here.backlog == 0
+    members = await elsewhere.members("g")
+    assert len(members) == 501 and "remote" in members  # 2,500 dropped in three round trips
     await redis.aclose()

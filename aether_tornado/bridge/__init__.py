@@ -41,6 +41,10 @@ class Bridge(Protocol):
     def up(self) -> bool:
         """Whether other processes can be reached now."""
 
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes sent that the transport has not taken yet: bounded, past the bound it counts as down."""
+
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         """Begin delivering other processes' messages to ``on_message``."""
 

@@ -7,6 +7,7 @@ from . import OnMessage, OnUp, Wanted
 
 class MemoryBridge:
     up = True
+    backlog_bytes = 0  # nothing leaves the process
 
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         pass

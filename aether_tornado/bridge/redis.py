@@ -32,8 +32,10 @@ REPLY_DEADLINE = 0.9
 WATCH_INTERVAL = 0.1
 HEALTH_INTERVAL = 1.0
 _STAMP = struct.Struct("!d")
-# Publishes sent and not yet answered, at most; past it Redis cannot keep up with the load.
+# Publishes sent and not yet answered, and bytes of them not yet taken by the socket, at most:
+# past either, Redis cannot keep up with the load, and the bridge counts it as down.
 MAX_OUTBOX = 100_000
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024
 _PUBLISH = b"PUBLISH"
 _SUBSCRIBE = b"SUBSCRIBE"
 _UNSUBSCRIBE = b"UNSUBSCRIBE"
@@ -53,7 +55,6 @@ class RedisBridge:
         self._pong: asyncio.Future | None = None  # the first pong of a connection, awaited
         self._pong_due: float | None = None  # when the watched subscriber's pong is overdue
         self._task: asyncio.Task | None = None
-        self._overloaded = False
         self._reported_up: bool | None = None
         self.up = False
 
@@ -78,19 +79,25 @@ class RedisBridge:
     def _ready_publisher(self) -> RespConnection:
         """The publisher, if Redis is up and keeping up; every publish goes through it, in order.
 
-        A Redis too slow for the load would let the unanswered publishes grow without end:
-        past ``MAX_OUTBOX`` new ones are refused (logged once) until it catches up.
+        A Redis too slow for the load would let what waits for it grow without end: past
+        ``MAX_OUTBOX`` publishes or ``MAX_BACKLOG_BYTES`` it counts as down (what waited is
+        dropped, at most once) and the supervisor reconnects.
         """
         publisher = self._publisher
         if not self.up or publisher is None:
             raise BridgeDown
-        if publisher.unanswered >= MAX_OUTBOX:
-            if not self._overloaded:
-                log.warning("Redis cannot keep up: %d publishes wait; dropping new ones", publisher.unanswered)
-            self._overloaded = True
+        if publisher.unanswered >= MAX_OUTBOX or publisher.unsent_bytes >= MAX_BACKLOG_BYTES:
+            self._lost(
+                OverflowError(
+                    f"Redis cannot keep up: {publisher.unanswered} publishes, {publisher.unsent_bytes} bytes wait"
+                )
+            )
             raise BridgeDown
-        self._overloaded = False
         return publisher
+
+    @property
+    def backlog_bytes(self) -> int:
+        return self._publisher.unsent_bytes if self._publisher is not None else 0
 
     async def subscribe(self, channel: str) -> None:
         """Sent at once, in the hub's order; while down, the next connection subscribes from the hub."""

@@ -99,6 +99,7 @@ class RespConnection(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ReplyError)
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
+        self._outgoing_bytes = 0
         # One entry per command sent and not yet answered: what to call with its reply, if anything.
         self._waiting: collections.deque[OnReply | None] = collections.deque()
         self._on_push: OnPush | None = None
@@ -109,6 +110,12 @@ class RespConnection(asyncio.Protocol):
     @property
     def unanswered(self) -> int:
         return len(self._waiting)
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Commands this process holds because the socket has not taken them yet."""
+        buffered = self._transport.get_write_buffer_size() if self._transport is not None else 0
+        return self._outgoing_bytes + buffered
 
     def listen(self, on_push: OnPush) -> None:
         self._on_push = on_push
@@ -132,6 +139,8 @@ class RespConnection(asyncio.Protocol):
             on_reply(ConnectionClosed("the connection to Redis is closed"))
 
     def close(self) -> None:
+        """Close; what was not written yet never will be."""
+        self._outgoing, self._outgoing_bytes = [], 0
         if self._transport is not None:
             self._transport.close()
 
@@ -140,11 +149,13 @@ class RespConnection(asyncio.Protocol):
             return False
         if not self._outgoing:
             self._loop.call_soon(self._flush)
-        self._outgoing.append(hiredis.pack_command(args))
+        packed = hiredis.pack_command(args)
+        self._outgoing.append(packed)
+        self._outgoing_bytes += len(packed)
         return True
 
     def _flush(self) -> None:
-        outgoing, self._outgoing = self._outgoing, []
+        outgoing, self._outgoing, self._outgoing_bytes = self._outgoing, [], 0
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"".join(outgoing))
 

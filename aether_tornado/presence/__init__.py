@@ -16,6 +16,10 @@ class Lease(NamedTuple):
 
 
 class Presence(Protocol):
+    @property
+    def backlog(self) -> int:
+        """Leases that ended while Redis was away, waiting to be dropped there: bounded."""
+
     async def join(self, lease: Lease) -> bool:
         """Take a lease; True when the client just became present in the group."""
 

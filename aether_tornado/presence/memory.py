@@ -52,6 +52,7 @@ class MemoryPresence:
         return sorted(self._groups.get(group_id, ()))
 
     down = False  # nothing is shared, so nothing can be away
+    backlog = 0
 
     async def resync(self) -> None:
         pass

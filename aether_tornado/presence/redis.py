@@ -26,8 +26,12 @@ from .memory import MemoryPresence
 log = logging.getLogger(__name__)
 
 SCRIPTS = Path(__file__).parent / "lua"
-# Leases per refresh call and per expiry pass, so one script never blocks Redis for long.
+# Leases per refresh call, per expiry pass and per pipeline of leaves, so one script or one
+# round trip never blocks Redis for long.
 BATCH = 1000
+# Leases that ended during an outage, kept to be dropped from Redis after it; past this many
+# the rest are left to expire there (their clients leave with reason timeout, once).
+MAX_BACKLOG = 100_000
 
 
 class RedisPresence:
@@ -70,8 +74,13 @@ class RedisPresence:
                 return bool(await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id]))
             except (RedisError, OSError) as error:
                 self._lost(error)
-        self._left_while_down.add(lease)
+        if len(self._left_while_down) < MAX_BACKLOG:
+            self._left_while_down.add(lease)
         return last_here
+
+    @property
+    def backlog(self) -> int:
+        return len(self._left_while_down)
 
     async def refresh(self, leases: list[Lease]) -> list[Lease]:
         back = await self._local.refresh(leases)
@@ -115,11 +124,14 @@ class RedisPresence:
             # Connections pooled before an outage are dead even if Redis is back: drop them all.
             await self._redis.connection_pool.disconnect(inuse_connections=False)
             while self._left_while_down:
-                lease = self._left_while_down.pop()
+                batch = [self._left_while_down.pop() for _ in range(min(BATCH, len(self._left_while_down)))]
+                pipeline = self._redis.pipeline(transaction=False)
+                for lease in batch:
+                    await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id], client=pipeline)
                 try:
-                    await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id])
+                    await pipeline.execute()
                 except BaseException:
-                    self._left_while_down.add(lease)
+                    self._left_while_down.update(batch)
                     raise
             leases = self._local.leases()
             await self._refresh_in_redis(leases)
