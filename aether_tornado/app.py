@@ -16,6 +16,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .accept import Acceptor
 from .api import Asset, GroupPresence, Health, Metrics, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
@@ -113,16 +114,17 @@ class Server:
             idle_connection_timeout=HTTP_IDLE_TIMEOUT,
             body_timeout=HTTP_IDLE_TIMEOUT,
         )
+        self.acceptor = Acceptor(self.http, settings.max_http_connections)
         self.port = settings.port
 
     async def start(self) -> None:
         await self.node.start()
         sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
         self.port = sockets[0].getsockname()[1]
-        self.http.add_sockets(sockets)
+        self.acceptor.listen(sockets)
 
     async def stop(self) -> None:
-        self.http.stop()
+        self.acceptor.close()
         await self.node.stop()
         await self.http.close_all_connections()
 

@@ -142,6 +142,9 @@ class Settings:
         90.0, "presence lease; a client of a process that died leaves after this long", _positive
     )
     max_connections: int = _setting(20000, "open WebSockets per process; more are refused with 503", _positive)
+    max_http_connections: int = _setting(
+        1000, "HTTP connections open at once (handshakes under way, API calls, silent ones); more are closed", _positive
+    )
     allow_client_broadcast: bool = _setting(True, "whether clients may send target 'broadcast'")
     broadcast_rate: float = _setting(1.0, "broadcasts a second a client may send, sustained", _positive)
     broadcast_burst: int = _setting(10, "broadcasts a client may send in one burst; more get rate_limited", _positive)

@@ -2,14 +2,18 @@
 
 The server lets Tornado answer the HTTP handshake and then serves the socket itself
 (websocket.py). Taking the socket over needs two things Tornado keeps private: the stream's
-socket and what it has already read from it. Masking borrows Tornado's C speedup.
+socket and what it has already read from it. The server also accepts connections itself
+(accept.py), handing each to Tornado's HTTP server and counting those it holds. Masking
+borrows Tornado's C speedup.
 ``check_tornado`` refuses to start on a release these were not tested with.
 """
 
 import os
 import socket
+from typing import Any
 
 import tornado
+import tornado.httpserver
 import tornado.web
 from tornado.util import _websocket_mask
 
@@ -46,3 +50,13 @@ def take_socket(handler: tornado.web.RequestHandler) -> tuple[socket.socket, byt
     early = bytes(stream._read_buffer[: stream._read_buffer_size])
     stream.close()  # unwatches and closes Tornado's descriptor; no RST, the socket is still open
     return socket.socket(fileno=descriptor), early
+
+
+def serve_accepted(server: tornado.httpserver.HTTPServer, connection: socket.socket, address: Any) -> None:
+    """Hand an accepted connection to the HTTP server, as its own accept handler does."""
+    server._handle_connection(connection, address)
+
+
+def open_http_connections(server: tornado.httpserver.HTTPServer) -> int:
+    """HTTP connections the server holds: requests under way and idle keep-alive ones (not WebSockets)."""
+    return len(server._connections)

@@ -3,9 +3,15 @@
 import asyncio
 import os
 import random
+import socket
+from pathlib import Path
+
+from tornado.httpclient import AsyncHTTPClient
 
 from aether_tornado import app
+from aether_tornado.app import FILES_RESERVED
 
+from .processes import ServerProcess
 from .wsclient import Client, RawSocket, errors_of
 
 GARBAGE = [
@@ -24,7 +30,9 @@ GARBAGE = [
 
 
 async def test_thousands_of_garbage_frames_and_abrupt_disconnects(start_server):
-    server = await start_server(rate_limit=100000, rate_burst=100000, frame_rate=100000, frame_burst=100000)
+    server = await start_server(
+        rate_limit=100000, rate_burst=100000, frame_rate=100000, frame_burst=100000, byte_rate=1e9, byte_burst=10**9
+    )
     rng = random.Random(7)
     path = "/v3/ws/group/g_junk/client/{}"
     await Client.joined(f"ws://127.0.0.1:{server.port}" + path.format("c_watch"))
@@ -80,3 +88,43 @@ async def test_a_connection_that_never_sends_a_request_is_closed(start_server, m
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_out_of_descriptors_the_server_pauses_accepting_logs_once_and_recovers():
+    server = ServerProcess("--max-connections", "5", open_files=FILES_RESERVED + 10)
+    try:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(FILES_RESERVED + 40)]
+        server.wait_for_log("cannot accept connections")
+        before = cpu_seconds(server.process.pid)
+        await asyncio.sleep(1)  # what it does meanwhile is the point: nothing to await
+        assert cpu_seconds(server.process.pid) - before < 0.5  # paused, not spinning on EMFILE
+        for sock in silent:
+            sock.close()
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/healthz", request_timeout=10)
+        assert response.code == 200
+        server.wait_for_log("accepting connections again")
+        assert len(server.lines("cannot accept connections")) == 1
+        assert not server.lines("Traceback")
+    finally:
+        server.kill()
+
+
+async def test_silent_http_connections_past_the_bound_are_closed_at_once():
+    server = ServerProcess("--max-http-connections", "20")
+    try:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        assert extra.recv(1) == b""  # closed by the server, not left to hold a descriptor
+        server.wait_for_log("20 HTTP connections open: closing new ones")
+        for sock in silent:
+            sock.close()
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/healthz", request_timeout=10)
+        assert response.code == 200
+        server.wait_for_log("HTTP connections below the bound again")
+    finally:
+        server.kill()
