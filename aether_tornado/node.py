@@ -35,6 +35,8 @@ from .schema import WSMessageV3, encode, utc_timestamp
 
 log = logging.getLogger(__name__)
 
+# How long a presence query may take when deciding between recipient_offline and unavailable.
+PRESENCE_DEADLINE = 1.0
 # What is left of routing a message once it must wait for Redis, or None when it is done: a
 # coroutine, or a future whose callbacks have done the work once it is settled.
 Rest = Coroutine[Any, Any, None] | asyncio.Future | None
@@ -175,14 +177,47 @@ class Node:
             self._send_one(conn, _stamped(message, conn.client_id, conn.group_id))
             return None
         receivers = self._route(_stamped(message, conn.client_id, conn.group_id))
-        if receivers is not None:
-            receivers.add_done_callback(functools.partial(self._answer_unreached, conn, message.to_id))
-        return receivers
+        if receivers is None:
+            return None
+        answered = asyncio.get_running_loop().create_future()
+        receivers.add_done_callback(functools.partial(self._answer_unreached, conn, message.to_id, answered))
+        return answered
 
-    def _answer_unreached(self, conn: Connection, to_id: str, receivers: asyncio.Future[int]) -> None:
-        problem = _unreached(to_id, receivers)
-        if problem is not None:
-            conn.refuse(problem)
+    def _answer_unreached(
+        self, conn: Connection, to_id: str, answered: asyncio.Future, receivers: asyncio.Future[int]
+    ) -> None:
+        """Once the other processes' count is in: nothing, unavailable, or (after presence) an answer."""
+        if receivers.exception() is None and receivers.result():
+            answered.set_result(None)
+        elif receivers.exception() is not None:
+            conn.refuse(_unavailable(to_id))
+            answered.set_result(None)
+        else:
+            self.spawn(self._answer_nobody_took(conn, to_id, answered))
+
+    async def _answer_nobody_took(self, conn: Connection, to_id: str, answered: asyncio.Future) -> None:
+        try:
+            conn.refuse(await self._nobody_took(to_id))
+        finally:
+            answered.set_result(None)
+
+    async def _nobody_took(self, to_id: str) -> ProtocolError:
+        """No process took a direct message: ``recipient_offline`` only if presence agrees.
+
+        Right after a Redis outage, processes resubscribe at different times: a recipient may
+        hold a lease while its process is not subscribed yet. That is ``unavailable``.
+        """
+        try:
+            present = await asyncio.wait_for(self.presence.present_anywhere(to_id), PRESENCE_DEADLINE)
+        except TimeoutError:
+            return _unavailable(to_id)
+        if present:
+            return _unavailable(to_id)
+        return ProtocolError(
+            RECIPIENT_OFFLINE,
+            f"{to_id} has no open connection.",
+            [{"field": "to_id", "problem": "has no open connection"}],
+        )
 
     async def _answer_heartbeat(self, conn: Connection, message: WSMessageV3) -> None:
         await self._refresh([_lease(conn)])
@@ -211,9 +246,10 @@ class Node:
             assert message.to_id is not None
             with contextlib.suppress(BridgeDown):
                 await receivers
-            problem = _unreached(message.to_id, receivers)
-            if problem is not None:
-                raise problem
+            if receivers.exception() is not None:
+                raise _unavailable(message.to_id)
+            if not receivers.result():
+                raise await self._nobody_took(message.to_id)
         assert stamped.sent_at is not None
         return stamped.sent_at
 
@@ -410,20 +446,6 @@ def _check_identity(conn: Connection, message: WSMessageV3) -> None:
     if problems:
         fields = " and ".join(problem["field"] for problem in problems)
         raise ProtocolError(FORBIDDEN, f"{fields} must be your own or left out.", problems)
-
-
-def _unreached(to_id: str, receivers: asyncio.Future[int]) -> ProtocolError | None:
-    """The error for a direct message that no connection of its process took, once the other
-    processes' count is settled: none, recipient_offline, or unavailable if Redis failed."""
-    if receivers.exception() is not None:
-        return _unavailable(to_id)
-    if receivers.result():
-        return None
-    return ProtocolError(
-        RECIPIENT_OFFLINE,
-        f"{to_id} has no open connection.",
-        [{"field": "to_id", "problem": "has no open connection"}],
-    )
 
 
 def _unavailable(to_id: str) -> ProtocolError:

@@ -214,3 +214,28 @@ async def test_a_frozen_redis_holds_no_sender_for_more_than_a_second(redis_serve
     second.wait_for_log("Redis bridge up", timeout=10, count=2)
     await alice.send(msg_type="msg", target="direct", to_id="c_carol", msg="back")
     assert (await carol.recv_where(msg="back"))["from_id"] == "c_alice"
+
+
+async def test_recipient_offline_only_when_presence_agrees(redis_server, start_process):
+    from redis.asyncio import Redis
+
+    from aether_tornado.presence import Lease
+    from aether_tornado.presence.redis import RedisPresence
+
+    process = start_process()
+    alice = await Client.joined(process.url("g_dis", "c_alice"))
+    store = Redis.from_url(redis_server.url, socket_timeout=5)
+    # A client with a lease whose process holds no subscription: as right after a Redis restart,
+    # before that process has resubscribed.
+    elsewhere, ghost = RedisPresence(store, "aether", 30), Lease("g_other", "c_ghost", "ghost:1")
+    await elsewhere.join(ghost)
+    await alice.send(msg_type="msg", target="direct", to_id="c_ghost", msg="?")
+    assert errors_of(await alice.recv_where(cmd="ERROR"))[0] == "unavailable"
+    status, body = await publish(process, {"msg_type": "msg", "target": "direct", "to_id": "c_ghost"})
+    assert (status, body["code"]) == (503, "unavailable")
+    await elsewhere.leave(ghost)
+    await alice.send(msg_type="msg", target="direct", to_id="c_ghost", msg="?")
+    assert errors_of(await alice.recv_where(cmd="ERROR"))[0] == "recipient_offline"
+    status, body = await publish(process, {"msg_type": "msg", "target": "direct", "to_id": "c_ghost"})
+    assert (status, body["code"]) == (404, "recipient_offline")
+    await store.aclose()

@@ -170,3 +170,21 @@ async def test_leases_that_end_during_an_outage_are_bounded_and_dropped_in_batch
     members = await elsewhere.members("g")
     assert len(members) == 501 and "remote" in members  # 2,500 dropped in three round trips
     await redis.aclose()
+
+
+async def test_a_client_is_present_anywhere_while_it_holds_a_lease_in_any_group(backend):
+    presence, clock, lease = backend
+    first, second = Lease("g1", "c", "n:1"), Lease("g2", "c", "n:2")
+    assert await presence.present_anywhere("c") is False
+    await presence.join(first)
+    await presence.join(second)
+    await presence.leave(first)
+    assert await presence.present_anywhere("c") is True
+    await presence.leave(second)
+    assert await presence.present_anywhere("c") is False
+    await presence.join(first)
+    await clock.advance(lease * 1.05)
+    assert await presence.expire() == [("g1", "c")]
+    assert await presence.present_anywhere("c") is False
+    await presence.refresh([first])  # re-created after it was reaped
+    assert await presence.present_anywhere("c") is True

@@ -32,6 +32,9 @@ class Presence(Protocol):
     async def expire(self) -> list[tuple[str, str]]:
         """Drop overdue leases; return each (group_id, client_id) whose presence ended."""
 
+    async def present_anywhere(self, client_id: str) -> bool:
+        """Whether the client holds a lease in any group, on any process."""
+
     async def members(self, group_id: str) -> list[str]:
         """The group's present client_ids, sorted in code point order."""
 

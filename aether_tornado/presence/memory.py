@@ -13,6 +13,8 @@ class MemoryPresence:
         self._clock = clock
         # group_id -> client_id -> lease key -> expiry (monotonic seconds)
         self._groups: dict[str, dict[str, dict[str, float]]] = {}
+        # client_id -> how many groups it is present in
+        self._groups_of: dict[str, int] = {}
 
     async def join(self, lease: Lease) -> bool:
         return self._put(lease, self._clock() + self._lease_seconds)
@@ -24,7 +26,7 @@ class MemoryPresence:
             return False
         if keys:
             return False
-        del clients[lease.client_id]
+        self._absent(clients, lease.client_id)
         if not clients:
             del self._groups[lease.group_id]
         return True
@@ -42,11 +44,14 @@ class MemoryPresence:
                     if expiry <= now:
                         del keys[key]
                 if not keys:
-                    del clients[client_id]
+                    self._absent(clients, client_id)
                     ended.append((group_id, client_id))
             if not clients:
                 del self._groups[group_id]
         return ended
+
+    async def present_anywhere(self, client_id: str) -> bool:
+        return client_id in self._groups_of
 
     async def members(self, group_id: str) -> list[str]:
         return sorted(self._groups.get(group_id, ()))
@@ -74,6 +79,15 @@ class MemoryPresence:
         keys = clients.get(lease.client_id)
         if keys is None:
             clients[lease.client_id] = {lease.key: expiry}
+            self._groups_of[lease.client_id] = self._groups_of.get(lease.client_id, 0) + 1
             return True
         keys[lease.key] = expiry
         return False
+
+    def _absent(self, clients: dict[str, dict[str, float]], client_id: str) -> None:
+        """A client's presence in one group ended."""
+        del clients[client_id]
+        if self._groups_of[client_id] == 1:
+            del self._groups_of[client_id]
+        else:
+            self._groups_of[client_id] -= 1

@@ -1,10 +1,11 @@
 """Presence in Redis, shared by every process, with a local view for Redis outages.
 
 Keys: ``{prefix}:presence:leases`` (sorted set of "group client key" scored by expiry in
-ms, Redis's own clock) and ``{prefix}:presence:group:{group}`` (hash client -> live
-leases). The Lua scripts beside this file make join, leave and expiry atomic, so each
-presence span starts and ends exactly once however many processes race. The scripts
-build group keys from their arguments: a standalone Redis, not Redis Cluster.
+ms, Redis's own clock), ``{prefix}:presence:group:{group}`` (hash client -> live leases)
+and ``{prefix}:presence:client:{client}`` (the client's live leases in every group). The
+Lua scripts beside this file make join, leave and expiry atomic, so each presence span
+starts and ends exactly once however many processes race. The scripts build group and
+client keys from their arguments: a standalone Redis, not Redis Cluster.
 
 While Redis is unreachable, answers come from this process's own leases; ``on_lost``
 tells the bridge, whose reconnection calls ``resync``, which puts them back into Redis,
@@ -42,6 +43,7 @@ class RedisPresence:
         self._on_lost = on_lost
         self._leases_key = f"{prefix}:presence:leases"
         self._group_prefix = f"{prefix}:presence:group:"
+        self._client_prefix = f"{prefix}:presence:client:"
         self._lease_ms = int(lease_seconds * 1000)
         self._local = MemoryPresence(lease_seconds)
         self._left_while_down: set[Lease] = set()
@@ -98,7 +100,9 @@ class RedisPresence:
         try:
             ended = []
             while True:
-                reaped, *flat = await self._expire(keys=[self._leases_key], args=[self._group_prefix, BATCH])
+                reaped, *flat = await self._expire(
+                    keys=[self._leases_key], args=[self._group_prefix, BATCH, self._client_prefix]
+                )
                 ended += [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
                 if reaped < BATCH:
                     return ended
@@ -113,6 +117,14 @@ class RedisPresence:
             except (RedisError, OSError) as error:
                 self._lost(error)
         return await self._local.members(group_id)
+
+    async def present_anywhere(self, client_id: str) -> bool:
+        if not self.down:
+            try:
+                return bool(await self._redis.exists(self._client_prefix + client_id))
+            except (RedisError, OSError) as error:
+                self._lost(error)
+        return await self._local.present_anywhere(client_id)
 
     async def resync(self) -> None:
         """After an outage: drop leases that ended meanwhile, put back this process's open ones.
@@ -153,14 +165,14 @@ class RedisPresence:
         for start in range(0, len(leases), BATCH):
             batch = leases[start : start + BATCH]
             keys = [self._leases_key, *(self._group_prefix + lease.group_id for lease in batch)]
-            args: list[str | int] = [self._lease_ms]
+            args: list[str | int] = [self._lease_ms, self._client_prefix]
             for lease in batch:
                 args += [_member(lease), lease.client_id]
             back += [batch[index - 1] for index in await self._refresh(keys=keys, args=args)]
         return back
 
     def _keys(self, lease: Lease) -> list[str]:
-        return [self._leases_key, self._group_prefix + lease.group_id]
+        return [self._leases_key, self._group_prefix + lease.group_id, self._client_prefix + lease.client_id]
 
     def _lost(self, error: BaseException) -> None:
         """Answer locally from now on, until ``resync`` after Redis is reached again."""
