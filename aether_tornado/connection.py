@@ -34,6 +34,20 @@ log = logging.getLogger(__name__)
 class ClientConnection(WebSocketProtocol):
     """What the node knows as a connection (hub.Connection)."""
 
+    __slots__ = (
+        "_attached",
+        "_bucket",
+        "_eager",
+        "_strikes",
+        "broadcast_budget",
+        "client_id",
+        "group_id",
+        "last_seen",
+        "lease_key",
+        "may_broadcast",
+        "node",
+    )
+
     def __init__(
         self,
         node: Node,

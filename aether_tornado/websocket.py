@@ -115,6 +115,29 @@ class WebSocketProtocol(asyncio.Protocol):
     snapshot) can go before anything queued meanwhile.
     """
 
+    # Thousands of these live at once: slots instead of a dict each (bench/RESULTS.md, memory).
+    __slots__ = (
+        "_byte_budget",
+        "_close_timer",
+        "_closing",
+        "_control_budget",
+        "_draining",
+        "_flusher",
+        "_frame_budget",
+        "_held",
+        "_held_bytes",
+        "_out",
+        "_out_bytes",
+        "_reader",
+        "_response",
+        "_throttle",
+        "_transport",
+        "_turn",
+        "_unanswered_ping",
+        "holding",
+        "settings",
+    )
+
     def __init__(self, settings: Settings, flusher: Flusher, response: bytes, early: bytes) -> None:
         """``response`` is the handshake's 101, sent first; ``early`` what the client sent after its request."""
         self.settings = settings
@@ -161,6 +184,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses, but alike
         self._transport.write(self._response)
+        self._response = b""
         self.on_open()
         self.read_frames()
 
@@ -220,7 +244,8 @@ class WebSocketProtocol(asyncio.Protocol):
                         self.on_message(opcode, payload)
                 elif opcode != frames.CONTINUATION:
                     self._control(opcode, cast(bytes, payload), now)
-                if wait and not self._draining:  # past its byte budget: the peer waits, TCP pushes back
+                if wait and not self._draining and not self._transport.is_closing():
+                    # Past its byte budget: the peer's frames wait, its socket is not read, TCP pushes back.
                     self._transport.pause_reading()
                     self._throttle = asyncio.get_running_loop().call_later(wait, self._unthrottle)
                     return None

@@ -47,6 +47,8 @@ ROOMY = Settings(
 
 
 class EchoSocket(WebSocketProtocol):
+    __slots__ = ()
+
     def on_open(self) -> None:
         self.release()
         self.holding = False
