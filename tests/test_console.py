@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from playwright.async_api import expect
+
 from .conftest import CHROMIUM_MISSING
 from .processes import ServerProcess
 
@@ -27,6 +29,10 @@ async def open_console(browser, port: int, client_id: str):
     return page
 
 
+# Waits use locators, never wait_for_function: Playwright evaluates a function's text with
+# eval() while polling, which the pages' Content-Security-Policy forbids.
+
+
 async def roster(page) -> list[str]:
     return await page.locator("#roster li").all_inner_texts()
 
@@ -44,7 +50,7 @@ async def test_two_consoles_see_each_other_talk_and_reconnect_by_themselves(brow
         alice = await open_console(browser, server.port, "c_alice")
         bob = await open_console(browser, server.port, "c_bob")
         for page in (alice, bob):
-            await page.wait_for_function("document.querySelectorAll('#roster li').length === 2")
+            await expect(page.locator("#roster li")).to_have_count(2, timeout=10_000)
             assert await roster(page) == ["c_alice", "c_bob"]
 
         await send(alice, "group", "hello group")
@@ -62,7 +68,7 @@ async def test_two_consoles_see_each_other_talk_and_reconnect_by_themselves(brow
         server = ServerProcess(port=server.port)
         for page in (alice, bob):
             await page.wait_for_selector("#state:text('open')", timeout=30_000)
-            await page.wait_for_function("document.querySelectorAll('#roster li').length === 2")
+            await expect(page.locator("#roster li")).to_have_count(2, timeout=10_000)
         await send(bob, "group", "after the restart")
         await alice.wait_for_selector("#log div:has-text('after the restart')")
     finally:
