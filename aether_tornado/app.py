@@ -59,7 +59,10 @@ def build_node(settings: Settings) -> Node:
         health_check_interval=5,
     )
     redis = Redis.from_pool(pool)
-    bridge = RedisBridge(Address.from_url(settings.redis_url), settings.redis_prefix, node_id)
+    # One outage for both: presence tells the bridge when it loses Redis, and the other way round.
+    bridge = RedisBridge(
+        Address.from_url(settings.redis_url), settings.redis_prefix, node_id, on_down=lambda: presence.mark_down()
+    )
     presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost)
     return Node(settings, node_id, Hub(), bridge, presence)
 

@@ -10,6 +10,8 @@ from tornado.httpclient import AsyncHTTPClient
 
 from aether_tornado.app import PRESENCE_CONNECTIONS
 
+from .bridges import until
+from .conftest import ws_url
 from .wsclient import Client, errors_of
 
 
@@ -239,3 +241,18 @@ async def test_recipient_offline_only_when_presence_agrees(redis_server, start_p
     status, body = await publish(process, {"msg_type": "msg", "target": "direct", "to_id": "c_ghost"})
     assert (status, body["code"]) == (404, "recipient_offline")
     await store.aclose()
+
+
+async def test_presence_follows_the_bridge_through_an_outage(redis_server, start_server):
+    """Presence must not use a connection from before an outage it did not see itself."""
+    server = await start_server(redis_url=redis_server.url)
+    await until(lambda: server.node.bridge.up)
+    client = await Client.joined(ws_url(server, "g_out", "c_out"))
+    redis_server.kill()
+    # Told by the bridge at once, before any presence call of its own (expiry runs every 5 s).
+    await until(lambda: server.node.presence.down, timeout=2)
+    redis_server.start()
+    await until(lambda: server.node.bridge.up and not server.node.presence.down, timeout=10)
+    await client.send(msg_type="presence", target="echo")
+    assert (await client.recv_where(event="snapshot"))["payload"]["clients"] == ["c_out"]
+    assert server.node.bridge.up  # no second outage from a stale presence connection

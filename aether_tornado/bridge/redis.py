@@ -12,6 +12,7 @@ import logging
 import random
 import struct
 import time
+from collections.abc import Callable
 
 from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
 from .resp import Address, ReplyError, RespConnection, connect
@@ -43,8 +44,10 @@ _PING = b"PING"
 
 
 class RedisBridge:
-    def __init__(self, address: Address, prefix: str, node_id: str) -> None:
+    def __init__(self, address: Address, prefix: str, node_id: str, on_down: Callable[[], None] | None = None) -> None:
+        """``on_down`` is told each time Redis is lost, so presence stops using it too."""
         self._address = address
+        self._on_down = on_down
         self._prefix = prefix + ":"
         self._prefix_length = len(self._prefix.encode())
         self._origin = node_id.encode()
@@ -135,9 +138,9 @@ class RedisBridge:
                 await self._watch()
             except (OSError, ReplyError, TimeoutError) as error:
                 self._lost(error)
-            except Exception:
+            except Exception as error:
                 log.exception("Redis bridge failed; reconnecting")
-                self.up = False
+                self._lost(error)
             finally:
                 if on_up is not None:
                     on_up.cancel()
@@ -219,6 +222,8 @@ class RedisBridge:
 
     def _lost(self, error: BaseException) -> None:
         """Down until the supervisor has reconnected; closing the connections wakes it."""
+        if self.up and self._on_down is not None:
+            self._on_down()
         self.up = False
         self._report(False, str(error) or type(error).__name__)
         for connection in (self._publisher, self._subscriber):

@@ -174,13 +174,20 @@ class RedisPresence:
     def _keys(self, lease: Lease) -> list[str]:
         return [self._leases_key, self._group_prefix + lease.group_id, self._client_prefix + lease.client_id]
 
+    def mark_down(self) -> None:
+        """The bridge lost Redis: answer locally until ``resync``, and so use no connection from before."""
+        if not self.down:
+            log.warning("presence falls back to this process's own leases: Redis was lost")
+        self.down = True
+
     def _lost(self, error: BaseException) -> None:
         """Answer locally from now on, until ``resync`` after Redis is reached again."""
-        if not self.down:
-            log.warning("presence falls back to this process's own leases: %s", error)
-            if self._on_lost is not None:
-                self._on_lost(error)
+        if self.down:
+            return
         self.down = True
+        log.warning("presence falls back to this process's own leases: %s", error)
+        if self._on_lost is not None:
+            self._on_lost(error)
 
 
 def _member(lease: Lease) -> str:
