@@ -215,9 +215,8 @@ def _read_secret(path: str, source: str) -> str:
 def _secrets_from_files(values: dict[str, Any], args: argparse.Namespace, environ: Mapping[str, str]) -> None:
     """Fill api_key and jwt_secret from --NAME-file, AETHER_NAME_FILE or a systemd credential NAME."""
     for name in SECRETS:
-        file_flag, file_env = _flag(name) + "-file", _env_name(name) + "_FILE"
-        path = getattr(args, name + "_file") or environ.get(file_env)
-        source = file_flag if getattr(args, name + "_file") else file_env
+        flagged, file_env = getattr(args, name + "_file"), _env_name(name) + "_FILE"
+        path, source = (flagged, _flag(name) + "-file") if flagged else (environ.get(file_env), file_env)
         if path is None and name not in values and environ.get("CREDENTIALS_DIRECTORY"):
             credential = Path(environ["CREDENTIALS_DIRECTORY"]) / name
             if credential.is_file():

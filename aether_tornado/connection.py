@@ -58,7 +58,7 @@ class ClientConnection(WebSocketProtocol):
     ) -> None:
         """``handshake`` is (group_id, client_id, may_broadcast); ``response`` the 101 to send first.
 
-        The socket slot (``node.sockets``) is the connection's from here: ``on_lost`` gives it back.
+        The handler counts it in ``node.sockets`` once it is served; ``on_lost`` gives the slot back.
         """
         super().__init__(node.settings, flusher, response, early)
         group_id, client_id, may_broadcast = handshake

@@ -121,7 +121,6 @@ class WebSocketProtocol(asyncio.Protocol):
         "_close_timer",
         "_closing",
         "_control_budget",
-        "_draining",
         "_flusher",
         "_frame_budget",
         "_held",
@@ -155,7 +154,6 @@ class WebSocketProtocol(asyncio.Protocol):
         self.holding = True  # until on_open says otherwise
         self._turn: asyncio.Handle | None = None  # the next turn of a long read
         self._closing = False  # our close frame is out (or the socket is gone): no more data frames
-        self._draining = False  # failed: the input is discarded until the peer closes
         self._close_timer: asyncio.TimerHandle | None = None
         self._held: list[bytes] | None = []
         self._held_bytes = 0
@@ -189,8 +187,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.read_frames()
 
     def data_received(self, data: bytes) -> None:
-        if self._draining or self._reader.closed:
-            return  # failed, or closed by the peer: what follows is discarded
+        if self._reader.closed:
+            return  # failed, closed by the peer, or gone: what follows is discarded
         self._reader.feed(data)
         if self._reader.pending > self.settings.max_message_bytes + 65536:
             self._transport.pause_reading()  # a peer far ahead of us waits in its own buffers
@@ -204,7 +202,7 @@ class WebSocketProtocol(asyncio.Protocol):
         return False  # the peer is done: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = self._draining = True
+        self._closing = self._reader.closed = True
         for handle in (self._close_timer, self._turn, self._throttle):
             if handle is not None:
                 handle.cancel()
@@ -220,12 +218,12 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def read_frames(self) -> None:
         """Handle the frames that have arrived, in order, until one must wait or the turn is over."""
-        if self._turn is not None or self._throttle is not None or self._draining:
+        if self._turn is not None or self._throttle is not None or self._reader.closed:
             return
         reader, now = self._reader, time.monotonic()
         handled = 0
         try:
-            while not self.holding and not self._draining:
+            while not self.holding and not reader.closed:
                 if handled == FRAMES_PER_TURN and not self._transport.is_closing():
                     self._turn = asyncio.get_running_loop().call_soon(self._next_turn)
                     self._transport.pause_reading()  # until this socket's frames are all handled
@@ -244,7 +242,7 @@ class WebSocketProtocol(asyncio.Protocol):
                         self.on_message(opcode, payload)
                 elif opcode != frames.CONTINUATION:
                     self._control(opcode, cast(bytes, payload), now)
-                if wait and not self._draining and not self._transport.is_closing():
+                if wait and not reader.closed and not self._transport.is_closing():
                     # Past its byte budget: the peer's frames wait, its socket is not read, TCP pushes back.
                     self._transport.pause_reading()
                     self._throttle = asyncio.get_running_loop().call_later(wait, self._unthrottle)
@@ -338,8 +336,7 @@ class WebSocketProtocol(asyncio.Protocol):
         Our side is shut after the close frame and the peer's bytes are read and discarded
         until it closes, so the close frame is not lost to a reset.
         """
-        self._reader.closed = True
-        self._draining = True
+        self._reader.closed = True  # the input is discarded from now on
         if not self._closing:
             self._send_close(code, reason)
         if self._transport is None or self._transport.is_closing():
