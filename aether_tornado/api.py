@@ -6,12 +6,15 @@ from pathlib import Path
 
 import orjson
 
-from .errors import INVALID_ID, RECIPIENT_OFFLINE, UNAUTHORIZED, UNAVAILABLE, ProtocolError
+from .bridge import BridgeDown, group_channel
+from .errors import HISTORY_OFF, INVALID_ID, INVALID_LIMIT, RECIPIENT_OFFLINE, UNAUTHORIZED, UNAVAILABLE, ProtocolError
 from .ids import id_problem
 from .node import Node
 from .schema import decode
 from .web_headers import SecureHandler, page_policy
 
+# Messages GET /v3/groups/{id}/history returns without a limit.
+DEFAULT_LIMIT = 100
 # An API error's HTTP status, by protocol error code; any other code is a 400.
 STATUS_OF = {RECIPIENT_OFFLINE: 404, UNAVAILABLE: 503, UNAUTHORIZED: 401}
 
@@ -71,6 +74,43 @@ class GroupPresence(BackendHandler):
             problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
             return self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
         self.reply(200, {"group_id": group_id, "clients": await self.node.presence.members(group_id)})
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        return value.decode("utf-8", "replace")
+
+
+class GroupHistory(BackendHandler):
+    """``GET /v3/groups/{group_id}/history?limit=N``: a group's recent messages, oldest first.
+
+    Each message is as a recovering client gets it, with its ``position``. ``limit`` defaults
+    to 100 and may be up to ``history_size``.
+    """
+
+    async def get(self, group_id: str) -> None:
+        why = id_problem(group_id)
+        if why is not None:
+            problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
+            return self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
+        history, size = self.node.history, self.node.settings.history_size
+        if history is None:
+            return self.reply(
+                404, {"code": HISTORY_OFF, "msg": "History is turned off (history_size 0).", "errors": []}
+            )
+        text = self.get_query_argument("limit", str(min(DEFAULT_LIMIT, size)))
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= size):
+            problem = f"required to be a whole number from 1 to {size}"
+            return self.fail(
+                ProtocolError(INVALID_LIMIT, f"limit is {problem}.", [{"field": "limit", "problem": problem}])
+            )
+        try:
+            recent = await history.latest(group_channel(group_id), int(text))
+        except BridgeDown:
+            return self.fail(ProtocolError(UNAVAILABLE, "Redis cannot be reached now; retry later."))
+        messages = b",".join(
+            b'%s,"position":"%s"}' % (payload[:-1], str(position).encode()) for position, payload in recent
+        )
+        self.set_header("Content-Type", "application/json")
+        self.finish(b'{"group_id":%s,"messages":[%s]}' % (orjson.dumps(group_id), messages))
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         return value.decode("utf-8", "replace")

@@ -17,13 +17,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .accept import Acceptor
-from .api import Asset, GroupPresence, Health, Metrics, Publish
+from .api import Asset, GroupHistory, GroupPresence, Health, Metrics, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .bridge.resp import Address
 from .config import Settings
 from .connection import Flusher
 from .handlers import ClientSocket, NotFound
+from .history.memory import MemoryHistory
+from .history.redis import RedisHistory
 from .hub import Hub
 from .node import Node
 from .presence.memory import MemoryPresence
@@ -43,8 +45,13 @@ FILES_RESERVED = PRESENCE_CONNECTIONS + 100
 def build_node(settings: Settings) -> Node:
     """The one place that picks the backends: Redis with a URL, memory without."""
     node_id = uuid.uuid4().hex[:12]
+    # A stream's counter outlives the last connection on it by the window, and by a refresh.
+    keep_seconds = settings.history_seconds + settings.lease_seconds
     if settings.redis_url is None:
-        return Node(settings, node_id, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds))
+        history = None
+        if settings.history_size:
+            history = MemoryHistory(settings.history_size, settings.history_seconds, keep_seconds)
+        return Node(settings, node_id, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds), history)
     # Presence calls wait for one of a few connections rather than open one each: a burst of
     # handshakes would otherwise open hundreds, each a file descriptor a client could have had.
     # A heartbeat or presence query holds its sender's next messages: Redis gets a second to
@@ -61,10 +68,19 @@ def build_node(settings: Settings) -> Node:
     redis = Redis.from_pool(pool)
     # One outage for both: presence tells the bridge when it loses Redis, and the other way round.
     bridge = RedisBridge(
-        Address.from_url(settings.redis_url), settings.redis_prefix, node_id, on_down=lambda: presence.mark_down()
+        Address.from_url(settings.redis_url),
+        settings.redis_prefix,
+        node_id,
+        on_down=lambda: presence.mark_down(),
+        scripts=RedisHistory.scripts if settings.history_size else (),
     )
     presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost)
-    return Node(settings, node_id, Hub(), bridge, presence)
+    redis_history = None
+    if settings.history_size:
+        redis_history = RedisHistory(
+            bridge, settings.redis_prefix, settings.history_size, settings.history_seconds, keep_seconds
+        )
+    return Node(settings, node_id, Hub(), bridge, presence, redis_history)
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -95,6 +111,7 @@ def make_app(node: Node) -> tornado.web.Application:
             (r"/metrics", Metrics, {"node": node}),
             (r"/v3/publish", Publish, {"node": node}),
             (r"/v3/groups/([^/]+)/presence", GroupPresence, {"node": node}),
+            (r"/v3/groups/([^/]+)/history", GroupHistory, {"node": node}),
             (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node, "flusher": Flusher()}),
         ],
         default_handler_class=NotFound,

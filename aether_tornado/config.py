@@ -154,6 +154,14 @@ class Settings:
     outbound_buffer_bytes: int = _setting(
         1048576, "unsent bytes held for one connection before it is closed with 1013", _positive
     )
+    history_size: int = _setting(
+        1000,
+        "recent messages kept per group, per client and for broadcast, for clients that recover (0: none)",
+        _not_negative,
+    )
+    history_seconds: float = _setting(
+        300.0, "how long a message stays recoverable; a client away longer is told it did not recover", _positive
+    )
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(),
         converter=lambda origins: tuple(_origin(origin) for origin in origins if origin.strip()),

@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, NamedTuple
 
 from .errors import (
     CLOSE_INTERNAL_ERROR,
@@ -23,12 +23,27 @@ from .errors import (
     ProtocolError,
 )
 from .frames import BINARY
+from .history import STREAMS, Position
+from .hub import Positioned
 from .limits import TokenBucket
 from .node import Node, Rest
 from .schema import decode
 from .websocket import Flusher, WebSocketProtocol
 
 log = logging.getLogger(__name__)
+
+
+class Handshake(NamedTuple):
+    """What the handshake settled: who connects, whether it may broadcast, what it recovers from.
+
+    ``since`` is None for a client that does not recover, else its last position per stream
+    (history.STREAMS), None where it has none.
+    """
+
+    group_id: str
+    client_id: str
+    may_broadcast: bool
+    since: tuple[Position | None, ...] | None = None
 
 
 class ClientConnection(WebSocketProtocol):
@@ -46,24 +61,31 @@ class ClientConnection(WebSocketProtocol):
         "lease_key",
         "may_broadcast",
         "node",
+        "positions",
+        "since",
     )
 
     def __init__(
         self,
         node: Node,
         flusher: Flusher,
-        handshake: tuple[str, str, bool],
+        handshake: Handshake,
         response: bytes,
         early: bytes,
     ) -> None:
-        """``handshake`` is (group_id, client_id, may_broadcast); ``response`` the 101 to send first.
+        """``response`` is the 101 to send first.
 
         The handler counts it in ``node.sockets`` once it is served; ``on_lost`` gives the slot back.
         """
         super().__init__(node.settings, flusher, response, early)
-        group_id, client_id, may_broadcast = handshake
         self.node = node
-        self.group_id, self.client_id, self.may_broadcast = group_id, client_id, may_broadcast
+        self.group_id, self.client_id, self.may_broadcast = (
+            handshake.group_id,
+            handshake.client_id,
+            handshake.may_broadcast,
+        )
+        self.since = handshake.since
+        self.positions: list[Position | None] | None = None if handshake.since is None else [None] * len(STREAMS)
         self.lease_key = node.new_lease_key()
         now = time.monotonic()
         self.last_seen = now
@@ -170,6 +192,39 @@ class ClientConnection(WebSocketProtocol):
         self._strikes += 1
         rate = self.settings.rate_limit
         self.refuse(ProtocolError(RATE_LIMITED, f"Too many messages: at most {rate:g} a second; this one was dropped."))
+
+    # Recorded messages, for a client that recovers
+
+    def send_at(self, message: Positioned) -> None:
+        if self._held is not None:
+            self._held.append(message)  # sorted out by release_recovered
+            self._held_bytes += len(message.payload)
+            if self._held_bytes > self.settings.outbound_buffer_bytes:
+                self._overflow()
+            return
+        assert self.positions is not None
+        last = self.positions[message.stream]
+        if last is not None and last.epoch == message.epoch and message.offset <= last.offset:
+            return  # recovered already, or the same message twice at the seam
+        self.positions[message.stream] = Position(message.epoch, message.offset)
+        self.send(message.frame)
+
+    def release_recovered(self, first: bytes, missed: Sequence[Positioned], tops: Sequence[Position | None]) -> None:
+        """The snapshot, what the client missed, then what came meanwhile that it has not had.
+
+        The missed messages go out at once, not counted against the outbound buffer: recovery
+        limits them to that size per stream already.
+        """
+        held, self._held, self._held_bytes = self._held or [], None, 0
+        if self._closing:
+            return
+        self.positions = list(tops)  # where the missed messages end
+        self._write(b"".join([first, *(message.frame for message in missed)]))
+        for frame in held:
+            if isinstance(frame, Positioned):
+                self.send_at(frame)
+            else:
+                self.send(frame)
 
     def refuse(self, problem: ProtocolError) -> None:
         log.debug(

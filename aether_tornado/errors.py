@@ -18,6 +18,9 @@ UNAUTHORIZED: Final = "unauthorized"
 OVER_CAPACITY: Final = "over_capacity"
 NOT_FOUND: Final = "not_found"
 NOT_WEBSOCKET: Final = "not_websocket"
+INVALID_POSITION: Final = "invalid_position"
+HISTORY_OFF: Final = "history_off"
+INVALID_LIMIT: Final = "invalid_limit"
 
 # WebSocket close codes (RFC 6455 section 7.4.1) and the reasons sent with them.
 CLOSE_NORMAL: Final = 1000

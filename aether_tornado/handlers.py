@@ -7,15 +7,17 @@ from urllib.parse import urlsplit
 import orjson
 
 from .auth import AuthError, verify_token
-from .connection import ClientConnection
+from .connection import ClientConnection, Handshake
 from .errors import (
     FORBIDDEN_ORIGIN,
     INVALID_ID,
+    INVALID_POSITION,
     NOT_FOUND,
     NOT_WEBSOCKET,
     OVER_CAPACITY,
     UNAUTHORIZED,
 )
+from .history import STREAMS, Position
 from .ids import id_problem
 from .node import Node
 from .tornado_internals import take_socket
@@ -74,6 +76,10 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
             except AuthError as error:
                 return self.refuse(401, UNAUTHORIZED, str(error))
             may_broadcast = grant.may_broadcast
+        try:
+            since = recover_positions(self.get_query_argument("recover", None))
+        except ValueError as error:
+            return self.refuse(400, INVALID_POSITION, f"recover: {error}", "recover")
         key = self._websocket_key()
         if key is None:
             return None
@@ -88,7 +94,9 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
             log.warning("refused %s/%s: out of file descriptors (%s)", group_id, client_id, error.strerror)
             return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
         response = handshake_response(key)
-        conn = ClientConnection(self.node, self._flusher, (group_id, client_id, may_broadcast), response, early)
+        conn = ClientConnection(
+            self.node, self._flusher, Handshake(group_id, client_id, may_broadcast, since), response, early
+        )
         self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
         try:
             await serve_socket(sock, conn)
@@ -122,3 +130,26 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
         if "*" in allowed or origin.rstrip("/").lower() in allowed:  # Settings stores them so
             return True
         return urlsplit(origin).netloc.lower() == self.request.host.lower()
+
+
+def recover_positions(value: str | None) -> tuple[Position | None, ...] | None:
+    """``?recover=`` as positions by stream: None without it, no positions when empty.
+
+    The value lists ``stream:epoch:offset`` items, comma-separated, a stream at most once,
+    such as ``group:k3J9x:42,client:a1b2:7``. Raises ValueError with what is wrong.
+    """
+    if value is None:
+        return None
+    since: list[Position | None] = [None] * len(STREAMS)
+    for item in filter(None, value.split(",")):
+        stream, _, position = item.partition(":")
+        if stream not in STREAMS:
+            raise ValueError(f"{stream[:16]!r} is not a stream; positions are group:, client: or broadcast:")
+        index = STREAMS.index(stream)
+        if since[index] is not None:
+            raise ValueError(f"{stream} is given twice")
+        try:
+            since[index] = Position.parse(position)
+        except ValueError as error:
+            raise ValueError(f"{item[:80]!r} is not stream:epoch:offset: {error}") from None
+    return tuple(since)

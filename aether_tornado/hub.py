@@ -4,11 +4,33 @@
 empty, which is when the node subscribes to or unsubscribes from its bridge channel.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 from .errors import ProtocolError
+from .frames import text_frame
+from .history import Position
 from .limits import TokenBucket
+
+
+class Positioned:
+    """A recorded message as clients that recover get it: with its position, framed once for all.
+
+    ``stream`` is its index in history.STREAMS; the frame is the message with a last key,
+    ``"position": "epoch:offset"``.
+    """
+
+    __slots__ = ("_frame", "epoch", "offset", "payload", "stream")
+
+    def __init__(self, stream: int, epoch: str, offset: int, payload: bytes) -> None:
+        self.stream, self.epoch, self.offset, self.payload = stream, epoch, offset, payload
+        self._frame: bytes | None = None
+
+    @property
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = text_frame(b'%s,"position":"%s:%d"}' % (self.payload[:-1], self.epoch.encode(), self.offset))
+        return self._frame
 
 
 class Connection(Protocol):
@@ -20,6 +42,10 @@ class Connection(Protocol):
     last_seen: float
     may_broadcast: bool
     broadcast_budget: TokenBucket
+    # For a client that recovers: the last position it was sent per stream (history.STREAMS),
+    # and those it presented on connecting. None for the others.
+    positions: list[Position | None] | None
+    since: Sequence[Position | None] | None
 
     def send(self, frame: bytes) -> None:
         """Queue one ready-made WebSocket frame; never blocks, never raises.
@@ -31,8 +57,14 @@ class Connection(Protocol):
     def refuse(self, problem: ProtocolError) -> None:
         """Answer the client with an error frame; the connection stays open."""
 
+    def send_at(self, message: Positioned) -> None:
+        """Like ``send``, for a client that recovers: skipped if it had that position already."""
+
     def release(self, first: bytes) -> None:
         """Write ``first`` (the presence snapshot), then every frame held back so far."""
+
+    def release_recovered(self, first: bytes, missed: Sequence[Positioned], tops: Sequence[Position | None]) -> None:
+        """Like ``release``, with what the client missed after ``first``; ``tops`` are the streams' positions."""
 
     def close(self, code: int, reason: str) -> None:
         """Start a clean close with this code and reason."""
@@ -92,11 +124,20 @@ class Hub:
         return self._clients.keys()
 
     @staticmethod
-    def deliver(conns: Iterable[Connection], frame: bytes) -> int:
-        """Hand the same frame to every connection; return how many got it."""
+    def deliver(conns: Iterable[Connection], frame: bytes, positioned: Positioned | None = None) -> int:
+        """Hand the same frame to every connection (a recorded message's ``positioned`` to those
+        that recover); return how many got it."""
         count = 0
+        if positioned is None:
+            for conn in tuple(conns):
+                conn.send(frame)
+                count += 1
+            return count
         for conn in tuple(conns):
-            conn.send(frame)
+            if conn.positions is None:
+                conn.send(frame)
+            else:
+                conn.send_at(positioned)
             count += 1
         return count
 

@@ -4,14 +4,12 @@ from .errors import ProtocolError
 from .schema import WSMessageV3, utc_timestamp
 
 
-def snapshot(group_id: str, clients: list[str]) -> WSMessageV3:
-    return WSMessageV3(
-        msg_type="presence",
-        target="echo",
-        group_id=group_id,
-        payload={"event": "snapshot", "clients": clients},
-        sent_at=utc_timestamp(),
-    )
+def snapshot(group_id: str, clients: list[str], recovery: dict | None = None) -> WSMessageV3:
+    """``recovery``, for a client that asked to recover, says whether it did and where each stream is."""
+    payload: dict = {"event": "snapshot", "clients": clients}
+    if recovery is not None:
+        payload["recovery"] = recovery
+    return WSMessageV3(msg_type="presence", target="echo", group_id=group_id, payload=payload, sent_at=utc_timestamp())
 
 
 def joined(group_id: str, client_id: str) -> WSMessageV3:

@@ -77,6 +77,11 @@ class Metrics:
         )
         self.deliveries = Counter("aether_deliveries_total", "Frames handed to client sockets.")
         self.errors = Counter("aether_errors_total", "Errors answered to clients, and refused handshakes.", ("code",))
+        self.recoveries = Counter(
+            "aether_recoveries_total",
+            "Connections that asked to recover, by outcome: recovered, or not_recovered.",
+            ("outcome",),
+        )
         self.bridge_latency = Histogram(
             "aether_bridge_delivery_seconds",
             "From publish on one process to delivery on another (wall clocks of both).",
@@ -95,6 +100,7 @@ class Metrics:
             self.messages_out,
             self.deliveries,
             self.errors,
+            self.recoveries,
             self.bridge_latency,
         ]
 

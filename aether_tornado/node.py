@@ -10,7 +10,7 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from . import messages
@@ -28,7 +28,8 @@ from .errors import (
     ProtocolError,
 )
 from .frames import text_frame
-from .hub import Connection, Hub
+from .history import STREAMS, Appended, History, Position, Recovery
+from .hub import Connection, Hub, Positioned
 from .metrics import Metrics
 from .presence import Lease, Presence
 from .schema import WSMessageV3, encode, utc_timestamp
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # How long a presence query may take when deciding between recipient_offline and unavailable.
 PRESENCE_DEADLINE = 1.0
+# How long a connecting client's recovery may wait for Redis before it is told it did not recover.
+RECOVERY_DEADLINE = 2.0
+# A bridge channel's kind, as the index of its stream in history.STREAMS.
+STREAM_OF_KIND = {name: index for index, name in enumerate(STREAMS)}
 # What is left of routing a message once it must wait for Redis, or None when it is done: a
 # coroutine, or a future whose callbacks have done the work once it is settled.
 Rest = Coroutine[Any, Any, None] | asyncio.Future | None
@@ -48,12 +53,22 @@ def frame_of(message: WSMessageV3) -> bytes:
 
 
 class Node:
-    def __init__(self, settings: Settings, node_id: str, hub: Hub, bridge: Bridge, presence: Presence) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        node_id: str,
+        hub: Hub,
+        bridge: Bridge,
+        presence: Presence,
+        history: History | None = None,
+    ) -> None:
+        """Without ``history``, nothing is recorded and no client recovers."""
         self.settings = settings
         self.node_id = node_id
         self.hub = hub
         self.bridge = bridge
         self.presence = presence
+        self.history = history
         self._lease_numbers = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
@@ -136,11 +151,64 @@ class Node:
             await self.bridge.subscribe(group_channel(conn.group_id))
         if added.first_of_client:
             await self.bridge.subscribe(client_channel(conn.client_id))
+        if (added.first_in_group or added.first_of_client) and self.history is not None and self.history.echoes:
+            # Recorded messages reach this process's connections through these subscriptions only.
+            with contextlib.suppress(BridgeDown, TimeoutError):
+                await self.bridge.synced()
         became_present = await self.presence.join(_lease(conn))
-        conn.release(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
+        if conn.since is None:
+            conn.release(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
+        else:
+            missed, tops, recovery = await self._recover(conn, conn.since)
+            members = await self.presence.members(conn.group_id)
+            conn.release_recovered(frame_of(messages.snapshot(conn.group_id, members, recovery)), missed, tops)
         if became_present:
             self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
         log.debug("open %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
+
+    async def _recover(
+        self, conn: Connection, since: Sequence[Position | None]
+    ) -> tuple[list[Positioned], list[Position | None], dict]:
+        """What ``conn`` missed since the positions it presented, oldest first, all streams merged.
+
+        Returns the missed messages, each stream's position after them, and the snapshot's
+        ``recovery``. The connection is in the hub already and its channels subscribed: what
+        is published after the history is read reaches it live, and what it gets twice at the
+        seam it skips by position.
+        """
+        streams = (group_channel(conn.group_id), client_channel(conn.client_id), BROADCAST_CHANNEL)
+        recoveries: list[Recovery] | None = None
+        if self.history is not None:
+            try:
+                async with asyncio.timeout(RECOVERY_DEADLINE):
+                    await self.bridge.synced()
+                    recoveries = await self.history.recover(
+                        list(zip(streams, since, strict=True)), self.settings.outbound_buffer_bytes
+                    )
+            except (BridgeDown, TimeoutError):
+                log.info("%s/%s could not recover: Redis is unreachable", conn.group_id, conn.client_id)
+        if recoveries is None:
+            state = {"position": None, "recovered": False}
+            return [], [None] * len(STREAMS), {"recovered": False, "streams": dict.fromkeys(STREAMS, state)}
+        missed = sorted(
+            (
+                (entry.time, index, Positioned(index, recovery.top.epoch, entry.offset, entry.payload))
+                for index, recovery in enumerate(recoveries)
+                for entry in recovery.missed or ()
+            ),
+            key=lambda item: item[:2],
+        )
+        states = {
+            name: {"position": str(recovery.top), "recovered": recovery.missed is not None}
+            for name, recovery in zip(STREAMS, recoveries, strict=True)
+        }
+        recovered = all(recovery.missed is not None for recovery in recoveries)
+        self.metrics.recoveries.inc("recovered" if recovered else "not_recovered")
+        return (
+            [message for *_, message in missed],
+            [recovery.top for recovery in recoveries],
+            {"recovered": recovered, "streams": states},
+        )
 
     async def detach(self, conn: Connection) -> None:
         """Forget a closed connection; the group hears ``leave`` if it was the client's last."""
@@ -177,8 +245,8 @@ class Node:
             self._send_one(conn, _stamped(message, conn.client_id, conn.group_id))
             return None
         receivers = self._route(_stamped(message, conn.client_id, conn.group_id))
-        if receivers is None:
-            return None
+        if receivers is None or message.target != "direct":
+            return receivers  # a message being recorded holds the sender's next ones, for their order
         answered = asyncio.get_running_loop().create_future()
         receivers.add_done_callback(functools.partial(self._answer_unreached, conn, message.to_id, answered))
         return answered
@@ -243,9 +311,10 @@ class Node:
         stamped = _stamped(message, message.from_id, message.group_id)
         receivers = self._route(stamped)
         if receivers is not None:
-            assert message.to_id is not None
             with contextlib.suppress(BridgeDown):
                 await receivers
+        if receivers is not None and message.target == "direct":
+            assert message.to_id is not None
             if receivers.exception() is not None:
                 raise _unavailable(message.to_id)
             if not receivers.result():
@@ -272,14 +341,22 @@ class Node:
     # Delivery: local sockets first, then one copy for the other processes.
 
     def _route(self, message: WSMessageV3) -> asyncio.Future[int] | None:
-        """Deliver a stamped group, direct or broadcast message.
+        """Deliver a stamped group, direct or broadcast message; None once done.
 
         A direct message that no connection of this process took returns how many other
-        processes received it, to be checked by the caller.
+        processes received it, to be checked by the caller. A message being recorded returns
+        a future that is done once it is (and delivered here).
         """
         assert message.group_id is not None or message.target != "group"
         if message.target == "direct":
             return self._to_client(message)
+        if self.history is not None:
+            if message.target == "group":
+                assert message.group_id is not None
+                recorded = self._record(group_channel(message.group_id), message)
+            else:
+                recorded = self._record(BROADCAST_CHANNEL, message)
+            return None if recorded.done() else recorded
         if message.target == "group":
             self._to_group(message.group_id, message)
         else:
@@ -292,6 +369,11 @@ class Node:
 
     def _to_client(self, message: WSMessageV3) -> asyncio.Future[int] | None:
         assert message.to_id is not None  # the schema requires it for target 'direct'
+        if self.history is not None:
+            recorded = self._record(client_channel(message.to_id), message)
+            if recorded.done() and recorded.exception() is None and recorded.result():
+                return None
+            return recorded
         local = list(self.hub.client(message.to_id))
         if local:
             self._send(client_channel(message.to_id), local, message)
@@ -300,6 +382,58 @@ class Node:
             return self.bridge.publish(client_channel(message.to_id), self._deliver(local, message))
         except BridgeDown:
             raise _unavailable(message.to_id) from None
+
+    def _record(self, channel: str, message: WSMessageV3) -> asyncio.Future[int]:
+        """Record a message in its channel's history, then deliver it here, with its position.
+
+        The future gets how many connections here and processes elsewhere received it; for a
+        direct message that reached nobody while Redis is away, it fails with BridgeDown. In
+        memory it is done before this returns. Delivered in the order recorded, so with each
+        sender held until its message is, every receiver gets a sender's messages in order.
+        """
+        assert self.history is not None
+        payload = encode(message)
+        self.metrics.messages_out.inc(message.msg_type, message.target)
+        recorded: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        then = functools.partial(self._recorded, channel, payload, recorded)
+        try:
+            self.history.append(channel, payload, then)
+        except BridgeDown as error:
+            then(error)
+        return recorded
+
+    def _recorded(self, channel: str, payload: bytes, recorded: asyncio.Future[int], outcome: object) -> None:
+        """Once a message is recorded, deliver it here (or let the bridge), then settle ``recorded``.
+
+        In Redis, the message comes back on this process's subscriber, where it is delivered in
+        the order recorded among everyone's: ``recorded`` is settled once it has been, so the
+        sender's next message (an echo, say) cannot overtake it. Not recorded (Redis away), it
+        is delivered here without a position.
+        """
+        assert self.history is not None
+        kind, _, name = channel.partition(":")
+        local = (
+            self.hub.group(name) if kind == "group" else self.hub.client(name) if kind == "client" else self.hub.all()
+        )
+        if isinstance(outcome, Appended) and self.history.echoes:
+            receivers = len(tuple(local)) + outcome.receivers
+            if self.bridge.holds(channel):
+                self.bridge.after_pushes(functools.partial(recorded.set_result, receivers))
+            else:
+                recorded.set_result(receivers)
+            return
+        positioned = None
+        if isinstance(outcome, Appended):
+            epoch, offset = outcome.position
+            positioned = Positioned(STREAM_OF_KIND[kind], epoch, offset, payload)
+        count = self.hub.deliver(local, text_frame(payload), positioned)
+        self.metrics.deliveries.inc(amount=count)
+        if isinstance(outcome, Appended):
+            recorded.set_result(count + outcome.receivers)
+        elif count or kind != "client":
+            recorded.set_result(count)
+        else:
+            recorded.set_exception(BridgeDown())
 
     def _to_group(self, group_id: str, message: WSMessageV3) -> None:
         self._send(group_channel(group_id), self.hub.group(group_id), message)
@@ -319,7 +453,7 @@ class Node:
             self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload)))
         return payload
 
-    def _on_bridge_message(self, channel: str, payload: bytes, published_at: float) -> None:
+    def _on_bridge_message(self, channel: str, payload: bytes, published_at: float, position: str | None) -> None:
         kind, _, name = channel.partition(":")
         if kind == "group":
             receivers = self.hub.group(name)
@@ -333,7 +467,11 @@ class Node:
         else:
             log.warning("message on unknown bridge channel %s dropped", channel)
             return
-        self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload)))
+        positioned = None
+        if position is not None:
+            epoch, _, offset = position.rpartition(":")
+            positioned = Positioned(STREAM_OF_KIND[kind], epoch, int(offset), payload)
+        self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload), positioned))
         self.metrics.bridge_latency.observe(max(0.0, time.time() - published_at))
 
     def _wanted_channels(self) -> list[str]:
@@ -400,6 +538,8 @@ class Node:
 
     async def _refresh_leases(self) -> None:
         await self._refresh(self._leases())
+        if self.history is not None:
+            await self.history.keep(self._wanted_channels())
 
     async def _refresh(self, leases: list[Lease]) -> None:
         """Extend leases; a client whose lease had already expired (and left) joins again."""

@@ -11,9 +11,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-# Called with (channel, payload, published_at) for every message another process
-# published; published_at is the publisher's wall clock, for latency metrics.
-OnMessage = Callable[[str, bytes, float], None]
+# Called with (channel, payload, published_at, position) for every message another process
+# published; published_at is the publisher's wall clock, for latency metrics; position is a
+# recorded message's "epoch:offset" in its channel's history (history/), else None.
+OnMessage = Callable[[str, bytes, float, str | None], None]
 # Called each time the transport (re)connects, after it has resubscribed.
 OnUp = Callable[[], Awaitable[None]]
 # The channels this process needs now: the hub's own list, the source of truth.
@@ -63,6 +64,15 @@ class Bridge(Protocol):
 
     async def subscribe(self, channel: str) -> None:
         """Receive ``channel`` from now on; called when the hub gets its first member."""
+
+    async def synced(self) -> None:
+        """Return once every subscription asked for so far is in effect. Raises BridgeDown."""
+
+    def holds(self, channel: str) -> bool:
+        """Whether this process is subscribed to ``channel``."""
+
+    def after_pushes(self, then: Callable[[], None]) -> None:
+        """Call ``then`` once what was published to this process so far is delivered (or lost)."""
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``; called when the hub loses its last member."""

@@ -1,6 +1,7 @@
 """The bridge of a process that serves alone: there is nobody else to reach."""
 
 import asyncio
+from collections.abc import Callable
 
 from . import OnMessage, OnUp, Wanted
 
@@ -22,6 +23,15 @@ class MemoryBridge:
 
     async def subscribe(self, channel: str) -> None:
         pass
+
+    async def synced(self) -> None:
+        pass
+
+    def holds(self, channel: str) -> bool:
+        return False
+
+    def after_pushes(self, then: Callable[[], None]) -> None:
+        then()
 
     async def unsubscribe(self, channel: str) -> None:
         pass

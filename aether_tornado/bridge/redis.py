@@ -3,19 +3,25 @@
 Channels are ``{prefix}:group:{id}``, ``{prefix}:client:{id}``, ``{prefix}:broadcast`` and
 ``{prefix}:resync``. Every published payload starts with the publisher's node id, so a
 process skips its own copies (it has delivered them locally already), and the time it
-was published, for the latency metric.
+was published, for the latency metric; a recorded message's position comes next, as
+``@epoch:offset `` (see history/), then the message.
+
+The publishing connection also runs what must keep the order of publishes: the history's
+scripts, loaded on each connection.
 """
 
 import asyncio
+import collections
 import functools
 import logging
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
-from .resp import Address, ReplyError, RespConnection, connect
+from .resp import Address, OnReply, ReplyError, RespConnection, connect
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +50,32 @@ _PING = b"PING"
 
 
 class RedisBridge:
-    def __init__(self, address: Address, prefix: str, node_id: str, on_down: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        address: Address,
+        prefix: str,
+        node_id: str,
+        on_down: Callable[[], None] | None = None,
+        scripts: Sequence[bytes] = (),
+    ) -> None:
         """``on_down`` is told each time Redis is lost, so presence stops using it too."""
         self._address = address
         self._on_down = on_down
+        self._scripts = scripts
         self._prefix = prefix + ":"
         self._prefix_length = len(self._prefix.encode())
+        self.node_id = node_id
         self._origin = node_id.encode()
+        self._payload_start = len(self._origin) + _STAMP.size
         self._publisher: RespConnection | None = None
         self._subscriber: RespConnection | None = None
         # The channels subscribed on the current subscriber connection.
         self._subscribed: set[str] = set()
-        self._pong: asyncio.Future | None = None  # the first pong of a connection, awaited
-        self._pong_due: float | None = None  # when the watched subscriber's pong is overdue
+        # One entry per ping sent on the subscriber, in order: what to call once its pong is in,
+        # or None for the health check's, whose pong is overdue at ``_pong_due``.
+        self._pongs: collections.deque[list[Callable[[], None]] | None] = collections.deque()
+        self._pong_due: float | None = None
+        self._sharing: list[Callable[[], None]] | None = None  # the waiters of this pass's ping
         self._task: asyncio.Task | None = None
         self._reported_up: bool | None = None
         self.up = False
@@ -77,7 +96,70 @@ class RedisBridge:
         return receivers
 
     def _envelope(self, payload: bytes) -> bytes:
-        return self._origin + _STAMP.pack(time.time()) + payload
+        return self.envelope_head() + payload
+
+    def envelope_head(self) -> bytes:
+        """What precedes a published message: this process's id and the time."""
+        return self._origin + _STAMP.pack(time.time())
+
+    def channel_key(self, channel: str) -> str:
+        return self._prefix + channel
+
+    def holds(self, channel: str) -> bool:
+        """Whether this process's subscriber is on ``channel``, so counts it among a publish's receivers."""
+        return channel in self._subscribed
+
+    def call_then(self, on_reply: OnReply, *args: str | bytes) -> None:
+        """Run a command in the order of publishes; ``on_reply`` gets its reply. Raises BridgeDown."""
+        self._ready_publisher().call_then(on_reply, *args)
+
+    def call(self, *args: str | bytes) -> asyncio.Future[Any]:
+        """Run a command in the order of publishes; its reply, or BridgeDown. Raises BridgeDown."""
+        reply = asyncio.get_running_loop().create_future()
+        self.call_then(functools.partial(_settle_or_down, reply), *args)
+        return reply
+
+    def command(self, *args: str | bytes) -> None:
+        """Run a command whose reply nobody needs; dropped while Redis is down."""
+        if self.up and self._publisher is not None:
+            self._publisher.command(*args)
+
+    async def synced(self) -> None:
+        """Return once Redis has taken every subscription asked for so far. Raises BridgeDown.
+
+        After this, whatever is published to those channels reaches this process.
+        """
+        subscriber = self._subscriber
+        if not self.up or subscriber is None:
+            raise BridgeDown
+        pong = asyncio.get_running_loop().create_future()
+        self.after_pushes(functools.partial(pong.set_result, None))
+        done, _ = await asyncio.wait(
+            (pong, subscriber.closed), timeout=REPLY_DEADLINE, return_when=asyncio.FIRST_COMPLETED
+        )
+        if pong not in done:
+            raise BridgeDown
+
+    def after_pushes(self, then: Callable[[], None]) -> None:
+        """Call ``then`` once every message Redis has published to this process so far is delivered.
+
+        One ping on the subscriber serves every caller of one pass of the loop. If the
+        subscriber is lost first, ``then`` is called then: nothing more will come.
+        """
+        subscriber = self._subscriber
+        if subscriber is None:
+            then()
+            return
+        if self._sharing is not None:
+            self._sharing.append(then)
+            return
+        self._sharing = waiting = [then]
+        self._pongs.append(waiting)
+        subscriber.command(_PING)
+        asyncio.get_running_loop().call_soon(self._stop_sharing)
+
+    def _stop_sharing(self) -> None:
+        self._sharing = None
 
     def _ready_publisher(self) -> RespConnection:
         """The publisher, if Redis is up and keeping up; every publish goes through it, in order.
@@ -150,7 +232,9 @@ class RedisBridge:
 
     async def _connect(self) -> None:
         self._pong_due = None
-        self._publisher = await connect(self._address, CONNECT_TIMEOUT)
+        self._publisher = publisher = await connect(self._address, CONNECT_TIMEOUT)
+        for script in self._scripts:
+            await asyncio.wait_for(publisher.call(b"SCRIPT", b"LOAD", script), CONNECT_TIMEOUT)
         self._subscriber = subscriber = await connect(self._address, CONNECT_TIMEOUT)
         subscriber.listen(self._on_push)
         channels = {RESYNC_CHANNEL, *self._wanted()}
@@ -182,11 +266,13 @@ class RedisBridge:
                 publisher.command(_PING)  # its answer, or its absence, is watched above
                 if self._pong_due is None:
                     self._pong_due = now + REPLY_DEADLINE
+                    self._pongs.append(None)
                     subscriber.command(_PING)
 
     async def _ping_subscriber(self, subscriber: RespConnection) -> None:
         """A subscriber's pong arrives as a push, after everything sent before the ping."""
-        self._pong = pong = asyncio.get_running_loop().create_future()
+        pong = asyncio.get_running_loop().create_future()
+        self._pongs.append([functools.partial(pong.set_result, None)])
         subscriber.command(_PING)
         done, _ = await asyncio.wait(
             (pong, subscriber.closed), timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -200,18 +286,27 @@ class RedisBridge:
         kind = reply[0]
         if kind == b"message":
             _, channel, data = reply
-            if data.startswith(self._origin):
-                return
+            start, position = self._payload_start, None
+            if data.startswith(b"@", start):  # recorded: "@epoch:offset " comes before the message
+                end = data.index(b" ", start)
+                position, start = data[start + 1 : end].decode(), end + 1
+            elif data.startswith(self._origin):
+                return  # our own, delivered here already (our recorded ones are delivered from here)
             name = channel[self._prefix_length :].decode()
-            origin = len(self._origin)
             try:
-                self._on_message(name, data[origin + _STAMP.size :], _STAMP.unpack_from(data, origin)[0])
+                self._on_message(name, data[start:], _STAMP.unpack_from(data, len(self._origin))[0], position)
             except Exception:
                 log.exception("delivering a message from channel %s failed", name)
-        elif kind == b"pong":
-            self._pong_due = None
-            if self._pong is not None and not self._pong.done():
-                self._pong.set_result(None)
+        elif kind == b"pong" and self._pongs:
+            waiting = self._pongs.popleft()
+            if waiting is None:
+                self._pong_due = None
+                return
+            for then in waiting:
+                try:
+                    then()
+                except Exception:
+                    log.exception("a callback after a pong failed")
 
     def _check_on_up(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -243,10 +338,25 @@ class RedisBridge:
         connections = [connection for connection in (self._publisher, self._subscriber) if connection is not None]
         self._publisher = self._subscriber = None
         self._subscribed = set()
+        pongs, self._pongs, self._sharing = self._pongs, collections.deque(), None
+        for waiting in pongs:
+            for then in waiting or ():
+                then()
         for connection in connections:
             connection.close()
         if connections:
             await asyncio.wait([connection.closed for connection in connections], timeout=CONNECT_TIMEOUT)
+
+
+def _settle_or_down(reply: asyncio.Future, result: Any) -> None:
+    if reply.done():
+        return
+    if isinstance(result, ReplyError):
+        reply.set_exception(result)
+    elif isinstance(result, Exception):
+        reply.set_exception(BridgeDown(str(result)))
+    else:
+        reply.set_result(result)
 
 
 def _count_others(receivers: asyncio.Future[int], subscribed_here: bool, reply: int | Exception) -> None:

@@ -1,0 +1,119 @@
+"""History in Redis: a stream and a counter per channel, shared by every process.
+
+Keys: ``{prefix}:history:{<channel>}`` (a Redis stream whose entry IDs are the offsets, each
+with its time ``t`` in microseconds and its message ``m``) and
+``{prefix}:history:{<channel>}:meta`` (a hash: ``epoch`` and the last ``offset``); the braces
+keep both in one Redis Cluster slot. The scripts beside this file run on the bridge's
+publishing connection: an append records and publishes in one step, in the order of every
+other publish of this process, and its reply says where the message was recorded.
+"""
+
+import functools
+import hashlib
+import itertools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..bridge.redis import RedisBridge
+from ..bridge.resp import ReplyError
+from . import Appended, Entry, OnAppended, Position, Recovery
+
+SCRIPTS = {
+    name: (Path(__file__).parent / "lua" / f"{name}.lua").read_bytes() for name in ("append", "recover", "latest")
+}
+
+
+def _sha(body: bytes) -> bytes:
+    return hashlib.sha1(body).hexdigest().encode()
+
+
+class RedisHistory:
+    echoes = True  # recorded messages come back on the subscriber, in the order Redis recorded them
+    # What the bridge loads on each connection, so that EVALSHA finds them after a Redis restart.
+    scripts = tuple(SCRIPTS.values())
+
+    def __init__(self, bridge: RedisBridge, prefix: str, size: int, seconds: float, keep_seconds: float) -> None:
+        self._bridge = bridge
+        self._prefix = f"{prefix}:history:"
+        self._size = str(size).encode()
+        self._seconds = seconds
+        self._ttl = str(max(1, round(seconds * 1000))).encode()  # milliseconds, for PEXPIRE
+        self._keep_ttl = str(max(1, round(keep_seconds * 1000))).encode()
+        self._append, self._recover, self._latest = (_sha(SCRIPTS[name]) for name in ("append", "recover", "latest"))
+        # A new counter's epoch: this process's id and a number, never the same twice.
+        self._epochs = (f"{bridge.node_id}{number:x}".encode() for number in itertools.count(1))
+
+    def _keys(self, stream: str) -> tuple[str, str]:
+        key = f"{self._prefix}{{{stream}}}"
+        return key, key + ":meta"
+
+    def append(self, stream: str, payload: bytes, then: OnAppended) -> None:
+        bridge = self._bridge
+        subscribed_here = bridge.holds(stream)
+        bridge.call_then(
+            functools.partial(self._appended, then, subscribed_here),
+            b"EVALSHA",
+            self._append,
+            b"2",
+            *self._keys(stream),
+            bridge.channel_key(stream),
+            bridge.envelope_head(),
+            payload,
+            self._size,
+            self._ttl,
+            self._keep_ttl,
+            next(self._epochs),
+        )
+
+    def _appended(self, then: OnAppended, subscribed_here: bool, reply: Any) -> None:
+        if isinstance(reply, Exception):
+            if isinstance(reply, ReplyError):
+                self._bridge.mark_lost(reply)  # a script flushed, say: reconnecting loads them again
+            then(reply)
+            return
+        epoch, offset, receivers = reply
+        then(Appended(Position(epoch.decode(), offset), max(0, receivers - subscribed_here)))
+
+    async def recover(self, wanted: Sequence[tuple[str, Position | None]], max_bytes: int) -> list[Recovery]:
+        replies = [
+            self._bridge.call(
+                b"EVALSHA",
+                self._recover,
+                b"2",
+                *self._keys(stream),
+                since.epoch if since else b"",
+                str(since.offset if since else 0),
+                str(self._seconds),
+                str(max_bytes),
+                self._keep_ttl,
+                next(self._epochs),
+            )
+            for stream, since in wanted
+        ]
+        return [_recovery(await reply) for reply in replies]
+
+    async def latest(self, stream: str, limit: int) -> list[tuple[Position, bytes]]:
+        reply = await self._bridge.call(b"EVALSHA", self._latest, b"2", *self._keys(stream), str(limit))
+        if not reply:
+            return []
+        epoch, now, entries = reply[0].decode(), int(reply[1]) / 1e6, [_entry(entry) for entry in reversed(reply[2])]
+        oldest = now - self._seconds
+        return [(Position(epoch, entry.offset), entry.payload) for entry in entries if entry.time >= oldest]
+
+    async def keep(self, streams: Iterable[str]) -> None:
+        for stream in streams:
+            self._bridge.command(b"PEXPIRE", self._keys(stream)[1], self._keep_ttl)
+
+
+def _entry(entry: list) -> Entry:
+    """``[b"17-0", [b"t", micros, b"m", message]]`` as an Entry."""
+    entry_id, fields = entry
+    return Entry(int(entry_id.partition(b"-")[0]), int(fields[1]) / 1e6, fields[3])
+
+
+def _recovery(reply: list) -> Recovery:
+    top = Position(reply[0].decode(), reply[1])
+    if len(reply) < 3:
+        return Recovery(top, None)
+    return Recovery(top, tuple(_entry(entry) for entry in reply[2]))
