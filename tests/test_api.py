@@ -91,10 +91,12 @@ async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_ser
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-of-16-chars"}):
         status, body = await http(server, "POST", "/v3/publish", message, **headers)
         assert status == 401 and body["code"] == "unauthorized"
-        status, body = await http(server, "GET", "/v3/groups/g_x/presence", **headers)
-        assert status == 401
+        for route in ("/v3/groups/g_x/presence", "/v3/groups/g_x/history"):
+            status, body = await http(server, "GET", route, **headers)
+            assert status == 401
     assert (await http(server, "POST", "/v3/publish", message, Authorization="Bearer s3cret-of-16-chars"))[0] == 202
     assert (await http(server, "GET", "/v3/groups/g_x/presence", Authorization="Bearer s3cret-of-16-chars"))[0] == 200
+    assert (await http(server, "GET", "/v3/groups/g_x/history", Authorization="Bearer s3cret-of-16-chars"))[0] == 200
     assert (await http(server, "GET", "/healthz"))[0] == 200
     assert (await http(server, "GET", "/metrics"))[0] == 200
 
@@ -170,3 +172,40 @@ async def test_every_answer_carries_security_headers_and_pages_a_strict_policy(s
     page = await fetch(base + "/v3/console")
     policy = page.headers["Content-Security-Policy"]
     assert "'unsafe-inline'" not in policy and "script-src 'self' 'sha256-" in policy and "connect-src 'self'" in policy
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request):
+    """A process that records in memory, or one that records in Redis."""
+    if request.param == "memory":
+        return request.getfixturevalue("server")
+    return request.getfixturevalue("start_process")()
+
+
+async def test_group_history_is_the_latest_messages_oldest_first_with_positions(backend):
+    for number in range(5):
+        message = {"msg_type": "msg", "target": "group", "group_id": "g_h", "msg": str(number)}
+        assert (await http(backend, "POST", "/v3/publish", message))[0] == 202
+    await http(backend, "POST", "/v3/publish", {"msg_type": "msg", "target": "group", "group_id": "g_other"})
+    status, body = await http(backend, "GET", "/v3/groups/g_h/history?limit=3")
+    assert status == 200 and body["group_id"] == "g_h"
+    assert [message["msg"] for message in body["messages"]] == ["2", "3", "4"]
+    offsets = [int(message["position"].rsplit(":", 1)[1]) for message in body["messages"]]
+    assert offsets == [3, 4, 5]
+    assert all(message["group_id"] == "g_h" and message["sent_at"] for message in body["messages"])
+    status, body = await http(backend, "GET", "/v3/groups/g_h/history")
+    assert len(body["messages"]) == 5
+    assert await http(backend, "GET", "/v3/groups/g_empty/history") == (200, {"group_id": "g_empty", "messages": []})
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "x", "1001", "1.5"])
+async def test_a_history_limit_out_of_range_is_a_400(server, limit):
+    status, body = await http(server, "GET", f"/v3/groups/g_h/history?limit={limit}")
+    assert (status, body["code"], body["errors"][0]["field"]) == (400, "invalid_limit", "limit")
+
+
+async def test_group_history_refuses_a_bad_id_and_says_when_history_is_off(start_server):
+    server = await start_server(history_size=0)
+    assert (await http(server, "GET", "/v3/groups/123/history"))[1]["code"] == "invalid_id"
+    status, body = await http(server, "GET", "/v3/groups/g_h/history")
+    assert (status, body["code"]) == (404, "history_off")
