@@ -32,6 +32,9 @@ from .websocket import Flusher, WebSocketProtocol
 
 log = logging.getLogger(__name__)
 
+# Messages of one client being recorded at once; past this many, its next ones wait.
+MAX_IN_FLIGHT = 64
+
 
 class Handshake(NamedTuple):
     """What the handshake settled: who connects, whether it may broadcast, what it recovers from.
@@ -52,7 +55,10 @@ class ClientConnection(WebSocketProtocol):
     __slots__ = (
         "_attached",
         "_bucket",
+        "_deferred",
         "_eager",
+        "_in_flight",
+        "_routing",
         "_strikes",
         "broadcast_budget",
         "client_id",
@@ -93,6 +99,9 @@ class ClientConnection(WebSocketProtocol):
         self.broadcast_budget = TokenBucket(self.settings.broadcast_rate, self.settings.broadcast_burst, now)
         self._strikes = 0
         self._attached: asyncio.Task | None = None
+        self._in_flight = 0  # messages routed whose recording or count is not in yet
+        self._deferred: list[bytes] = []  # answers to this client that wait for those
+        self._routing = False  # a routing task holds the next messages
         # Only Redis makes routing wait; alone, a message is routed without a Task.
         self._eager = node.settings.redis_url is None
 
@@ -143,15 +152,21 @@ class ClientConnection(WebSocketProtocol):
         return None
 
     def _finish(self, rest: Rest) -> None:
-        """Run what routing left to do; the messages after it wait until it is done (order).
+        """Run what routing left to do, keeping the order of what this client is sent.
 
-        A future (a direct message's receiver count) needs only a callback. A coroutine runs
-        to its end right here when every backend is in memory, since then nothing waits, and
-        as a Task with Redis.
+        A future is a message in flight: being recorded, or a direct message whose receivers
+        are being counted. The next messages need not wait for it, since Redis keeps their
+        order; only an answer to this client (``reply``) waits until every message in flight
+        has landed, and the messages after that answer wait with it. A coroutine (a
+        heartbeat's lease, a presence query) runs to its end right here when every backend is
+        in memory, since then nothing waits, and as a Task with Redis, the next messages
+        waiting for it.
         """
         if isinstance(rest, asyncio.Future):
-            self.holding = True
-            rest.add_done_callback(self.resume)
+            self._in_flight += 1
+            rest.add_done_callback(self._landed)
+            if self._in_flight >= MAX_IN_FLIGHT:
+                self.holding = True
             return
         if self._eager:
             try:
@@ -160,7 +175,7 @@ class ClientConnection(WebSocketProtocol):
                 return
             rest.close()  # it waited after all: a bug in a memory backend, not a client's doing
             raise RuntimeError("routing waited although every backend is in memory")
-        self.holding = True
+        self.holding = self._routing = True
         self.node.spawn(self._finished(rest))
 
     async def _finished(self, rest: Coroutine[Any, Any, None]) -> None:
@@ -169,7 +184,32 @@ class ClientConnection(WebSocketProtocol):
         except Exception as error:
             self._routing_failed(error)
         finally:
+            self._routing = False
+            self._read_on_unless_held()
+
+    def _landed(self, _: asyncio.Future) -> None:
+        self._in_flight -= 1
+        if not self._in_flight and self._deferred:
+            deferred, self._deferred = self._deferred, []
+            for frame in deferred:
+                self.send(frame)
+        if self.holding:
+            self._read_on_unless_held()
+
+    def _read_on_unless_held(self) -> None:
+        """Read the next messages, unless a routing task, a deferred answer or a full flight holds them."""
+        if self._routing or self._deferred or self._in_flight >= MAX_IN_FLIGHT:
+            self.holding = True
+        else:
             self.resume()
+
+    def reply(self, frame: bytes) -> None:
+        """Answer this client (an echo, an error, a heartbeat): after its messages in flight have landed."""
+        if not self._in_flight:
+            self.send(frame)
+            return
+        self._deferred.append(frame)
+        self.holding = True  # what the client sends after this waits for it
 
     def _routing_failed(self, error: Exception) -> None:
         if isinstance(error, ProtocolError):
@@ -231,7 +271,7 @@ class ClientConnection(WebSocketProtocol):
             "%s/%s: %s: %s", self.group_id, self.client_id, problem.code, problem.msg, extra={"conn": self.lease_key}
         )
         self.node.metrics.errors.inc(problem.code)
-        self.send(self.node.error_frame(self, problem))
+        self.reply(self.node.error_frame(self, problem))
 
     # What the protocol reports
 

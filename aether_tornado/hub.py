@@ -54,6 +54,9 @@ class Connection(Protocol):
         connection whose unsent output would pass its cap closes itself with 1013.
         """
 
+    def reply(self, frame: bytes) -> None:
+        """Send an answer to this client's own message, after its earlier messages reached it."""
+
     def refuse(self, problem: ProtocolError) -> None:
         """Answer the client with an error frame; the connection stays open."""
 

@@ -246,7 +246,7 @@ class Node:
             return None
         receivers = self._route(_stamped(message, conn.client_id, conn.group_id))
         if receivers is None or message.target != "direct":
-            return receivers  # a message being recorded holds the sender's next ones, for their order
+            return receivers  # in flight until recorded and delivered here
         answered = asyncio.get_running_loop().create_future()
         receivers.add_done_callback(functools.partial(self._answer_unreached, conn, message.to_id, answered))
         return answered
@@ -364,7 +364,7 @@ class Node:
         return None
 
     def _send_one(self, conn: Connection, message: WSMessageV3) -> None:
-        conn.send(frame_of(message))
+        conn.reply(frame_of(message))
         self.metrics.deliveries.inc()
 
     def _to_client(self, message: WSMessageV3) -> asyncio.Future[int] | None:

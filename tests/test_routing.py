@@ -176,3 +176,25 @@ async def test_fan_out_encodes_once_for_all_receivers(start_server, monkeypatch)
     received = await asyncio.gather(*(client.recv() for client in clients))
     assert {message["msg"] for message in received} == {"once"}
     assert len(calls) == 1
+
+
+async def test_a_sender_gets_its_own_messages_and_the_answers_to_them_in_the_order_it_sent(url):
+    """Its group messages are recorded in Redis and come back through it; answers must not overtake them."""
+    (alice,) = await room(url, "g_self", "c_alice")
+    expected: list[int | str] = []
+    for n in range(200):
+        kind = n % 4
+        if kind == 0:
+            await alice.send(msg_type="msg", target="group", msg=str(n))
+        elif kind == 1:
+            await alice.send(msg_type="msg", target="echo", msg=str(n))
+        elif kind == 2:
+            await alice.send(msg_type="heartbeat", target="echo", msg=str(n))
+        else:
+            await alice.send(msg_type="msg", target="group", to_id="c_x", msg=str(n))  # refused: to_id
+        expected.append("ERROR" if kind == 3 else n)
+    received = []
+    for _ in range(200):
+        message = await alice.recv()
+        received.append("ERROR" if message["cmd"] == "ERROR" else int(message["msg"]))
+    assert received == expected
