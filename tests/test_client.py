@@ -3,13 +3,18 @@
 import asyncio
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 
 from aether_tornado.client import AetherClient, QueueFull, Refused
+from aether_tornado.history import redis as history_redis
+from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
 
 from .processes import ServerProcess
+from .wsclient import Client
 
 
 async def next_message(client: AetherClient) -> dict:
@@ -151,3 +156,95 @@ async def test_close_ends_iteration_and_a_peers_error_command_is_not_an_error(se
         cli, url, "--group", "g_end", "--client", "c_cli2", "send", "cmd", "--cmd", "ERROR", "--target", "echo"
     )
     assert result.returncode == 0, result.stdout
+
+
+async def next_snapshot(client: AetherClient) -> dict:
+    while (message := await client.recv(5))["payload"] is None or message["payload"].get("event") != "snapshot":
+        pass
+    return message
+
+
+async def texts_until(client: AetherClient, last: str) -> list[tuple[str, bool]]:
+    """(msg, whether the client marked it recovered) of each message, up to the one saying ``last``."""
+    texts = []
+    while not texts or texts[-1][0] != last:
+        message = await next_message(client)
+        texts.append((message["msg"], message.get("recovered", False)))
+    return texts
+
+
+async def test_after_its_process_is_replaced_the_client_gets_what_it_missed_once_in_order(redis_server, start_process):
+    first, second = start_process(), start_process()
+    reports = []
+    client = AetherClient(
+        base(first), "g_pc", "c_py", backoff_initial=0.05, backoff_max=0.2, on_recovery=reports.append
+    )
+    async with client:
+        sender = await Client.joined(second.url("g_pc", "c_talk"))
+        for n in range(3):
+            await sender.send(msg_type="msg", target="group", msg=str(n))
+        assert await texts_until(client, "2") == [("0", False), ("1", False), ("2", False)]
+        first.kill()  # a deploy, or a crash: the connection is gone without a close
+        while client.state == "open":
+            await asyncio.sleep(0.01)
+        await sender.send(msg_type="msg", target="group", msg="3")
+        await sender.send(msg_type="msg", target="direct", to_id="c_py", msg="4")
+        await sender.send(msg_type="msg", target="broadcast", msg="5")
+        await sender.recv_where(msg="5")  # recorded
+        replacement = ServerProcess("--redis-url", redis_server.url, port=first.port, ready="Redis bridge up")
+        try:
+            await client.wait_open(timeout=10)
+            assert (await next_snapshot(client))["payload"]["recovery"]["recovered"] is True
+            await sender.send(msg_type="msg", target="group", msg="6")
+            assert await texts_until(client, "6") == [("3", True), ("4", True), ("5", True), ("6", False)]
+            assert [report["recovered"] for report in reports] == [True]
+        finally:
+            replacement.kill()
+
+
+async def test_the_client_reports_when_it_could_not_recover_and_goes_on_from_there():
+    first = ServerProcess()  # in memory: a new process has new epochs
+    reports = []
+    client = AetherClient(
+        base(first), "g_nr", "c_py", backoff_initial=0.05, backoff_max=0.2, on_recovery=reports.append
+    )
+    async with client:
+        client.send_group("before")
+        assert await texts_until(client, "before") == [("before", False)]
+        old = dict(client.positions)
+        first.kill()
+        while client.state == "open":
+            await asyncio.sleep(0.01)
+        second = ServerProcess(port=first.port)
+        try:
+            await client.wait_open(timeout=10)
+            assert (await next_snapshot(client))["payload"]["recovery"]["recovered"] is False
+            client.send_group("after")
+            assert await texts_until(client, "after") == [("after", False)]
+            assert [report["recovered"] for report in reports] == [False]
+            assert client.positions["group"] != old["group"]
+        finally:
+            second.kill()
+
+
+async def test_a_message_lost_between_processes_is_noticed_and_recovered(redis_server, start_process):
+    """A recorded message whose publish never arrived: the next one shows the gap, and the client recovers it."""
+    process = start_process()
+    reports = []
+    client = AetherClient(
+        base(process), "g_gap", "c_py", backoff_initial=0.05, backoff_max=0.2, on_recovery=reports.append
+    )
+    async with client:
+        client.send_group("0")
+        assert await texts_until(client, "0") == [("0", False)]
+        lost = encode(WSMessageV3(msg_type="msg", target="group", group_id="g_gap", msg="1", sent_at=utc_timestamp()))
+        stream = "aether:history:{group:g_gap}"
+        script = (Path(history_redis.__file__).parent / "lua" / "append.lua").read_text()
+        redis = Redis.from_url(redis_server.url)
+        try:  # recorded like any message, but published where nobody listens
+            await redis.eval(script, 2, stream, stream + ":meta", "nowhere", b"", lost, 100, 60_000, 60_000, "unused")
+        finally:
+            await redis.aclose()
+        client.send_group("2")
+        assert await texts_until(client, "2") == [("1", True), ("2", True)]
+        assert [report["recovered"] for report in reports] == [True]

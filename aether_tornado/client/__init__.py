@@ -9,6 +9,12 @@ It reconnects with capped exponential backoff and full jitter, stops for good wh
 server refuses the handshake for a reason a retry cannot fix (a bad ID, a bad token, a
 forbidden origin), sends a heartbeat every 30 s, keeps the presence roster, and queues
 messages while reconnecting, up to a bound.
+
+It recovers what it missed while away (``recover=True``, the default): it keeps the
+position of the last group, direct and broadcast message and presents them when it
+reconnects, so the application sees every message once and in order, the missed ones
+(marked ``"recovered": True``) before the new ones. When that is impossible,
+``on_recovery`` gets the snapshot's report with ``recovered`` false: reload the state.
 """
 
 import asyncio
@@ -16,7 +22,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -31,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Handshake refusals that no retry can fix.
 FINAL_REFUSALS = {"invalid_id", "unauthorized", "forbidden_origin"}
+# The stream a recorded message belongs to, by its target.
+STREAM_OF_TARGET = {"group": "group", "direct": "client", "broadcast": "broadcast"}
 
 
 class Refused(Exception):
@@ -62,14 +70,21 @@ class AetherClient:
         backoff_max: float = 30.0,
         max_queue: int = 100,
         max_inbox: int = 10_000,
+        recover: bool = True,
+        on_recovery: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """``on_recovery`` is called after each reconnection that presented positions, with the
+        snapshot's ``recovery`` report."""
         for field, value in (("group_id", group_id), ("client_id", client_id)):
             why = id_problem(value)
             if why is not None:
                 raise Refused("invalid_id", f"{field} is not a Vision ID: {why}")
-        self.endpoint = f"{url.rstrip('/')}/v3/ws/group/{quote(group_id)}/client/{quote(client_id)}"
-        if token:
-            self.endpoint += f"?token={quote(token)}"
+        self._path = f"{url.rstrip('/')}/v3/ws/group/{quote(group_id)}/client/{quote(client_id)}"
+        self._token = token
+        self.recover, self.on_recovery = recover, on_recovery
+        self.positions: dict[str, str] = {}  # stream -> "epoch:offset" of the last message received
+        self._recovered_up_to: dict[str, int] = {}  # stream -> offset: missed up to it, now recovered
+        self._presented = False
         self.group_id, self.client_id = group_id, client_id
         self.heartbeat_interval, self.backoff_initial, self.backoff_max = heartbeat, backoff_initial, backoff_max
         self.max_queue = max_queue
@@ -80,6 +95,17 @@ class AetherClient:
         self._conn: WebSocketClientConnection | None = None
         self._opened = asyncio.Event()
         self._task: asyncio.Task | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The WebSocket URL, with the token and the positions to recover from."""
+        query = []
+        if self._token:
+            query.append(f"token={quote(self._token)}")
+        if self.recover:
+            positions = ",".join(f"{stream}:{position}" for stream, position in self.positions.items())
+            query.append(f"recover={quote(positions)}")
+        return self._path + (f"?{'&'.join(query)}" if query else "")
 
     async def __aenter__(self) -> "AetherClient":
         self.start()
@@ -174,6 +200,7 @@ class AetherClient:
         try:
             while self.state != "closed":
                 self.state = "reconnecting" if attempt else "connecting"
+                self._presented = bool(self.positions)
                 request = HTTPRequest(self.endpoint, connect_timeout=10, request_timeout=10)
                 try:
                     self._conn = await websocket_connect(request)
@@ -220,9 +247,13 @@ class AetherClient:
                 self.heartbeat()
 
     def _received(self, message: dict[str, Any]) -> None:
+        if isinstance(message.get("position"), str) and not self._advance(message):
+            return
         payload = message.get("payload") or {}
         if message.get("msg_type") == "presence":
             event = payload.get("event")
+            if event == "snapshot" and "recovery" in payload:
+                self._take_recovery(payload["recovery"])
             if event == "snapshot":
                 self.roster = sorted(payload["clients"])
             elif event == "join" and payload["client_id"] not in self.roster:
@@ -230,6 +261,45 @@ class AetherClient:
             elif event == "leave":
                 self.roster = [client for client in self.roster if client != payload["client_id"]]
         self._deliver(message)
+
+    def _advance(self, message: dict[str, Any]) -> bool:
+        """Keep a recorded message's position; False for one to skip.
+
+        One after a gap (lost between the server's processes) or from another epoch means
+        some were missed: reconnecting recovers them, or reports that it could not.
+        """
+        stream = STREAM_OF_TARGET.get(message.get("target", ""), "")
+        epoch, offset = _split(message["position"])
+        last = self.positions.get(stream)
+        if last is not None:
+            last_epoch, last_offset = _split(last)
+            if epoch == last_epoch and offset <= last_offset:
+                return False  # had it already
+            if epoch != last_epoch or offset != last_offset + 1:
+                if self._conn is not None:
+                    self._conn.close(4000, "recovering missed messages")
+                return False
+        self.positions[stream] = message["position"]
+        if offset <= self._recovered_up_to.get(stream, 0):
+            message["recovered"] = True
+        return True
+
+    def _take_recovery(self, report: dict[str, Any]) -> None:
+        """Streams not recovered start again from where they are now."""
+        self._recovered_up_to = {}
+        for stream, state in (report.get("streams") or {}).items():
+            if state["recovered"]:
+                if state["position"]:
+                    self._recovered_up_to[stream] = _split(state["position"])[1]
+            elif state["position"]:
+                self.positions[stream] = state["position"]
+            else:
+                self.positions.pop(stream, None)
+        if self._presented and self.on_recovery is not None:
+            try:
+                self.on_recovery(report)
+            except Exception:
+                log.exception("on_recovery failed")
 
     def _deliver(self, item: dict[str, Any] | BaseException) -> None:
         if self._inbox.full():  # a reader that fell behind loses the oldest, not the newest
@@ -243,6 +313,11 @@ def _refusal(error: HTTPClientError) -> Refused | None:
         if body.get("code") in FINAL_REFUSALS:
             return Refused(body["code"], body.get("msg", ""))
     return None
+
+
+def _split(position: str) -> tuple[str, int]:
+    epoch, _, offset = position.rpartition(":")
+    return epoch, int(offset)
 
 
 def _seen(future: asyncio.Future) -> None:

@@ -16,6 +16,19 @@ export interface WSMessageV3 {
   msg?: string | null;
   payload?: Record<string, unknown> | null;
   sent_at?: string | null;
+  /** "epoch:offset" of a group, direct or broadcast message, for clients that recover. */
+  position?: string;
+  /** Set by this client (never sent by the server) on a message missed while away and recovered. */
+  recovered?: true;
+}
+
+export type Stream = "group" | "client" | "broadcast";
+
+/** The snapshot's recovery report, as the "recovery" event passes it. */
+export interface RecoveryReport {
+  /** Every stream's missed messages follow, in order; if false, reload what the page shows. */
+  recovered: boolean;
+  streams: Record<Stream, { position: string | null; recovered: boolean }>;
 }
 
 export interface ProblemField {
@@ -41,6 +54,8 @@ export interface AetherClientOptions {
   backoffMaxMs?: number;
   /** Messages kept while reconnecting; one more is an AetherError "queue_full". */
   maxQueue?: number;
+  /** Recover what was missed while reconnecting (default true). */
+  recover?: boolean;
 }
 
 export interface Handlers {
@@ -54,6 +69,8 @@ export interface Handlers {
   open: () => void;
   close: (event: { code: number; reason: string }) => void;
   state: (state: State) => void;
+  /** After each reconnection that presented positions. */
+  recovery: (report: RecoveryReport) => void;
 }
 
 export class AetherClient {
@@ -64,6 +81,8 @@ export class AetherClient {
   /** Present client_ids of the group, sorted in code point order. */
   readonly roster: string[];
   readonly endpoint: string;
+  /** The last position received per stream, presented on reconnecting. */
+  readonly positions: Partial<Record<Stream, string>>;
   connect(): this;
   close(): void;
   on<K extends keyof Handlers>(type: K, handler: Handlers[K]): () => void;

@@ -11,10 +11,18 @@
 // refuses the handshake for a reason a retry cannot fix (a bad ID, a bad token, a
 // forbidden origin), sends a heartbeat every 30 s, keeps the presence roster from the
 // snapshot and join/leave events, and queues messages while reconnecting, up to a bound.
+//
+// It recovers what it missed while away (recover: true, the default): it keeps the position
+// of the last group, direct and broadcast message it got and presents them when it
+// reconnects, so handlers see every message once and in order, the missed ones (marked
+// `recovered: true`) before the new ones. When that is impossible (away too long, the server
+// lost its history) the "recovery" event says so: reload what the page shows.
 
 const VISION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 // Handshake refusals that no retry can fix: the client stops and reports them.
 const FINAL_REFUSALS = new Set(["invalid_id", "unauthorized", "forbidden_origin"]);
+// The stream a recorded message belongs to, by its target.
+const STREAM_OF_TARGET = { group: "group", direct: "client", broadcast: "broadcast" };
 
 export class AetherError extends Error {
   constructor(code, message, errors = []) {
@@ -46,12 +54,13 @@ export class AetherClient {
     backoffInitialMs = 500,
     backoffMaxMs = 30000,
     maxQueue = 100,
+    recover = true,
   }) {
     for (const [field, value] of [["groupId", groupId], ["clientId", clientId]]) {
       const problem = visionIdProblem(value);
       if (problem) throw new AetherError("invalid_id", `${field} ${problem}`);
     }
-    Object.assign(this, { groupId, clientId, token, heartbeatMs, backoffInitialMs, backoffMaxMs, maxQueue });
+    Object.assign(this, { groupId, clientId, token, heartbeatMs, backoffInitialMs, backoffMaxMs, maxQueue, recover });
     this.url = url.replace(/\/+$/, "");
     this.state = "idle"; // idle, connecting, open, reconnecting, closed
     this.roster = [];
@@ -60,15 +69,24 @@ export class AetherClient {
     this.handlers = new Map();
     this.socket = null;
     this.timers = { retry: null };
+    this.positions = {}; // stream -> "epoch:offset" of the last message received
+    this.recoveredUpTo = {}; // stream -> offset: messages up to it were missed, now recovered
   }
 
   get endpoint() {
     const path = `/v3/ws/group/${encodeURIComponent(this.groupId)}/client/${encodeURIComponent(this.clientId)}`;
-    return this.url + path + (this.token ? `?token=${encodeURIComponent(this.token)}` : "");
+    const query = [];
+    if (this.token) query.push(`token=${encodeURIComponent(this.token)}`);
+    if (this.recover) {
+      const positions = Object.entries(this.positions).map(([stream, position]) => `${stream}:${position}`);
+      query.push(`recover=${encodeURIComponent(positions.join(","))}`);
+    }
+    return this.url + path + (query.length ? `?${query.join("&")}` : "");
   }
 
   // Handlers: "msg", "cmd", "heartbeat", "presence" (by msg_type), "message" (every frame),
-  // "error" (ERROR frames, refusals, a full queue), "roster", "open", "close", "state".
+  // "error" (ERROR frames, refusals, a full queue), "roster", "open", "close", "state",
+  // "recovery" (after each reconnection that presented positions: { recovered, streams }).
   on(type, handler) {
     if (!this.handlers.has(type)) this.handlers.set(type, new Set());
     this.handlers.get(type).add(handler);
@@ -98,6 +116,7 @@ export class AetherClient {
     if (this.socket || this.state === "open") return this;
     clearTimeout(this.timers.retry);
     this.setState(this.attempt ? "reconnecting" : "connecting");
+    this.presented = Object.keys(this.positions).length > 0;
     const socket = new WebSocket(this.endpoint);
     let openedAt = null;
     let heartbeat = null;
@@ -175,6 +194,7 @@ export class AetherClient {
     } catch {
       return;
     }
+    if (typeof message.position === "string" && !this.advance(message)) return;
     this.emit("message", message);
     // An error comes from the server itself (from_id null); a peer's "ERROR" command is a command.
     if (message.msg_type === "cmd" && message.cmd === "ERROR" && message.from_id === null) {
@@ -186,8 +206,43 @@ export class AetherClient {
     this.emit(message.msg_type, message);
   }
 
+  // Keeps a recorded message's position; false for one to skip. One after a gap (a message
+  // lost between the server's processes) or from another epoch means some were missed:
+  // reconnecting recovers them, or reports that it could not.
+  advance(message) {
+    const stream = STREAM_OF_TARGET[message.target];
+    const [epoch, offset] = splitPosition(message.position);
+    const last = this.positions[stream];
+    if (last !== undefined) {
+      const [lastEpoch, lastOffset] = splitPosition(last);
+      if (epoch === lastEpoch && offset <= lastOffset) return false; // had it already
+      if (epoch !== lastEpoch || offset !== lastOffset + 1) {
+        this.socket?.close(4000, "recovering missed messages");
+        return false;
+      }
+    }
+    this.positions[stream] = message.position;
+    if (offset <= (this.recoveredUpTo[stream] ?? 0)) message.recovered = true;
+    return true;
+  }
+
+  // The snapshot's recovery report: streams not recovered start again from where they are.
+  takeRecovery(report, presented) {
+    this.recoveredUpTo = {};
+    for (const [stream, state] of Object.entries(report.streams ?? {})) {
+      if (state.recovered) {
+        if (state.position) this.recoveredUpTo[stream] = splitPosition(state.position)[1];
+        continue;
+      }
+      if (state.position) this.positions[stream] = state.position;
+      else delete this.positions[stream];
+    }
+    if (presented) this.emit("recovery", { recovered: report.recovered, streams: report.streams });
+  }
+
   track(event) {
     let clients = this.roster;
+    if (event.event === "snapshot" && event.recovery) this.takeRecovery(event.recovery, this.presented);
     if (event.event === "snapshot") clients = [...event.clients];
     else if (event.event === "join" && !clients.includes(event.client_id)) clients = [...clients, event.client_id];
     else if (event.event === "leave") clients = clients.filter((id) => id !== event.client_id);
@@ -238,6 +293,11 @@ export class AetherClient {
   queryPresence() {
     this.send({ msg_type: "presence", target: "echo" });
   }
+}
+
+function splitPosition(position) {
+  const colon = position.lastIndexOf(":");
+  return [position.slice(0, colon), Number(position.slice(colon + 1))];
 }
 
 function compact(message) {
