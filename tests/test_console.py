@@ -4,6 +4,8 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
+from aether_tornado.schema import WSMessageV3
+
 from .conftest import CHROMIUM_MISSING
 from .processes import ServerProcess
 
@@ -126,3 +128,17 @@ async def test_a_peers_error_command_is_a_command_and_close_stays_closed(browser
         }"""
     )
     assert outcome == ["ERROR", 0, "closed", "closed", None]
+
+
+async def test_the_console_shows_what_it_recovered_after_a_lost_connection(browser, server):
+    page = await open_console(browser, server.port, "c_rec")
+    await page.wait_for_selector("#log div:has-text('snapshot')")
+    (conn,) = server.node.hub.client("c_rec")
+    conn._transport.abort()  # the connection is lost without a close
+    await server.node.publish(WSMessageV3(msg_type="msg", target="group", group_id="g_browser", msg="while away"))
+    await page.wait_for_selector("#log .recovered:has-text('while away')")
+    await page.wait_for_selector("#log .recovered:has-text('marked recovered')")
+    await server.node.publish(WSMessageV3(msg_type="msg", target="group", group_id="g_browser", msg="live again"))
+    await page.wait_for_selector("#log div:has-text('live again')")
+    assert await page.locator("#log .recovered:has-text('live again')").count() == 0
+    assert page.csp_violations == []
