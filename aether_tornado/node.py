@@ -186,8 +186,9 @@ class Node:
                         list(zip(streams, since, strict=True)), self.settings.outbound_buffer_bytes
                     )
             except (BridgeDown, TimeoutError):
-                log.info("%s/%s could not recover: Redis is unreachable", conn.group_id, conn.client_id)
+                log.debug("%s/%s could not recover: Redis is unreachable", conn.group_id, conn.client_id)
         if recoveries is None:
+            self.metrics.recoveries.inc("not_recovered")
             state = {"position": None, "recovered": False}
             return [], [None] * len(STREAMS), {"recovered": False, "streams": dict.fromkeys(STREAMS, state)}
         missed = sorted(
@@ -388,27 +389,31 @@ class Node:
 
         The future gets how many connections here and processes elsewhere received it; for a
         direct message that reached nobody while Redis is away, it fails with BridgeDown. In
-        memory it is done before this returns. Delivered in the order recorded, so with each
-        sender held until its message is, every receiver gets a sender's messages in order.
+        memory it is done before this returns. Messages are delivered in the order recorded,
+        and a sender's are recorded in the order it sent them.
         """
         assert self.history is not None
         payload = encode(message)
         self.metrics.messages_out.inc(message.msg_type, message.target)
         recorded: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        then = functools.partial(self._recorded, channel, payload, recorded)
+        to_sender = message.target != "direct" or message.to_id == message.from_id
+        then = functools.partial(self._recorded, channel, payload, to_sender, recorded)
         try:
             self.history.append(channel, payload, then)
         except BridgeDown as error:
             then(error)
         return recorded
 
-    def _recorded(self, channel: str, payload: bytes, recorded: asyncio.Future[int], outcome: object) -> None:
+    def _recorded(
+        self, channel: str, payload: bytes, to_sender: bool, recorded: asyncio.Future[int], outcome: object
+    ) -> None:
         """Once a message is recorded, deliver it here (or let the bridge), then settle ``recorded``.
 
         In Redis, the message comes back on this process's subscriber, where it is delivered in
-        the order recorded among everyone's: ``recorded`` is settled once it has been, so the
-        sender's next message (an echo, say) cannot overtake it. Not recorded (Redis away), it
-        is delivered here without a position.
+        the order recorded among everyone's: if the sender receives it (``to_sender``),
+        ``recorded`` is settled once it has been delivered, so an answer to the sender (an echo,
+        say) cannot overtake it. Not recorded (Redis away), it is delivered here without a
+        position.
         """
         assert self.history is not None
         kind, _, name = channel.partition(":")
@@ -417,7 +422,7 @@ class Node:
         )
         if isinstance(outcome, Appended) and self.history.echoes:
             receivers = len(tuple(local)) + outcome.receivers
-            if self.bridge.holds(channel):
+            if to_sender and self.bridge.holds(channel):
                 self.bridge.after_pushes(functools.partial(recorded.set_result, receivers))
             else:
                 recorded.set_result(receivers)

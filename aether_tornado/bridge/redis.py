@@ -1,10 +1,11 @@
 """The bridge over Redis pub/sub: a publisher and a subscriber connection per process, supervised.
 
 Channels are ``{prefix}:group:{id}``, ``{prefix}:client:{id}``, ``{prefix}:broadcast`` and
-``{prefix}:resync``. Every published payload starts with the publisher's node id, so a
-process skips its own copies (it has delivered them locally already), and the time it
-was published, for the latency metric; a recorded message's position comes next, as
-``@epoch:offset `` (see history/), then the message.
+``{prefix}:resync``. Every published payload starts with the publisher's node id and the
+time it was published, for the latency metric; a recorded message's position comes next, as
+``@epoch:offset `` (see history/), then the message. A process skips its own copies of what
+it did not record (it delivered those itself), and delivers its own recorded messages from
+here, among everyone's, in the order Redis recorded them.
 
 The publishing connection also runs what must keep the order of publishes: the history's
 scripts, loaded on each connection.
@@ -17,7 +18,7 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
@@ -133,7 +134,7 @@ class RedisBridge:
         if not self.up or subscriber is None:
             raise BridgeDown
         pong = asyncio.get_running_loop().create_future()
-        self.after_pushes(functools.partial(pong.set_result, None))
+        self.after_pushes(functools.partial(_resolve, pong))
         done, _ = await asyncio.wait(
             (pong, subscriber.closed), timeout=REPLY_DEADLINE, return_when=asyncio.FIRST_COMPLETED
         )
@@ -272,7 +273,7 @@ class RedisBridge:
     async def _ping_subscriber(self, subscriber: RespConnection) -> None:
         """A subscriber's pong arrives as a push, after everything sent before the ping."""
         pong = asyncio.get_running_loop().create_future()
-        self._pongs.append([functools.partial(pong.set_result, None)])
+        self._pongs.append([functools.partial(_resolve, pong)])
         subscriber.command(_PING)
         done, _ = await asyncio.wait(
             (pong, subscriber.closed), timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -301,12 +302,8 @@ class RedisBridge:
             waiting = self._pongs.popleft()
             if waiting is None:
                 self._pong_due = None
-                return
-            for then in waiting:
-                try:
-                    then()
-                except Exception:
-                    log.exception("a callback after a pong failed")
+            else:
+                _call_all(waiting)
 
     def _check_on_up(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -340,12 +337,24 @@ class RedisBridge:
         self._subscribed = set()
         pongs, self._pongs, self._sharing = self._pongs, collections.deque(), None
         for waiting in pongs:
-            for then in waiting or ():
-                then()
+            _call_all(waiting or ())
         for connection in connections:
             connection.close()
         if connections:
             await asyncio.wait([connection.closed for connection in connections], timeout=CONNECT_TIMEOUT)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _call_all(callbacks: Iterable[Callable[[], None]]) -> None:
+    for then in callbacks:
+        try:
+            then()
+        except Exception:
+            log.exception("a callback waiting for Redis failed")
 
 
 def _settle_or_down(reply: asyncio.Future, result: Any) -> None:

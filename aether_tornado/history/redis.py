@@ -8,6 +8,7 @@ publishing connection: an append records and publishes in one step, in the order
 other publish of this process, and its reply says where the message was recorded.
 """
 
+import asyncio
 import functools
 import hashlib
 import itertools
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..bridge import BridgeDown
 from ..bridge.redis import RedisBridge
 from ..bridge.resp import ReplyError
 from . import Appended, Entry, OnAppended, Position, Recovery
@@ -76,7 +78,7 @@ class RedisHistory:
         then(Appended(Position(epoch.decode(), offset), max(0, receivers - subscribed_here)))
 
     async def recover(self, wanted: Sequence[tuple[str, Position | None]], max_bytes: int) -> list[Recovery]:
-        replies = [
+        calls = [
             self._bridge.call(
                 b"EVALSHA",
                 self._recover,
@@ -91,10 +93,19 @@ class RedisHistory:
             )
             for stream, since in wanted
         ]
-        return [_recovery(await reply) for reply in replies]
+        replies = await asyncio.gather(*(self._reply(call) for call in calls))  # sent together: one round trip
+        return [_recovery(reply) for reply in replies]
+
+    async def _reply(self, call: asyncio.Future) -> Any:
+        """A script's reply; BridgeDown, after reconnecting, if Redis refused it (a script flushed, say)."""
+        try:
+            return await call
+        except ReplyError as error:
+            self._bridge.mark_lost(error)
+            raise BridgeDown(str(error)) from None
 
     async def latest(self, stream: str, limit: int) -> list[tuple[Position, bytes]]:
-        reply = await self._bridge.call(b"EVALSHA", self._latest, b"2", *self._keys(stream), str(limit))
+        reply = await self._reply(self._bridge.call(b"EVALSHA", self._latest, b"2", *self._keys(stream), str(limit)))
         if not reply:
             return []
         epoch, now, entries = reply[0].decode(), int(reply[1]) / 1e6, [_entry(entry) for entry in reversed(reply[2])]
