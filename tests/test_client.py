@@ -158,6 +158,13 @@ async def test_close_ends_iteration_and_a_peers_error_command_is_not_an_error(se
     assert result.returncode == 0, result.stdout
 
 
+def quick_client(server, group_id: str, reports: list) -> AetherClient:
+    """A client that comes back within a tenth of a second and reports each recovery to ``reports``."""
+    return AetherClient(
+        base(server), group_id, "c_py", backoff_initial=0.05, backoff_max=0.2, on_recovery=reports.append
+    )
+
+
 async def next_snapshot(client: AetherClient) -> dict:
     while (message := await client.recv(5))["payload"] is None or message["payload"].get("event") != "snapshot":
         pass
@@ -176,9 +183,7 @@ async def texts_until(client: AetherClient, last: str) -> list[tuple[str, bool]]
 async def test_after_its_process_is_replaced_the_client_gets_what_it_missed_once_in_order(redis_server, start_process):
     first, second = start_process(), start_process()
     reports = []
-    client = AetherClient(
-        base(first), "g_pc", "c_py", backoff_initial=0.05, backoff_max=0.2, on_recovery=reports.append
-    )
+    client = quick_client(first, "g_pc", reports)
     async with client:
         sender = await Client.joined(second.url("g_pc", "c_talk"))
         for n in range(3):
@@ -205,9 +210,7 @@ async def test_after_its_process_is_replaced_the_client_gets_what_it_missed_once
 async def test_the_client_reports_when_it_could_not_recover_and_goes_on_from_there():
     first = ServerProcess()  # in memory: a new process has new epochs
     reports = []
-    client = AetherClient(
-        base(first), "g_nr", "c_py", backoff_initial=0.05, backoff_max=0.2, on_recovery=reports.append
-    )
+    client = quick_client(first, "g_nr", reports)
     async with client:
         client.send_group("before")
         assert await texts_until(client, "before") == [("before", False)]
@@ -231,9 +234,7 @@ async def test_a_message_lost_between_processes_is_noticed_and_recovered(redis_s
     """A recorded message whose publish never arrived: the next one shows the gap, and the client recovers it."""
     process = start_process()
     reports = []
-    client = AetherClient(
-        base(process), "g_gap", "c_py", backoff_initial=0.05, backoff_max=0.2, on_recovery=reports.append
-    )
+    client = quick_client(process, "g_gap", reports)
     async with client:
         client.send_group("0")
         assert await texts_until(client, "0") == [("0", False)]
