@@ -423,7 +423,7 @@ class Node:
         if isinstance(outcome, Appended) and self.history.echoes:
             receivers = len(tuple(local)) + outcome.receivers
             if to_sender and self.bridge.holds(channel):
-                self.bridge.after_pushes(functools.partial(recorded.set_result, receivers))
+                self.bridge.after_pushes(channel, functools.partial(recorded.set_result, receivers))
             else:
                 recorded.set_result(receivers)
             return

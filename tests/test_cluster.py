@@ -132,11 +132,11 @@ async def test_redis_sends_a_group_message_only_to_processes_with_members(redis_
     await Client.joined(third.url("g_other", "c_y"))
     sender = await Client.joined(first.url("g_one", "c_sender"))
     store = redis.Redis.from_url(redis_server.url, socket_timeout=5)
-    assert store.pubsub_numsub("aether:group:g_one") == [(b"aether:group:g_one", 1)]
-    assert store.pubsub_numsub("aether:group:g_other") == [(b"aether:group:g_other", 2)]
+    assert store.pubsub_numsub("aether:{group:g_one}") == [(b"aether:{group:g_one}", 1)]
+    assert store.pubsub_numsub("aether:{group:g_other}") == [(b"aether:{group:g_other}", 2)]
 
     watch = store.pubsub()
-    watch.subscribe("aether:group:g_one")
+    watch.subscribe("aether:{group:g_one}")
     assert watch.get_message(timeout=5)["type"] == "subscribe"
 
     async def publishes_for_one_message(tag: str) -> int:
@@ -155,7 +155,7 @@ async def test_redis_sends_a_group_message_only_to_processes_with_members(redis_
     watch.unsubscribe()
     while (await asyncio.to_thread(watch.get_message, False, 5))["type"] != "unsubscribe":
         pass
-    assert store.pubsub_numsub("aether:group:g_one") == [(b"aether:group:g_one", 1)]  # 21 members, one process
+    assert store.pubsub_numsub("aether:{group:g_one}") == [(b"aether:{group:g_one}", 1)]  # 21 members, one process
     watch.close()
     assert (await members[-1].recv_where(msg="large group"))["from_id"] == "c_sender"
     store.close()

@@ -71,8 +71,8 @@ class Bridge(Protocol):
     def holds(self, channel: str) -> bool:
         """Whether this process is subscribed to ``channel``."""
 
-    def after_pushes(self, then: Callable[[], None]) -> None:
-        """Call ``then`` once what was published to this process so far is delivered (or lost)."""
+    def after_pushes(self, channel: str, then: Callable[[], None]) -> None:
+        """Call ``then`` once what was published to this process on ``channel`` so far is delivered (or lost)."""
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``; called when the hub loses its last member."""

@@ -30,7 +30,7 @@ class MemoryBridge:
     def holds(self, channel: str) -> bool:
         return False
 
-    def after_pushes(self, then: Callable[[], None]) -> None:
+    def after_pushes(self, channel: str, then: Callable[[], None]) -> None:
         then()
 
     async def unsubscribe(self, channel: str) -> None:

@@ -1,14 +1,22 @@
-"""The bridge over Redis pub/sub: a publisher and a subscriber connection per process, supervised.
+"""The bridge over Redis pub/sub: a publisher and a subscriber connection per shard, supervised.
 
-Channels are ``{prefix}:group:{id}``, ``{prefix}:client:{id}``, ``{prefix}:broadcast`` and
-``{prefix}:resync``. Every published payload starts with the publisher's node id and the
-time it was published, for the latency metric; a recorded message's position comes next, as
-``@epoch:offset `` (see history/), then the message. A process skips its own copies of what
-it did not record (it delivered those itself), and delivers its own recorded messages from
-here, among everyone's, in the order Redis recorded them.
+One Redis is one shard. A Redis Cluster (``cluster=True``) is one shard per master: a channel
+lives on the master of its slot, published with ``SPUBLISH`` and received with ``SSUBSCRIBE``
+there, so each message is handled by one shard only and reaches only the processes
+subscribed to it.
 
-The publishing connection also runs what must keep the order of publishes: the history's
-scripts, loaded on each connection.
+Channels are ``{prefix}:{group:<id>}``, ``{prefix}:{client:<id>}``, ``{prefix}:{broadcast}``
+and ``{prefix}:{resync}``: the braces are the hash tag a stream's history keys share (see
+history/), so a script that records and publishes runs on one shard. Every published payload
+starts with the publisher's node id and the time it was published, for the latency metric; a
+recorded message's position comes next, as ``@epoch:offset ``, then the message. A process
+skips its own copies of what it did not record (it delivered those itself), and delivers its
+own recorded messages from here, among everyone's, in the order Redis recorded them.
+
+The publishing connections also run what must keep the order of publishes: the history's
+scripts, loaded on each connection. Any change of the cluster's shape (a connection lost, a
+``MOVED`` answer, a slot taken from a subscription) is handled as an outage: every connection
+is dropped and made again from the topology as it is then.
 """
 
 import asyncio
@@ -23,6 +31,7 @@ from typing import Any
 
 from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
 from .resp import Address, OnReply, ReplyError, RespConnection, connect
+from .topology import Topology, alone, discover
 
 log = logging.getLogger(__name__)
 
@@ -34,20 +43,45 @@ CONNECT_TIMEOUT = 2.0
 # A connection with commands waiting and no reply for REPLY_DEADLINE means Redis hangs
 # (frozen, or gone without the socket saying so): it counts as down, and a sender waiting
 # for a direct message's count gets `unavailable` instead of waiting on. Checked every
-# WATCH_INTERVAL; both connections are pinged every HEALTH_INTERVAL, so an idle one is
+# WATCH_INTERVAL; every connection is pinged every HEALTH_INTERVAL, so an idle one is
 # checked too.
 REPLY_DEADLINE = 0.9
 WATCH_INTERVAL = 0.1
 HEALTH_INTERVAL = 1.0
 _STAMP = struct.Struct("!d")
-# Publishes sent and not yet answered, and bytes of them not yet taken by the socket, at most:
-# past either, Redis cannot keep up with the load, and the bridge counts it as down.
+# Publishes sent and not yet answered, and bytes of them not yet taken by the socket, at most
+# (per shard): past either, Redis cannot keep up with the load, and the bridge counts it as down.
 MAX_OUTBOX = 100_000
 MAX_BACKLOG_BYTES = 64 * 1024 * 1024
-_PUBLISH = b"PUBLISH"
-_SUBSCRIBE = b"SUBSCRIBE"
-_UNSUBSCRIBE = b"UNSUBSCRIBE"
 _PING = b"PING"
+
+
+class _Commands:
+    """The pub/sub commands of one Redis, or the sharded ones of a cluster."""
+
+    def __init__(self, cluster: bool) -> None:
+        self.publish, self.subscribe, self.unsubscribe = (
+            (b"SPUBLISH", b"SSUBSCRIBE", b"SUNSUBSCRIBE") if cluster else (b"PUBLISH", b"SUBSCRIBE", b"UNSUBSCRIBE")
+        )
+        self.message, self.unsubscribed = (b"smessage", b"sunsubscribe") if cluster else (b"message", b"unsubscribe")
+
+
+class _Shard:
+    """One Redis (one master of a cluster): its two connections and what rides on them."""
+
+    def __init__(self, publisher: RespConnection, subscriber: RespConnection) -> None:
+        self.publisher, self.subscriber = publisher, subscriber
+        # The channels subscribed on this shard's subscriber.
+        self.subscribed: set[str] = set()
+        # One entry per ping sent on the subscriber, in order: what to call once its pong is
+        # in, or None for the health check's, whose pong is overdue at ``pong_due``.
+        self.pongs: collections.deque[list[Callable[[], None]] | None] = collections.deque()
+        self.pong_due: float | None = None
+        self.sharing: list[Callable[[], None]] | None = None  # the waiters of this pass's ping
+
+    @property
+    def connections(self) -> tuple[RespConnection, RespConnection]:
+        return self.publisher, self.subscriber
 
 
 class RedisBridge:
@@ -58,25 +92,25 @@ class RedisBridge:
         node_id: str,
         on_down: Callable[[], None] | None = None,
         scripts: Sequence[bytes] = (),
+        cluster: bool = False,
     ) -> None:
-        """``on_down`` is told each time Redis is lost, so presence stops using it too."""
+        """``on_down`` is told each time Redis is lost, so presence stops using it too.
+
+        With ``cluster``, ``address`` is any node of a Redis Cluster, whose masters are found from it.
+        """
         self._address = address
         self._on_down = on_down
         self._scripts = scripts
+        self._cluster = cluster
+        self._commands = _Commands(cluster)
         self._prefix = prefix + ":"
         self._prefix_length = len(self._prefix.encode())
         self.node_id = node_id
         self._origin = node_id.encode()
         self._payload_start = len(self._origin) + _STAMP.size
-        self._publisher: RespConnection | None = None
-        self._subscriber: RespConnection | None = None
-        # The channels subscribed on the current subscriber connection.
-        self._subscribed: set[str] = set()
-        # One entry per ping sent on the subscriber, in order: what to call once its pong is in,
-        # or None for the health check's, whose pong is overdue at ``_pong_due``.
-        self._pongs: collections.deque[list[Callable[[], None]] | None] = collections.deque()
-        self._pong_due: float | None = None
-        self._sharing: list[Callable[[], None]] | None = None  # the waiters of this pass's ping
+        self._topology = alone(address)
+        self._known: list[Address] = [address]  # nodes to ask for the topology, the seed first
+        self._shards: list[_Shard] = []
         self._task: asyncio.Task | None = None
         self._reported_up: bool | None = None
         self.up = False
@@ -85,15 +119,25 @@ class RedisBridge:
         self._on_message, self._wanted, self._on_up = on_message, wanted, on_up
         self._task = asyncio.create_task(self._supervise(), name="redis bridge")
 
+    # Publishing
+
+    def channel_key(self, channel: str) -> str:
+        """The Redis name of a bridge channel: its name in braces, the hash tag of its stream."""
+        return f"{self._prefix}{{{channel}}}"
+
     def send(self, channel: str, payload: bytes) -> None:
-        self._ready_publisher().command(_PUBLISH, self._prefix + channel, self._envelope(payload))
+        publisher = self._ready_publisher(channel)
+        if self._cluster:  # a MOVED answer means the cluster changed shape: reconnect
+            publisher.call_then(self._check, self._commands.publish, self.channel_key(channel), self._envelope(payload))
+        else:
+            publisher.command(self._commands.publish, self.channel_key(channel), self._envelope(payload))
 
     def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
-        publisher = self._ready_publisher()
+        publisher = self._ready_publisher(channel)
         receivers = asyncio.get_running_loop().create_future()
         # Our own subscriber counts too when we hold the channel.
-        count = functools.partial(_count_others, receivers, channel in self._subscribed)
-        publisher.call_then(count, _PUBLISH, self._prefix + channel, self._envelope(payload))
+        count = functools.partial(self._count_others, receivers, self.holds(channel))
+        publisher.call_then(count, self._commands.publish, self.channel_key(channel), self._envelope(payload))
         return receivers
 
     def _envelope(self, payload: bytes) -> bytes:
@@ -103,75 +147,38 @@ class RedisBridge:
         """What precedes a published message: this process's id and the time."""
         return self._origin + _STAMP.pack(time.time())
 
-    def channel_key(self, channel: str) -> str:
-        return self._prefix + channel
+    @property
+    def publish_command(self) -> bytes:
+        """``PUBLISH``, or ``SPUBLISH`` on a cluster: for scripts that publish."""
+        return self._commands.publish
 
-    def holds(self, channel: str) -> bool:
-        """Whether this process's subscriber is on ``channel``, so counts it among a publish's receivers."""
-        return channel in self._subscribed
+    def call_then(self, channel: str, on_reply: OnReply, *args: str | bytes) -> None:
+        """Run a command on ``channel``'s shard, in the order of its publishes. Raises BridgeDown."""
+        self._ready_publisher(channel).call_then(on_reply, *args)
 
-    def call_then(self, on_reply: OnReply, *args: str | bytes) -> None:
-        """Run a command in the order of publishes; ``on_reply`` gets its reply. Raises BridgeDown."""
-        self._ready_publisher().call_then(on_reply, *args)
-
-    def call(self, *args: str | bytes) -> asyncio.Future[Any]:
-        """Run a command in the order of publishes; its reply, or BridgeDown. Raises BridgeDown."""
+    def call(self, channel: str, *args: str | bytes) -> asyncio.Future[Any]:
+        """Like ``call_then``; the future gets the reply, a ReplyError, or BridgeDown."""
         reply = asyncio.get_running_loop().create_future()
-        self.call_then(functools.partial(_settle_or_down, reply), *args)
+        self.call_then(channel, functools.partial(_settle_or_down, reply), *args)
         return reply
 
-    def command(self, *args: str | bytes) -> None:
-        """Run a command whose reply nobody needs; dropped while Redis is down."""
-        if self.up and self._publisher is not None:
-            self._publisher.command(*args)
+    def command(self, channel: str, *args: str | bytes) -> None:
+        """Run a command whose reply nobody needs on ``channel``'s shard; dropped while Redis is down."""
+        shard = self._shard_for(channel)
+        if self.up and shard is not None:
+            shard.publisher.command(*args)
 
-    async def synced(self) -> None:
-        """Return once Redis has taken every subscription asked for so far. Raises BridgeDown.
-
-        After this, whatever is published to those channels reaches this process.
-        """
-        subscriber = self._subscriber
-        if not self.up or subscriber is None:
-            raise BridgeDown
-        pong = asyncio.get_running_loop().create_future()
-        self.after_pushes(functools.partial(_resolve, pong))
-        done, _ = await asyncio.wait(
-            (pong, subscriber.closed), timeout=REPLY_DEADLINE, return_when=asyncio.FIRST_COMPLETED
-        )
-        if pong not in done:
-            raise BridgeDown
-
-    def after_pushes(self, then: Callable[[], None]) -> None:
-        """Call ``then`` once every message Redis has published to this process so far is delivered.
-
-        One ping on the subscriber serves every caller of one pass of the loop. If the
-        subscriber is lost first, ``then`` is called then: nothing more will come.
-        """
-        subscriber = self._subscriber
-        if subscriber is None:
-            then()
-            return
-        if self._sharing is not None:
-            self._sharing.append(then)
-            return
-        self._sharing = waiting = [then]
-        self._pongs.append(waiting)
-        subscriber.command(_PING)
-        asyncio.get_running_loop().call_soon(self._stop_sharing)
-
-    def _stop_sharing(self) -> None:
-        self._sharing = None
-
-    def _ready_publisher(self) -> RespConnection:
-        """The publisher, if Redis is up and keeping up; every publish goes through it, in order.
+    def _ready_publisher(self, channel: str) -> RespConnection:
+        """The publisher of ``channel``'s shard, if Redis is up and keeping up.
 
         A Redis too slow for the load would let what waits for it grow without end: past
         ``MAX_OUTBOX`` publishes or ``MAX_BACKLOG_BYTES`` it counts as down (what waited is
         dropped, at most once) and the supervisor reconnects.
         """
-        publisher = self._publisher
-        if not self.up or publisher is None:
+        shard = self._shard_for(channel)
+        if not self.up or shard is None:
             raise BridgeDown
+        publisher = shard.publisher
         if publisher.unanswered >= MAX_OUTBOX or publisher.unsent_bytes >= MAX_BACKLOG_BYTES:
             self._lost(
                 OverflowError(
@@ -181,20 +188,90 @@ class RedisBridge:
             raise BridgeDown
         return publisher
 
+    def _check(self, reply: Any) -> None:
+        if isinstance(reply, ReplyError):
+            self._lost(reply)
+
+    def _count_others(self, receivers: asyncio.Future[int], subscribed_here: bool, reply: int | Exception) -> None:
+        """Settle a publish: the receiving processes other than this one (never below zero, since a
+        subscription change may be on its way), or BridgeDown."""
+        if receivers.done():
+            return
+        if isinstance(reply, Exception):
+            self._check(reply)
+            receivers.set_exception(BridgeDown())
+        else:
+            receivers.set_result(max(0, reply - subscribed_here))
+
     @property
     def backlog_bytes(self) -> int:
-        return self._publisher.unsent_bytes if self._publisher is not None else 0
+        return sum(shard.publisher.unsent_bytes for shard in self._shards)
+
+    # Subscribing
+
+    def _shard_for(self, channel: str) -> _Shard | None:
+        """The shard that holds ``channel``; None while there are no connections."""
+        shards = self._shards
+        if len(shards) == 1:
+            return shards[0]
+        return shards[self._topology.shard_of(self.channel_key(channel))] if shards else None
+
+    def holds(self, channel: str) -> bool:
+        """Whether this process's subscriber is on ``channel``, so counts it among a publish's receivers."""
+        shard = self._shard_for(channel)
+        return shard is not None and channel in shard.subscribed
 
     async def subscribe(self, channel: str) -> None:
         """Sent at once, in the hub's order; while down, the next connection subscribes from the hub."""
-        if self._subscriber is not None and channel not in self._subscribed:
-            self._subscribed.add(channel)
-            self._subscriber.command(_SUBSCRIBE, self._prefix + channel)
+        shard = self._shard_for(channel)
+        if shard is not None and channel not in shard.subscribed:
+            shard.subscribed.add(channel)
+            shard.subscriber.command(self._commands.subscribe, self.channel_key(channel))
 
     async def unsubscribe(self, channel: str) -> None:
-        if self._subscriber is not None and channel in self._subscribed:
-            self._subscribed.discard(channel)
-            self._subscriber.command(_UNSUBSCRIBE, self._prefix + channel)
+        shard = self._shard_for(channel)
+        if shard is not None and channel in shard.subscribed:
+            shard.subscribed.discard(channel)
+            shard.subscriber.command(self._commands.unsubscribe, self.channel_key(channel))
+
+    async def synced(self) -> None:
+        """Return once Redis has taken every subscription asked for so far. Raises BridgeDown.
+
+        After this, whatever is published to those channels reaches this process.
+        """
+        if not self.up or not self._shards:
+            raise BridgeDown
+        loop = asyncio.get_running_loop()
+        pongs = []
+        for shard in self._shards:
+            pong = loop.create_future()
+            self._after_pushes(shard, functools.partial(_resolve, pong))
+            pongs.append(pong)
+        closed = [shard.subscriber.closed for shard in self._shards]
+        waiting = asyncio.gather(*pongs)
+        done, _ = await asyncio.wait((waiting, *closed), timeout=REPLY_DEADLINE, return_when=asyncio.FIRST_COMPLETED)
+        if waiting not in done:
+            waiting.cancel()
+            raise BridgeDown
+
+    def after_pushes(self, channel: str, then: Callable[[], None]) -> None:
+        """Call ``then`` once every message Redis has published to this process on ``channel``'s
+        shard so far is delivered; or once the subscriber is lost, since nothing more will come."""
+        shard = self._shard_for(channel)
+        if shard is None:
+            then()
+        else:
+            self._after_pushes(shard, then)
+
+    def _after_pushes(self, shard: _Shard, then: Callable[[], None]) -> None:
+        """One ping on the subscriber serves every caller of one pass of the loop."""
+        if shard.sharing is not None:
+            shard.sharing.append(then)
+            return
+        shard.sharing = waiting = [then]
+        shard.pongs.append(waiting)
+        shard.subscriber.command(_PING)
+        asyncio.get_running_loop().call_soon(_stop_sharing, shard)
 
     def mark_lost(self, error: BaseException) -> None:
         """Another user of Redis lost it: reconnect, resubscribe and resync presence."""
@@ -206,6 +283,8 @@ class RedisBridge:
             await asyncio.gather(self._task, return_exceptions=True)
         self.up = False
         await self._disconnect()
+
+    # Supervision
 
     async def _supervise(self) -> None:
         """Connect, resubscribe, watch; on any failure back off (capped, full jitter) and retry."""
@@ -219,7 +298,7 @@ class RedisBridge:
                 on_up = asyncio.create_task(self._on_up(), name="bridge up")
                 on_up.add_done_callback(self._check_on_up)
                 await self._watch()
-            except (OSError, ReplyError, TimeoutError) as error:
+            except (OSError, ReplyError, TimeoutError, ValueError) as error:
                 self._lost(error)
             except Exception as error:
                 log.exception("Redis bridge failed; reconnecting")
@@ -232,60 +311,97 @@ class RedisBridge:
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _connect(self) -> None:
-        self._pong_due = None
-        self._publisher = publisher = await connect(self._address, CONNECT_TIMEOUT)
-        for script in self._scripts:
-            await asyncio.wait_for(publisher.call(b"SCRIPT", b"LOAD", script), CONNECT_TIMEOUT)
-        self._subscriber = subscriber = await connect(self._address, CONNECT_TIMEOUT)
-        subscriber.listen(self._on_push)
+        if self._cluster:
+            self._topology = await self._discover()
+            self._known = [self._address, *(node for node in self._topology.shards if node != self._address)]
+        shards: list[_Shard] = []
+        try:
+            for address in self._topology.shards:
+                shards.append(await self._connect_shard(address))
+        except BaseException:
+            for shard in shards:
+                for connection in shard.connections:
+                    connection.close()
+            raise
+        # From here the hub's changes reach the shards; what it wants now is subscribed at once.
+        self._shards = shards
         channels = {RESYNC_CHANNEL, *self._wanted()}
-        subscriber.command(_SUBSCRIBE, *(self._prefix + channel for channel in channels))
-        self._subscribed = channels
-        # Redis answers in order: the pong says every channel is subscribed.
-        await self._ping_subscriber(subscriber)
+        for channel in channels:
+            shard = self._shard_for(channel)
+            assert shard is not None
+            shard.subscribed.add(channel)
+        for shard in shards:
+            if shard.subscribed:
+                shard.subscriber.command(self._commands.subscribe, *map(self.channel_key, shard.subscribed))
+        # Redis answers in order: each pong says every channel of its shard is subscribed.
+        for shard in shards:
+            await _ping(shard)
         self.up = True
-        self._report(True, f"subscribed to {len(channels)} channels")
+        shards = f" on {len(self._shards)} shards" if self._cluster else ""
+        self._report(True, f"subscribed to {len(channels)} channels{shards}")
+
+    async def _discover(self) -> Topology:
+        """The cluster's shape, from the first node that answers: the seed, then the masters last seen."""
+        failure: BaseException = OSError("no cluster node to ask")
+        for node in self._known:
+            try:
+                connection = await connect(node, CONNECT_TIMEOUT)
+            except (OSError, ReplyError, TimeoutError) as error:
+                failure = error
+                continue
+            try:
+                return await asyncio.wait_for(discover(connection, self._address), CONNECT_TIMEOUT)
+            except (OSError, ReplyError, TimeoutError, ValueError) as error:
+                failure = error
+            finally:
+                connection.close()
+        raise failure
+
+    async def _connect_shard(self, address: Address) -> _Shard:
+        publisher = await connect(address, CONNECT_TIMEOUT)
+        try:
+            subscriber = await connect(address, CONNECT_TIMEOUT)
+        except BaseException:
+            publisher.close()
+            raise
+        shard = _Shard(publisher, subscriber)
+        subscriber.listen(functools.partial(self._on_push, shard))
+        try:
+            for script in self._scripts:
+                await asyncio.wait_for(publisher.call(b"SCRIPT", b"LOAD", script), CONNECT_TIMEOUT)
+        except BaseException:
+            publisher.close()
+            subscriber.close()
+            raise
+        return shard
 
     async def _watch(self) -> None:
-        """Raise once either connection is gone, or has left a command unanswered for REPLY_DEADLINE."""
-        publisher, subscriber = self._publisher, self._subscriber
-        assert publisher is not None and subscriber is not None
+        """Raise once any connection is gone, or has left a command unanswered for REPLY_DEADLINE."""
         loop = asyncio.get_running_loop()
-        silence = _Silence(publisher, loop.time())
+        shards = list(self._shards)
+        silences = [_Silence(shard.publisher, loop.time()) for shard in shards]
+        closed = [connection.closed for shard in shards for connection in shard.connections]
         next_ping = loop.time() + HEALTH_INTERVAL
         while True:
-            closed, _ = await asyncio.wait(
-                (publisher.closed, subscriber.closed), timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED
-            )
-            if closed:
-                raise closed.pop().result()
+            gone, _ = await asyncio.wait(closed, timeout=WATCH_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+            if gone:
+                raise gone.pop().result()
             now = loop.time()
-            if silence.longer_than(REPLY_DEADLINE, now) or (self._pong_due is not None and now > self._pong_due):
-                raise TimeoutError(f"Redis answered nothing for {REPLY_DEADLINE:g} s")
+            for shard, silence in zip(shards, silences, strict=True):
+                if silence.longer_than(REPLY_DEADLINE, now) or (shard.pong_due is not None and now > shard.pong_due):
+                    raise TimeoutError(f"Redis answered nothing for {REPLY_DEADLINE:g} s")
             if now >= next_ping:
                 next_ping = now + HEALTH_INTERVAL
-                publisher.command(_PING)  # its answer, or its absence, is watched above
-                if self._pong_due is None:
-                    self._pong_due = now + REPLY_DEADLINE
-                    self._pongs.append(None)
-                    subscriber.command(_PING)
+                for shard in shards:
+                    shard.publisher.command(_PING)  # its answer, or its absence, is watched above
+                    if shard.pong_due is None:
+                        shard.pong_due = now + REPLY_DEADLINE
+                        shard.pongs.append(None)
+                        shard.subscriber.command(_PING)
 
-    async def _ping_subscriber(self, subscriber: RespConnection) -> None:
-        """A subscriber's pong arrives as a push, after everything sent before the ping."""
-        pong = asyncio.get_running_loop().create_future()
-        self._pongs.append([functools.partial(_resolve, pong)])
-        subscriber.command(_PING)
-        done, _ = await asyncio.wait(
-            (pong, subscriber.closed), timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-        )
-        if subscriber.closed in done:
-            raise subscriber.closed.result()
-        if not done:
-            raise TimeoutError("Redis did not answer a ping")
-
-    def _on_push(self, reply: list[bytes]) -> None:
+    def _on_push(self, shard: _Shard, reply: list[bytes]) -> None:
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._commands.message:
             _, channel, data = reply
             start, position = self._payload_start, None
             if data.startswith(b"@", start):  # recorded: "@epoch:offset " comes before the message
@@ -293,17 +409,21 @@ class RedisBridge:
                 position, start = data[start + 1 : end].decode(), end + 1
             elif data.startswith(self._origin):
                 return  # our own, delivered here already (our recorded ones are delivered from here)
-            name = channel[self._prefix_length :].decode()
+            name = channel[self._prefix_length + 1 : -1].decode()
             try:
                 self._on_message(name, data[start:], _STAMP.unpack_from(data, len(self._origin))[0], position)
             except Exception:
                 log.exception("delivering a message from channel %s failed", name)
-        elif kind == b"pong" and self._pongs:
-            waiting = self._pongs.popleft()
+        elif kind == b"pong" and shard.pongs:
+            waiting = shard.pongs.popleft()
             if waiting is None:
-                self._pong_due = None
+                shard.pong_due = None
             else:
                 _call_all(waiting)
+        elif kind == self._commands.unsubscribed and reply[1] is not None:
+            name = reply[1][self._prefix_length + 1 : -1].decode()
+            if name in shard.subscribed:  # not asked for: the cluster moved the channel's slot
+                self._lost(ConnectionError(f"the cluster moved channel {name} to another shard"))
 
     def _check_on_up(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -318,8 +438,8 @@ class RedisBridge:
             self._on_down()
         self.up = False
         self._report(False, str(error) or type(error).__name__)
-        for connection in (self._publisher, self._subscriber):
-            if connection is not None:
+        for shard in self._shards:
+            for connection in shard.connections:
                 connection.close()
 
     def _report(self, up: bool, detail: str) -> None:
@@ -332,16 +452,33 @@ class RedisBridge:
                 log.warning("Redis bridge down, serving local connections only: %s", detail)
 
     async def _disconnect(self) -> None:
-        connections = [connection for connection in (self._publisher, self._subscriber) if connection is not None]
-        self._publisher = self._subscriber = None
-        self._subscribed = set()
-        pongs, self._pongs, self._sharing = self._pongs, collections.deque(), None
-        for waiting in pongs:
-            _call_all(waiting or ())
+        shards, self._shards = self._shards, []
+        connections = [connection for shard in shards for connection in shard.connections]
         for connection in connections:
             connection.close()
+        for shard in shards:  # nothing more comes from a lost subscriber: its waiters go on
+            for waiting in shard.pongs:
+                _call_all(waiting or ())
         if connections:
             await asyncio.wait([connection.closed for connection in connections], timeout=CONNECT_TIMEOUT)
+
+
+async def _ping(shard: _Shard) -> None:
+    """A subscriber's pong arrives as a push, after everything sent before the ping."""
+    pong = asyncio.get_running_loop().create_future()
+    shard.pongs.append([functools.partial(_resolve, pong)])
+    shard.subscriber.command(_PING)
+    done, _ = await asyncio.wait(
+        (pong, shard.subscriber.closed), timeout=CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+    )
+    if shard.subscriber.closed in done:
+        raise shard.subscriber.closed.result()
+    if not done:
+        raise TimeoutError("Redis did not answer a ping")
+
+
+def _stop_sharing(shard: _Shard) -> None:
+    shard.sharing = None
 
 
 def _resolve(future: asyncio.Future) -> None:
@@ -366,17 +503,6 @@ def _settle_or_down(reply: asyncio.Future, result: Any) -> None:
         reply.set_exception(BridgeDown(str(result)))
     else:
         reply.set_result(result)
-
-
-def _count_others(receivers: asyncio.Future[int], subscribed_here: bool, reply: int | Exception) -> None:
-    """Settle a publish: the receiving processes other than this one (never below zero, since a
-    subscription change may be on its way), or BridgeDown."""
-    if receivers.done():
-        return
-    if isinstance(reply, Exception):
-        receivers.set_exception(BridgeDown())
-    else:
-        receivers.set_result(max(0, reply - subscribed_here))
 
 
 class _Silence:

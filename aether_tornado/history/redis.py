@@ -54,6 +54,7 @@ class RedisHistory:
         bridge = self._bridge
         subscribed_here = bridge.holds(stream)
         bridge.call_then(
+            stream,
             functools.partial(self._appended, then, subscribed_here),
             b"EVALSHA",
             self._append,
@@ -66,6 +67,7 @@ class RedisHistory:
             self._ttl,
             self._keep_ttl,
             next(self._epochs),
+            bridge.publish_command,
         )
 
     def _appended(self, then: OnAppended, subscribed_here: bool, reply: Any) -> None:
@@ -80,6 +82,7 @@ class RedisHistory:
     async def recover(self, wanted: Sequence[tuple[str, Position | None]], max_bytes: int) -> list[Recovery]:
         calls = [
             self._bridge.call(
+                stream,
                 b"EVALSHA",
                 self._recover,
                 b"2",
@@ -105,7 +108,9 @@ class RedisHistory:
             raise BridgeDown(str(error)) from None
 
     async def latest(self, stream: str, limit: int) -> list[tuple[Position, bytes]]:
-        reply = await self._reply(self._bridge.call(b"EVALSHA", self._latest, b"2", *self._keys(stream), str(limit)))
+        reply = await self._reply(
+            self._bridge.call(stream, b"EVALSHA", self._latest, b"2", *self._keys(stream), str(limit))
+        )
         if not reply:
             return []
         epoch, now, entries = reply[0].decode(), int(reply[1]) / 1e6, [_entry(entry) for entry in reversed(reply[2])]
@@ -114,7 +119,7 @@ class RedisHistory:
 
     async def keep(self, streams: Iterable[str]) -> None:
         for stream in streams:
-            self._bridge.command(b"PEXPIRE", self._keys(stream)[1], self._keep_ttl)
+            self._bridge.command(stream, b"PEXPIRE", self._keys(stream)[1], self._keep_ttl)
 
 
 def _entry(entry: list) -> Entry:

@@ -3,7 +3,8 @@
 -- KEYS[1] the stream, KEYS[2] its counter (a hash: epoch, offset)
 -- ARGV[1] channel, ARGV[2] what precedes the position in the published copy (publisher, time),
 -- ARGV[3] the message, ARGV[4] entries kept, ARGV[5] milliseconds kept, ARGV[6] milliseconds the counter
--- outlives its last use, ARGV[7] the epoch to take if the counter is new
+-- outlives its last use, ARGV[7] the epoch to take if the counter is new, ARGV[8] PUBLISH, or
+-- SPUBLISH on a cluster (the channel shares the stream's hash tag, so its slot)
 -- Returns {epoch, offset, subscribers that received the published copy}.
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
@@ -16,5 +17,5 @@ redis.call('PEXPIRE', KEYS[2], ARGV[6])
 local now = redis.call('TIME')
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], offset .. '-0', 't', now[1] .. string.format('%06d', now[2]), 'm', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-local receivers = redis.call('PUBLISH', ARGV[1], ARGV[2] .. '@' .. epoch .. ':' .. offset .. ' ' .. ARGV[3])
+local receivers = redis.call(ARGV[8], ARGV[1], ARGV[2] .. '@' .. epoch .. ':' .. offset .. ' ' .. ARGV[3])
 return {epoch, offset, receivers}
