@@ -1,11 +1,14 @@
 """Presence in Redis, shared by every process, with a local view for Redis outages.
 
-Keys: ``{prefix}:presence:leases`` (sorted set of "group client key" scored by expiry in
-ms, Redis's own clock), ``{prefix}:presence:group:{group}`` (hash client -> live leases)
-and ``{prefix}:presence:client:{client}`` (the client's live leases in every group). The
-Lua scripts beside this file make join, leave and expiry atomic, so each presence span
-starts and ends exactly once however many processes race. The scripts build group and
-client keys from their arguments: a standalone Redis, not Redis Cluster.
+Groups are spread over ``BUCKETS`` buckets by their hash slot. A bucket has a lease index,
+``{prefix}:presence:{pN}:leases`` (sorted set of "group client key" scored by expiry in ms,
+Redis's own clock), and each of its groups a hash ``{prefix}:presence:{pN}:group:{group}``
+(client -> live leases). The Lua scripts beside this file make join, leave and expiry atomic
+per bucket, so each presence span starts and ends exactly once however many processes race;
+the braces put a bucket on one shard of a Redis Cluster, and the buckets spread over the
+shards. ``{prefix}:presence:{client:<id>}`` (the client's leases in every group, scored by
+expiry on the processes' clocks) answers whether a client is present anywhere; it is kept
+beside the scripts, not in them, since it lives on the client's own shard.
 
 While Redis is unreachable, answers come from this process's own leases; ``on_lost``
 tells the bridge, whose reconnection calls ``resync``, which puts them back into Redis,
@@ -14,17 +17,22 @@ silently, as the protocol asks.
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from . import Lease
 from .memory import MemoryPresence
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCRIPTS = Path(__file__).parent / "lua"
 # Leases per refresh call, per expiry pass and per pipeline of leaves, so one script or one
@@ -33,17 +41,23 @@ BATCH = 1000
 # Leases that ended during an outage, kept to be dropped from Redis after it; past this many
 # the rest are left to expire there (their clients leave with reason timeout, once).
 MAX_BACKLOG = 100_000
+# Buckets of groups: every expiry pass visits each one, and they spread over a cluster's shards.
+BUCKETS = 16
+# Scripts run at once by one batch (a cluster cannot pipeline them), within the connection pool.
+PARALLEL = 16
 
 
 class RedisPresence:
     def __init__(
-        self, redis: Redis, prefix: str, lease_seconds: float, on_lost: Callable[[BaseException], None] | None = None
+        self,
+        redis: Redis | RedisCluster,
+        prefix: str,
+        lease_seconds: float,
+        on_lost: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._redis = redis
         self._on_lost = on_lost
-        self._leases_key = f"{prefix}:presence:leases"
-        self._group_prefix = f"{prefix}:presence:group:"
-        self._client_prefix = f"{prefix}:presence:client:"
+        self._prefix = f"{prefix}:presence:"
         self._lease_ms = int(lease_seconds * 1000)
         self._local = MemoryPresence(lease_seconds)
         self._left_while_down: set[Lease] = set()
@@ -61,9 +75,11 @@ class RedisPresence:
         if self.down:
             return first_here
         try:
-            return bool(
-                await self._join(keys=self._keys(lease), args=[_member(lease), lease.client_id, self._lease_ms])
+            joined, _ = await asyncio.gather(
+                self._join(keys=self._keys(lease), args=[_member(lease), lease.client_id, self._lease_ms]),
+                self._hold_client([lease]),
             )
+            return bool(joined)
         except (RedisError, OSError) as error:
             self._lost(error)
             return first_here
@@ -73,7 +89,7 @@ class RedisPresence:
         last_here = await self._local.leave(lease)
         if not self.down:
             try:
-                return bool(await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id]))
+                return bool(await self._drop(lease))
             except (RedisError, OSError) as error:
                 self._lost(error)
         if len(self._left_while_down) < MAX_BACKLOG:
@@ -98,14 +114,7 @@ class RedisPresence:
         if self.down:
             return await self._local.expire()
         try:
-            ended = []
-            while True:
-                reaped, *flat = await self._expire(
-                    keys=[self._leases_key], args=[self._group_prefix, BATCH, self._client_prefix]
-                )
-                ended += [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
-                if reaped < BATCH:
-                    return ended
+            return [pair for pairs in await asyncio.gather(*map(self._expire_bucket, range(BUCKETS))) for pair in pairs]
         except (RedisError, OSError) as error:
             self._lost(error)
             return []
@@ -113,7 +122,7 @@ class RedisPresence:
     async def members(self, group_id: str) -> list[str]:
         if not self.down:
             try:
-                return sorted(client.decode() for client in await self._redis.hkeys(self._group_prefix + group_id))
+                return sorted(client.decode() for client in await self._redis.hkeys(self._group_key(group_id)))
             except (RedisError, OSError) as error:
                 self._lost(error)
         return await self._local.members(group_id)
@@ -121,7 +130,7 @@ class RedisPresence:
     async def present_anywhere(self, client_id: str) -> bool:
         if not self.down:
             try:
-                return bool(await self._redis.exists(self._client_prefix + client_id))
+                return bool(await self._redis.zcount(self._client_key(client_id), _now_ms(), "+inf"))
             except (RedisError, OSError) as error:
                 self._lost(error)
         return await self._local.present_anywhere(client_id)
@@ -134,14 +143,12 @@ class RedisPresence:
         """
         async with self._resyncing:
             # Connections pooled before an outage are dead even if Redis is back: drop them all.
-            await self._redis.connection_pool.disconnect(inuse_connections=False)
+            if isinstance(self._redis, Redis):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
             while self._left_while_down:
                 batch = [self._left_while_down.pop() for _ in range(min(BATCH, len(self._left_while_down)))]
-                pipeline = self._redis.pipeline(transaction=False)
-                for lease in batch:
-                    await self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id], client=pipeline)
                 try:
-                    await pipeline.execute()
+                    await _at_most(PARALLEL, [functools.partial(self._drop, lease) for lease in batch])
                 except BaseException:
                     self._left_while_down.update(batch)
                     raise
@@ -161,18 +168,68 @@ class RedisPresence:
                 pass
 
     async def _refresh_in_redis(self, leases: list[Lease]) -> list[Lease]:
-        back = []
-        for start in range(0, len(leases), BATCH):
-            batch = leases[start : start + BATCH]
-            keys = [self._leases_key, *(self._group_prefix + lease.group_id for lease in batch)]
-            args: list[str | int] = [self._lease_ms, self._client_prefix]
-            for lease in batch:
-                args += [_member(lease), lease.client_id]
-            back += [batch[index - 1] for index in await self._refresh(keys=keys, args=args)]
-        return back
+        by_bucket: dict[int, list[Lease]] = {}
+        for lease in leases:
+            by_bucket.setdefault(_bucket(lease.group_id), []).append(lease)
+        batches = [
+            bucket_leases[start : start + BATCH]
+            for bucket_leases in by_bucket.values()
+            for start in range(0, len(bucket_leases), BATCH)
+        ]
+        backs = await asyncio.gather(*map(self._refresh_batch, batches), self._hold_client(leases))
+        return [lease for back in backs[:-1] for lease in back]
+
+    async def _refresh_batch(self, batch: list[Lease]) -> list[Lease]:
+        """Extend leases of one bucket; those that made their client present again."""
+        keys = [self._leases_key(_bucket(batch[0].group_id)), *(self._group_key(lease.group_id) for lease in batch)]
+        args: list[str | int] = [self._lease_ms]
+        for lease in batch:
+            args += [_member(lease), lease.client_id]
+        return [batch[index - 1] for index in await self._refresh(keys=keys, args=args)]
+
+    async def _expire_bucket(self, bucket: int) -> list[tuple[str, str]]:
+        ended = []
+        while True:
+            reaped, *flat = await self._expire(
+                keys=[self._leases_key(bucket)], args=[self._group_key_prefix(bucket), BATCH]
+            )
+            ended += [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+            if reaped < BATCH:
+                return ended
+
+    async def _drop(self, lease: Lease) -> int:
+        """Drop a lease in its bucket and in its client's index; 1 if it was the client's last in the group."""
+        left, _ = await asyncio.gather(
+            self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id]),
+            self._redis.zrem(self._client_key(lease.client_id), lease.key),
+        )
+        return left
+
+    async def _hold_client(self, leases: list[Lease]) -> None:
+        """Put leases in their clients' indexes, which say whether a client is present anywhere."""
+        now = _now_ms()
+        pipeline = self._redis.pipeline(transaction=False)
+        for lease in leases:
+            key = self._client_key(lease.client_id)
+            pipeline.zremrangebyscore(key, "-inf", now)
+            pipeline.zadd(key, {lease.key: now + self._lease_ms})
+            pipeline.pexpire(key, self._lease_ms)
+        await pipeline.execute()
 
     def _keys(self, lease: Lease) -> list[str]:
-        return [self._leases_key, self._group_prefix + lease.group_id, self._client_prefix + lease.client_id]
+        return [self._leases_key(_bucket(lease.group_id)), self._group_key(lease.group_id)]
+
+    def _leases_key(self, bucket: int) -> str:
+        return f"{self._prefix}{{p{bucket}}}:leases"
+
+    def _group_key_prefix(self, bucket: int) -> str:
+        return f"{self._prefix}{{p{bucket}}}:group:"
+
+    def _group_key(self, group_id: str) -> str:
+        return self._group_key_prefix(_bucket(group_id)) + group_id
+
+    def _client_key(self, client_id: str) -> str:
+        return f"{self._prefix}{{client:{client_id}}}"
 
     def mark_down(self) -> None:
         """The bridge lost Redis: answer locally until ``resync``, and so use no connection from before."""
@@ -188,6 +245,25 @@ class RedisPresence:
         log.warning("presence falls back to this process's own leases: %s", error)
         if self._on_lost is not None:
             self._on_lost(error)
+
+
+async def _at_most(limit: int, calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run the calls with at most ``limit`` at once; their results in order."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with semaphore:
+            return await call()
+
+    return await asyncio.gather(*map(one, calls))
+
+
+def _bucket(group_id: str) -> int:
+    return key_slot(group_id.encode()) % BUCKETS
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _member(lease: Lease) -> str:

@@ -1,7 +1,7 @@
--- Reap overdue leases, cluster-wide; atomic, so each end of presence is reported once.
--- KEYS[1] the lease index
--- ARGV[1] the key prefix of the groups' lease counts, ARGV[2] the most leases to reap,
--- ARGV[3] the key prefix of the clients' lease counts
+-- Reap the overdue leases of one bucket; atomic, so each end of presence is reported once.
+-- KEYS[1] the bucket's lease index
+-- ARGV[1] the key prefix of the bucket's groups' lease counts (they share its hash tag, so
+-- its shard), ARGV[2] the most leases to reap
 -- Returns the number of leases reaped, then group, client, group, client, ... for each
 -- client that left.
 local time = redis.call('TIME')
@@ -11,9 +11,6 @@ local ended = {#overdue}
 for _, member in ipairs(overdue) do
   redis.call('ZREM', KEYS[1], member)
   local group, client = string.match(member, '^(%S+) (%S+) ')
-  if redis.call('DECR', ARGV[3] .. client) <= 0 then
-    redis.call('DEL', ARGV[3] .. client)
-  end
   local counts = ARGV[1] .. group
   if redis.call('HINCRBY', counts, client, -1) <= 0 then
     redis.call('HDEL', counts, client)

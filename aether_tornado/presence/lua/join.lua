@@ -1,7 +1,7 @@
 -- Take a presence lease.
--- KEYS[1] the lease index (sorted set: "group client key" scored by expiry, ms)
--- KEYS[2] the group's lease counts (hash: client -> number of live leases)
--- KEYS[3] the client's lease count in every group (a number, absent at zero)
+-- KEYS[1] the lease index of the group's bucket (sorted set: "group client key" scored by
+-- expiry, ms), KEYS[2] the group's lease counts (hash: client -> number of live leases); both
+-- carry the bucket's hash tag, so they live on one shard of a cluster
 -- ARGV[1] the lease member, ARGV[2] the client_id, ARGV[3] the lease length in ms
 -- Returns 1 when the client just became present in the group, else 0.
 local time = redis.call('TIME')
@@ -9,7 +9,6 @@ local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1]) == 0 then
   return 0
 end
-redis.call('INCR', KEYS[3])
 if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
   return 1
 end
