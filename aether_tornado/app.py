@@ -12,7 +12,7 @@ import attrs
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -52,20 +52,7 @@ def build_node(settings: Settings) -> Node:
         if settings.history_size:
             history = MemoryHistory(settings.history_size, settings.history_seconds, keep_seconds)
         return Node(settings, node_id, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds), history)
-    # Presence calls wait for one of a few connections rather than open one each: a burst of
-    # handshakes would otherwise open hundreds, each a file descriptor a client could have had.
-    # A heartbeat or presence query holds its sender's next messages: Redis gets a second to
-    # answer, as the bridge does, before presence answers from this process's own leases.
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=PRESENCE_CONNECTIONS,
-        timeout=1,
-        retry=Retry(NoBackoff(), 0),  # the bridge's supervisor reconnects, then resyncs presence
-        socket_connect_timeout=1,
-        socket_timeout=1,
-        health_check_interval=5,
-    )
-    redis = Redis.from_pool(pool)
+    redis = _presence_client(settings.redis_url, settings.redis_cluster)
     # One outage for both: presence tells the bridge when it loses Redis, and the other way round.
     bridge = RedisBridge(
         Address.from_url(settings.redis_url),
@@ -73,6 +60,7 @@ def build_node(settings: Settings) -> Node:
         node_id,
         on_down=lambda: presence.mark_down(),
         scripts=RedisHistory.scripts if settings.history_size else (),
+        cluster=settings.redis_cluster,
     )
     presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost)
     redis_history = None
@@ -81,6 +69,24 @@ def build_node(settings: Settings) -> Node:
             bridge, settings.redis_prefix, settings.history_size, settings.history_seconds, keep_seconds
         )
     return Node(settings, node_id, Hub(), bridge, presence, redis_history)
+
+
+def _presence_client(url: str, cluster: bool) -> Redis | RedisCluster:
+    """redis-py for presence, which is not on the hot path: it follows a cluster's redirects itself.
+
+    Calls wait for one of a few connections rather than open one each: a burst of handshakes
+    would otherwise open hundreds, each a file descriptor a client could have had. A heartbeat
+    or presence query holds its sender's next messages: Redis gets a second to answer, as the
+    bridge does, before presence answers from this process's own leases. No retry: the
+    bridge's supervisor reconnects, then resyncs presence.
+    """
+    timeouts = {"socket_connect_timeout": 1, "socket_timeout": 1, "retry": Retry(NoBackoff(), 0)}
+    if cluster:
+        return RedisCluster.from_url(url, max_connections=PRESENCE_CONNECTIONS, **timeouts)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=PRESENCE_CONNECTIONS, timeout=1, health_check_interval=5, **timeouts
+    )
+    return Redis.from_pool(pool)
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

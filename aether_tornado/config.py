@@ -104,6 +104,9 @@ class Settings:
         "Redis URL (redis://, rediss:// or unix://) shared by processes that act as one; omit to serve alone",
         _redis_url,
     )
+    redis_cluster: bool = _setting(
+        False, "redis_url names a node of a Redis Cluster (7.0 or newer): shard channels and keys over its masters"
+    )
     redis_prefix: str = _setting("aether", "prefix of every Redis key and channel, so deployments can share one Redis")
     api_key: str | None = _setting(
         None, "key (16 characters or more) backends send as 'Authorization: Bearer KEY' on /v3/ HTTP routes", _api_key

@@ -27,7 +27,7 @@ from .history import STREAMS, Position
 from .hub import Positioned
 from .limits import TokenBucket
 from .node import Node, Rest
-from .schema import decode
+from .schema import WSMessageV3, decode
 from .websocket import Flusher, WebSocketProtocol
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,10 @@ class ClientConnection(WebSocketProtocol):
         "_bucket",
         "_deferred",
         "_eager",
+        "_flight_shard",
         "_in_flight",
         "_routing",
+        "_stalled",
         "_strikes",
         "broadcast_budget",
         "client_id",
@@ -102,6 +104,8 @@ class ClientConnection(WebSocketProtocol):
         self._in_flight = 0  # messages routed whose recording or count is not in yet
         self._deferred: list[bytes] = []  # answers to this client that wait for those
         self._routing = False  # a routing task holds the next messages
+        self._flight_shard = 0  # the Redis shard of the messages in flight
+        self._stalled: tuple[WSMessageV3, int] | None = None  # for another shard: waits for those to land
         # Only Redis makes routing wait; alone, a message is routed without a Task.
         self._eager = node.settings.redis_url is None
 
@@ -143,13 +147,24 @@ class ClientConnection(WebSocketProtocol):
             message = decode(payload)
         except ProtocolError as problem:
             return self.refuse(problem)
+        shard = self.node.shard_of(self, message)
+        if self._in_flight and shard is not None and shard != self._flight_shard:
+            # Redis keeps the order of one shard's messages only: this one waits for those in flight.
+            self._stalled = (message, shard)
+            self.holding = True
+            return None
+        self._route(message, shard)
+        return None
+
+    def _route(self, message: WSMessageV3, shard: int | None) -> None:
         try:
             rest = self.node.receive(self, message)
             if rest is not None:
                 self._finish(rest)
+                if isinstance(rest, asyncio.Future) and shard is not None:
+                    self._flight_shard = shard
         except Exception as error:
             self._routing_failed(error)
-        return None
 
     def _finish(self, rest: Rest) -> None:
         """Run what routing left to do, keeping the order of what this client is sent.
@@ -189,16 +204,22 @@ class ClientConnection(WebSocketProtocol):
 
     def _landed(self, _: asyncio.Future) -> None:
         self._in_flight -= 1
-        if not self._in_flight and self._deferred:
-            deferred, self._deferred = self._deferred, []
-            for frame in deferred:
-                self.send(frame)
+        if self._in_flight:
+            if self.holding:
+                self._read_on_unless_held()
+            return
+        deferred, self._deferred = self._deferred, []
+        for frame in deferred:
+            self.send(frame)
+        if self._stalled is not None:
+            (message, shard), self._stalled = self._stalled, None
+            self._route(message, shard)
         if self.holding:
             self._read_on_unless_held()
 
     def _read_on_unless_held(self) -> None:
         """Read the next messages, unless a routing task, a deferred answer or a full flight holds them."""
-        if self._routing or self._deferred or self._in_flight >= MAX_IN_FLIGHT:
+        if self._routing or self._deferred or self._stalled or self._in_flight >= MAX_IN_FLIGHT:
             self.holding = True
         else:
             self.resume()

@@ -252,6 +252,18 @@ class Node:
         receivers.add_done_callback(functools.partial(self._answer_unreached, conn, message.to_id, answered))
         return answered
 
+    def shard_of(self, conn: Connection, message: WSMessageV3) -> int | None:
+        """The Redis shard that records ``message``, or None if it is not recorded."""
+        if self.history is None or not self.history.echoes or message.msg_type in ("heartbeat", "presence"):
+            return None
+        if message.target == "group":
+            return self.bridge.shard_of(group_channel(conn.group_id))
+        if message.target == "direct" and message.to_id is not None:
+            return self.bridge.shard_of(client_channel(message.to_id))
+        if message.target == "broadcast":
+            return self.bridge.shard_of(BROADCAST_CHANNEL)
+        return None
+
     def _answer_unreached(
         self, conn: Connection, to_id: str, answered: asyncio.Future, receivers: asyncio.Future[int]
     ) -> None:

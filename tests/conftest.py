@@ -12,7 +12,7 @@ import uvloop
 from aether_tornado.app import Server
 from aether_tornado.config import Settings
 
-from .processes import RedisServer, ServerProcess
+from .processes import RedisClusterServers, RedisServer, ServerProcess
 
 StartServer = Callable[..., Awaitable[Server]]
 
@@ -95,12 +95,40 @@ def start_process(redis_server: RedisServer) -> Iterator[Callable[..., ServerPro
         process.kill()
 
 
-@pytest.fixture(params=["one process", "two processes on Redis"])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster (three masters, three replicas) shared by the tests that do not break it."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def start_cluster_process(redis_cluster: RedisClusterServers) -> Iterator[Callable[..., ServerProcess]]:
+    """Like ``start_process``, on the shared cluster, under a prefix of the test's own."""
+    processes: list[ServerProcess] = []
+    prefix = f"t{next(_prefixes)}"
+
+    def start(*args: str) -> ServerProcess:
+        cluster = ("--redis-url", redis_cluster.url, "--redis-cluster", "true", "--redis-prefix", prefix)
+        process = ServerProcess(*cluster, *args, ready="Redis bridge up")
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
+
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture(params=["one process", "two processes on Redis", "two processes on a Redis Cluster"])
 def spread_url(request: pytest.FixtureRequest) -> Callable[[str, str], str]:
     """A URL maker that puts successive clients on alternating processes when there are two."""
     if request.param == "one process":
         server = request.getfixturevalue("server")
         return lambda group_id, client_id: ws_url(server, group_id, client_id)
-    start = request.getfixturevalue("start_process")
+    start = request.getfixturevalue("start_process" if request.param.endswith("on Redis") else "start_cluster_process")
     processes = itertools.cycle([start(), start()])
     return lambda group_id, client_id: next(processes).url(group_id, client_id)

@@ -6,16 +6,28 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 STARTUP_TIMEOUT = 15.0
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different ports free now: each socket stays bound until all are chosen."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class LoggedProcess:
@@ -83,6 +95,7 @@ class RedisServer(LoggedProcess):
     ) -> None:
         self.port = free_port()
         self.username, self.password, self.tls, self.unix = username, password, tls, unix
+        self.folder = tempfile.mkdtemp(prefix="redis-")  # its working folder: no file of ours is read or written
         self.start()
 
     @property
@@ -97,7 +110,7 @@ class RedisServer(LoggedProcess):
     def start(self) -> None:
         executable = shutil.which("redis-server")
         assert executable, "redis-server is not installed (make test installs it)"
-        argv = [executable, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv = [executable, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.folder]
         if self.unix:
             argv += ["--port", "0", "--unixsocket", str(self.unix)]
         elif self.tls:
@@ -127,3 +140,88 @@ class ServerProcess(LoggedProcess):
 
     def url(self, group_id: str, client_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/v3/ws/group/{group_id}/client/{client_id}"
+
+
+class RedisClusterServers:
+    """A Redis Cluster of three masters with one replica each, on free ports, in ``folder``.
+
+    Node timeouts are short (1 s), so a killed master's replica takes over within seconds.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.nodes: list[LoggedProcess] = []
+        ports = free_ports(12)
+        self.ports, bus_ports = ports[:6], ports[6:]
+        executable = shutil.which("redis-server")
+        assert executable, "redis-server is not installed (make test installs it)"
+        for port, bus_port in zip(self.ports, bus_ports, strict=True):
+            config = folder / f"nodes-{port}.conf"
+            argv = [executable, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+            argv += ["--dir", str(folder), "--dbfilename", f"dump-{port}.rdb"]  # never a file of the working folder
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(config), "--cluster-node-timeout", "1000"]
+            argv += ["--cluster-port", str(bus_port)]  # the default, port + 10000, may be taken or too high
+            node = LoggedProcess(argv)
+            self.nodes.append(node)
+            node.wait_for_start("to accept connections")
+        addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        try:
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+            self.wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def cli(self, port: int, *args: str) -> str:
+        result = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+        return result.stdout
+
+    def alive(self) -> list[int]:
+        return [port for port, node in zip(self.ports, self.nodes, strict=True) if node.process.poll() is None]
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says the cluster is ok and agrees on the masters."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = self.alive()
+            states = [self.cli(port, "cluster", "info") for port in alive]
+            masters = {frozenset(self.masters(port)) for port in alive}
+            if all("cluster_state:ok" in state for state in states) and len(masters) == 1:
+                return
+            time.sleep(0.1)  # nothing announces it: the nodes are asked again
+        raise TimeoutError("the Redis Cluster did not become ok")
+
+    def masters(self, port: int) -> list[int]:
+        lines = self.cli(port, "cluster", "nodes").splitlines()
+        return sorted(
+            int(line.split()[1].split("@")[0].rsplit(":", 1)[1])
+            for line in lines
+            if "master" in line.split()[2] and "fail" not in line.split()[2]
+        )
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that holds ``key``'s slot."""
+        slot = int(self.cli(self.alive()[0], "cluster", "keyslot", key))
+        for line in self.cli(self.alive()[0], "cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" in fields[2] and "fail" not in fields[2]:
+                for ranges in fields[8:]:
+                    first, _, last = ranges.partition("-")
+                    if first.isdigit() and int(first) <= slot <= int(last or first):
+                        return int(fields[1].split("@")[0].rsplit(":", 1)[1])
+        raise LookupError(f"no master holds slot {slot}")
+
+    def kill(self, port: int) -> None:
+        self.nodes[self.ports.index(port)].kill()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()

@@ -68,6 +68,9 @@ class Bridge(Protocol):
     async def synced(self) -> None:
         """Return once every subscription asked for so far is in effect. Raises BridgeDown."""
 
+    def shard_of(self, channel: str) -> int:
+        """Which shard of Redis carries ``channel``: publishes keep their order within a shard only."""
+
     def holds(self, channel: str) -> bool:
         """Whether this process is subscribed to ``channel``."""
 

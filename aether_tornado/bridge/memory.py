@@ -27,6 +27,9 @@ class MemoryBridge:
     async def synced(self) -> None:
         pass
 
+    def shard_of(self, channel: str) -> int:
+        return 0
+
     def holds(self, channel: str) -> bool:
         return False
 

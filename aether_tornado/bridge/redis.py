@@ -209,6 +209,10 @@ class RedisBridge:
 
     # Subscribing
 
+    def shard_of(self, channel: str) -> int:
+        """The index of the shard that holds ``channel``: the same for all of one shard's channels."""
+        return 0 if len(self._shards) <= 1 else self._topology.shard_of(self.channel_key(channel))
+
     def _shard_for(self, channel: str) -> _Shard | None:
         """The shard that holds ``channel``; None while there are no connections."""
         shards = self._shards
@@ -399,8 +403,9 @@ class RedisBridge:
                         shard.pongs.append(None)
                         shard.subscriber.command(_PING)
 
-    def _on_push(self, shard: _Shard, reply: list[bytes]) -> None:
-        kind = reply[0]
+    def _on_push(self, shard: _Shard, reply: list[bytes] | bytes) -> None:
+        # A subscriber with no channel (a cluster's shard may hold none of ours) answers a ping plainly.
+        kind = reply[0] if isinstance(reply, list) else reply.lower()
         if kind == self._commands.message:
             _, channel, data = reply
             start, position = self._payload_start, None
