@@ -62,7 +62,9 @@ def build_node(settings: Settings) -> Node:
         scripts=RedisHistory.scripts if settings.history_size else (),
         cluster=settings.redis_cluster,
     )
-    presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost)
+    presence = RedisPresence(
+        redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost, max_calls=PRESENCE_CONNECTIONS
+    )
     redis_history = None
     if settings.history_size:
         redis_history = RedisHistory(

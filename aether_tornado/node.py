@@ -191,25 +191,31 @@ class Node:
             self.metrics.recoveries.inc("not_recovered")
             state = {"position": None, "recovered": False}
             return [], [None] * len(STREAMS), {"recovered": False, "streams": dict.fromkeys(STREAMS, state)}
-        missed = sorted(
-            (
+        # The streams may be read at different moments (on different shards of a cluster). What
+        # was recorded after the first read comes live, in the order it arrives, not replayed:
+        # replaying a later message of one stream before an earlier one of another that comes
+        # live would break a sender's order.
+        cut = min(recovery.read_at for recovery in recoveries)
+        tops: list[Position | None] = []
+        missed = []
+        for index, (recovery, presented) in enumerate(zip(recoveries, since, strict=True)):
+            if recovery.missed is None or presented is None:
+                tops.append(recovery.top)
+                continue
+            kept = [entry for entry in recovery.missed if entry.time <= cut]
+            tops.append(Position(recovery.top.epoch, kept[-1].offset if kept else presented.offset))
+            missed += [
                 (entry.time, index, Positioned(index, recovery.top.epoch, entry.offset, entry.payload))
-                for index, recovery in enumerate(recoveries)
-                for entry in recovery.missed or ()
-            ),
-            key=lambda item: item[:2],
-        )
+                for entry in kept
+            ]
+        missed.sort(key=lambda item: item[:2])
         states = {
-            name: {"position": str(recovery.top), "recovered": recovery.missed is not None}
-            for name, recovery in zip(STREAMS, recoveries, strict=True)
+            name: {"position": str(top), "recovered": recovery.missed is not None}
+            for name, recovery, top in zip(STREAMS, recoveries, tops, strict=True)
         }
         recovered = all(recovery.missed is not None for recovery in recoveries)
         self.metrics.recoveries.inc("recovered" if recovered else "not_recovered")
-        return (
-            [message for *_, message in missed],
-            [recovery.top for recovery in recoveries],
-            {"recovered": recovered, "streams": states},
-        )
+        return [message for *_, message in missed], tops, {"recovered": recovered, "streams": states}
 
     async def detach(self, conn: Connection) -> None:
         """Forget a closed connection; the group hears ``leave`` if it was the client's last."""

@@ -57,7 +57,7 @@ class Appended(NamedTuple):
 
 
 class Recovery(NamedTuple):
-    """A stream's answer to a client: its latest position, and what the client missed.
+    """A stream's answer to a client: its latest position, what the client missed, when it was read.
 
     ``missed`` is None when the client cannot be given all it missed: no position presented,
     another epoch, messages trimmed or older than the window, or more than the byte limit.
@@ -65,6 +65,7 @@ class Recovery(NamedTuple):
 
     top: Position
     missed: tuple[Entry, ...] | None
+    read_at: float
 
 
 # Called once a message is recorded, with where, or with the exception that kept it out.

@@ -46,14 +46,14 @@ class MemoryHistory:
     def _recover(self, ring: _Stream, since: Position | None, max_bytes: int, now: float) -> Recovery:
         top = Position(ring.epoch, ring.top)
         if since is None or since.epoch != ring.epoch or since.offset > ring.top:
-            return Recovery(top, None)
+            return Recovery(top, None, now)
         missed = ring.top - since.offset
         entries = tuple(ring.entries)[len(ring.entries) - missed :] if missed else ()
         if len(entries) < missed:
-            return Recovery(top, None)  # trimmed
+            return Recovery(top, None, now)  # trimmed
         if entries and (entries[0].time < now - self._seconds or sum(len(e.payload) for e in entries) > max_bytes):
-            return Recovery(top, None)
-        return Recovery(top, entries)
+            return Recovery(top, None, now)
+        return Recovery(top, entries, now)
 
     async def latest(self, stream: str, limit: int) -> list[tuple[Position, bytes]]:
         ring = self._streams.get(stream)

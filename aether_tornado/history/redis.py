@@ -129,7 +129,7 @@ def _entry(entry: list) -> Entry:
 
 
 def _recovery(reply: list) -> Recovery:
-    top = Position(reply[0].decode(), reply[1])
-    if len(reply) < 3:
-        return Recovery(top, None)
-    return Recovery(top, tuple(_entry(entry) for entry in reply[2]))
+    top, read_at = Position(reply[0].decode(), reply[1]), int(reply[2]) / 1e6
+    if len(reply) < 4:
+        return Recovery(top, None, read_at)
+    return Recovery(top, tuple(_entry(entry) for entry in reply[3]), read_at)

@@ -54,8 +54,12 @@ class RedisPresence:
         prefix: str,
         lease_seconds: float,
         on_lost: Callable[[BaseException], None] | None = None,
+        max_calls: int = 32,
     ) -> None:
+        """At most ``max_calls`` calls wait for Redis at once: a cluster client refuses, rather
+        than waits, when its connections to a node are all busy."""
         self._redis = redis
+        self._calls = asyncio.Semaphore(max_calls)
         self._on_lost = on_lost
         self._prefix = f"{prefix}:presence:"
         self._lease_ms = int(lease_seconds * 1000)
@@ -76,7 +80,11 @@ class RedisPresence:
             return first_here
         try:
             joined, _ = await asyncio.gather(
-                self._join(keys=self._keys(lease), args=[_member(lease), lease.client_id, self._lease_ms]),
+                self._bounded(
+                    functools.partial(
+                        self._join, keys=self._keys(lease), args=[_member(lease), lease.client_id, self._lease_ms]
+                    )
+                ),
                 self._hold_client([lease]),
             )
             return bool(joined)
@@ -122,7 +130,8 @@ class RedisPresence:
     async def members(self, group_id: str) -> list[str]:
         if not self.down:
             try:
-                return sorted(client.decode() for client in await self._redis.hkeys(self._group_key(group_id)))
+                clients = await self._bounded(functools.partial(self._redis.hkeys, self._group_key(group_id)))
+                return sorted(client.decode() for client in clients)
             except (RedisError, OSError) as error:
                 self._lost(error)
         return await self._local.members(group_id)
@@ -130,7 +139,8 @@ class RedisPresence:
     async def present_anywhere(self, client_id: str) -> bool:
         if not self.down:
             try:
-                return bool(await self._redis.zcount(self._client_key(client_id), _now_ms(), "+inf"))
+                count = functools.partial(self._redis.zcount, self._client_key(client_id), _now_ms(), "+inf")
+                return bool(await self._bounded(count))
             except (RedisError, OSError) as error:
                 self._lost(error)
         return await self._local.present_anywhere(client_id)
@@ -185,13 +195,17 @@ class RedisPresence:
         args: list[str | int] = [self._lease_ms]
         for lease in batch:
             args += [_member(lease), lease.client_id]
-        return [batch[index - 1] for index in await self._refresh(keys=keys, args=args)]
+        return [
+            batch[index - 1] for index in await self._bounded(functools.partial(self._refresh, keys=keys, args=args))
+        ]
 
     async def _expire_bucket(self, bucket: int) -> list[tuple[str, str]]:
         ended = []
         while True:
-            reaped, *flat = await self._expire(
-                keys=[self._leases_key(bucket)], args=[self._group_key_prefix(bucket), BATCH]
+            reaped, *flat = await self._bounded(
+                functools.partial(
+                    self._expire, keys=[self._leases_key(bucket)], args=[self._group_key_prefix(bucket), BATCH]
+                )
             )
             ended += [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
             if reaped < BATCH:
@@ -200,8 +214,10 @@ class RedisPresence:
     async def _drop(self, lease: Lease) -> int:
         """Drop a lease in its bucket and in its client's index; 1 if it was the client's last in the group."""
         left, _ = await asyncio.gather(
-            self._leave(keys=self._keys(lease), args=[_member(lease), lease.client_id]),
-            self._redis.zrem(self._client_key(lease.client_id), lease.key),
+            self._bounded(
+                functools.partial(self._leave, keys=self._keys(lease), args=[_member(lease), lease.client_id])
+            ),
+            self._bounded(functools.partial(self._redis.zrem, self._client_key(lease.client_id), lease.key)),
         )
         return left
 
@@ -214,7 +230,11 @@ class RedisPresence:
             pipeline.zremrangebyscore(key, "-inf", now)
             pipeline.zadd(key, {lease.key: now + self._lease_ms})
             pipeline.pexpire(key, self._lease_ms)
-        await pipeline.execute()
+        await self._bounded(pipeline.execute)
+
+    async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        async with self._calls:
+            return await call()
 
     def _keys(self, lease: Lease) -> list[str]:
         return [self._leases_key(_bucket(lease.group_id)), self._group_key(lease.group_id)]
