@@ -335,8 +335,11 @@ class RedisBridge:
             assert shard is not None
             shard.subscribed.add(channel)
         for shard in shards:
-            if shard.subscribed:
+            if not self._cluster and shard.subscribed:
                 shard.subscriber.command(self._commands.subscribe, *map(self.channel_key, shard.subscribed))
+            elif self._cluster:  # one SSUBSCRIBE may name channels of one slot only
+                for channel in shard.subscribed:
+                    shard.subscriber.command(self._commands.subscribe, self.channel_key(channel))
         # Redis answers in order: each pong says every channel of its shard is subscribed.
         for shard in shards:
             await _ping(shard)
@@ -404,6 +407,9 @@ class RedisBridge:
                         shard.subscriber.command(_PING)
 
     def _on_push(self, shard: _Shard, reply: list[bytes] | bytes) -> None:
+        if isinstance(reply, ReplyError):  # a subscription refused: the cluster changed under us
+            self._lost(reply)
+            return
         # A subscriber with no channel (a cluster's shard may hold none of ours) answers a ping plainly.
         kind = reply[0] if isinstance(reply, list) else reply.lower()
         if kind == self._commands.message:
