@@ -170,9 +170,10 @@ class ClientConnection(WebSocketProtocol):
         """Run what routing left to do, keeping the order of what this client is sent.
 
         A future is a message in flight: being recorded, or a direct message whose receivers
-        are being counted. The next messages need not wait for it, since Redis keeps their
-        order; only an answer to this client (``reply``) waits until every message in flight
-        has landed, and the messages after that answer wait with it. A coroutine (a
+        are being counted. The next messages need not wait for it, since Redis keeps the order
+        of one shard's messages (one for another shard of a cluster waits); only an answer to
+        this client (``reply``) waits until every message in flight has landed, and the
+        messages after that answer wait with it. A coroutine (a
         heartbeat's lease, a presence query) runs to its end right here when every backend is
         in memory, since then nothing waits, and as a Task with Redis, the next messages
         waiting for it.
