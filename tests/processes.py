@@ -160,6 +160,7 @@ class RedisClusterServers:
             argv += ["--dir", str(folder), "--dbfilename", f"dump-{port}.rdb"]  # never a file of the working folder
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(config), "--cluster-node-timeout", "1000"]
             argv += ["--cluster-port", str(bus_port)]  # the default, port + 10000, may be taken or too high
+            argv += ["--cluster-replica-validity-factor", "0"]  # a replica may always take over
             node = LoggedProcess(argv)
             self.nodes.append(node)
             node.wait_for_start("to accept connections")

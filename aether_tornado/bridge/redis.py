@@ -445,6 +445,7 @@ class RedisBridge:
 
     def _lost(self, error: BaseException) -> None:
         """Down until the supervisor has reconnected; closing the connections wakes it."""
+        log.debug("Redis bridge: %r", error)  # every failed attempt, where _report logs the first
         if self.up and self._on_down is not None:
             self._on_down()
         self.up = False

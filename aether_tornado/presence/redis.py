@@ -60,6 +60,8 @@ class RedisPresence:
         than waits, when its connections to a node are all busy."""
         self._redis = redis
         self._calls = asyncio.Semaphore(max_calls)
+        self._initializing = asyncio.Lock()
+        self._initialized = False
         self._on_lost = on_lost
         self._prefix = f"{prefix}:presence:"
         self._lease_ms = int(lease_seconds * 1000)
@@ -234,6 +236,12 @@ class RedisPresence:
 
     async def _bounded(self, call: Callable[[], Awaitable[T]]) -> T:
         async with self._calls:
+            if not self._initialized:
+                # redis-py's cluster client breaks when its first calls run at once: one goes first.
+                async with self._initializing:
+                    if not self._initialized:
+                        await self._redis.initialize()
+                        self._initialized = True
             return await call()
 
     def _keys(self, lease: Lease) -> list[str]:
@@ -253,12 +261,14 @@ class RedisPresence:
 
     def mark_down(self) -> None:
         """The bridge lost Redis: answer locally until ``resync``, and so use no connection from before."""
+        self._initialized = False
         if not self.down:
             log.warning("presence falls back to this process's own leases: Redis was lost")
         self.down = True
 
     def _lost(self, error: BaseException) -> None:
         """Answer locally from now on, until ``resync`` after Redis is reached again."""
+        self._initialized = False  # a cluster's shape may have changed: read it again first
         if self.down:
             return
         self.down = True
