@@ -4,7 +4,7 @@
 empty, which is when the node subscribes to or unsubscribes from its bridge channel.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 from .errors import ProtocolError
@@ -111,13 +111,13 @@ class Hub:
             _remove(self._clients, conn.client_id, conn),
         )
 
-    def group(self, group_id: str) -> Iterable[Connection]:
+    def group(self, group_id: str) -> Collection[Connection]:
         return self._groups.get(group_id, ())
 
-    def client(self, client_id: str) -> Iterable[Connection]:
+    def client(self, client_id: str) -> Collection[Connection]:
         return self._clients.get(client_id, ())
 
-    def all(self) -> Iterable[Connection]:
+    def all(self) -> Collection[Connection]:
         return self._all
 
     def groups(self) -> Iterable[str]:

@@ -439,7 +439,7 @@ class Node:
             self.hub.group(name) if kind == "group" else self.hub.client(name) if kind == "client" else self.hub.all()
         )
         if isinstance(outcome, Appended) and self.history.echoes:
-            receivers = len(tuple(local)) + outcome.receivers
+            receivers = len(local) + outcome.receivers
             if to_sender and self.bridge.holds(channel):
                 self.bridge.after_pushes(channel, functools.partial(recorded.set_result, receivers))
             else:
