@@ -1,6 +1,12 @@
 """Processes on a Redis Cluster: what the shared tests do not cover."""
 
-from .processes import ServerProcess
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .processes import RedisClusterServers, ServerProcess
 from .wsclient import Client
 
 
@@ -29,6 +35,55 @@ async def test_a_killed_process_s_clients_leave_once_on_a_cluster(redis_cluster)
         await watcher.send(msg_type="msg", target="direct", to_id="c_victim", msg="anyone?")
         error = await watcher.recv_where(cmd="ERROR")
         assert error["payload"]["code"] == "recipient_offline"  # gone from every group, on every shard
+    finally:
+        first.kill()
+        second.kill()
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """A cluster of the test's own, since the test kills one of its masters."""
+    cluster = RedisClusterServers(tmp_path)
+    yield cluster
+    cluster.stop()
+
+
+async def test_delivery_and_presence_resume_after_a_master_fails_over(own_cluster):
+    args = ("--redis-url", own_cluster.url, "--redis-cluster", "true", "--lease-seconds", "3")
+    first, second = (ServerProcess(*args, ready="Redis bridge up") for _ in range(2))
+    try:
+        receiver = await Client.joined(first.url("g_fail", "c_receiver"))
+        sender = await Client.joined(second.url("g_fail", "c_sender"))
+        await receiver.recv_where(event="join", client_id="c_sender")
+        own_cluster.kill(own_cluster.master_of("aether:{group:g_fail}"))
+
+        async def send_until_both_are_back() -> int:
+            count = 0
+            while not all(len(process.lines("Redis bridge up")) >= 2 for process in (first, second)):
+                await sender.send(msg_type="msg", target="group", msg=f"during {count}")
+                count += 1
+                await asyncio.sleep(0.05)  # a steady sender, through the whole failover
+            return count
+
+        sent_during = await asyncio.wait_for(send_until_both_are_back(), 30)
+        for number in range(20):
+            await sender.send(msg_type="msg", target="group", msg=f"after {number}")
+        received = []
+        while len(received) < 20 or received[-1] != "after 19":
+            message = await receiver.recv(timeout=10)
+            if message["msg_type"] == "msg":
+                received.append(message["msg"])
+        during = [text for text in received if text.startswith("during")]
+        assert len(during) == len(set(during)) <= sent_during  # some may be lost in the failover, none twice
+        assert received[len(during) :] == [f"after {number}" for number in range(20)]
+
+        newcomer = await Client.joined(second.url("g_fail", "c_newcomer"))
+        assert newcomer.snapshot["payload"]["clients"] == ["c_newcomer", "c_receiver", "c_sender"]
+        await receiver.recv_where(event="join", client_id="c_newcomer", timeout=10)
+        sender.close()
+        leave = await receiver.recv_where(event="leave", client_id="c_sender", timeout=10)
+        assert leave["payload"]["reason"] == "closed"
+        await receiver.nothing_within(1.0)  # once
     finally:
         first.kill()
         second.kill()

@@ -154,9 +154,7 @@ class RedisPresence:
         restarted empty, so this runs after every reconnection, noticed here or not.
         """
         async with self._resyncing:
-            # Connections pooled before an outage are dead even if Redis is back: drop them all.
-            if isinstance(self._redis, Redis):
-                await self._redis.connection_pool.disconnect(inuse_connections=False)
+            await self._forget_connections()
             while self._left_while_down:
                 batch = [self._left_while_down.pop() for _ in range(min(BATCH, len(self._left_while_down)))]
                 try:
@@ -173,6 +171,18 @@ class RedisPresence:
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
+
+    async def _forget_connections(self) -> None:
+        """Connections pooled before an outage are dead even if Redis is back: drop them all.
+
+        A cluster client also forgets the cluster's shape, which a failover changed, and reads
+        it again on its next call.
+        """
+        if isinstance(self._redis, Redis):
+            await self._redis.connection_pool.disconnect(inuse_connections=False)
+        else:
+            await self._redis.aclose()
+        self._initialized = False
 
     async def _after_resync(self) -> None:
         if self._resyncing.locked():
