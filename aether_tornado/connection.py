@@ -70,6 +70,7 @@ class ClientConnection(WebSocketProtocol):
         "may_broadcast",
         "node",
         "positions",
+        "sender",
         "since",
     )
 
@@ -95,6 +96,7 @@ class ClientConnection(WebSocketProtocol):
         self.since = handshake.since
         self.positions: list[Position | None] | None = None if handshake.since is None else [None] * len(STREAMS)
         self.lease_key = node.new_lease_key()
+        self.sender = node.new_sender()
         now = time.monotonic()
         self.last_seen = now
         self._bucket = TokenBucket(self.settings.rate_limit, self.settings.rate_burst, now)

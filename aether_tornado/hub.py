@@ -7,6 +7,7 @@ empty, which is when the node subscribes to or unsubscribes from its bridge chan
 from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
+from .bridge.order import Sender
 from .errors import ProtocolError
 from .frames import text_frame
 from .history import Position
@@ -39,6 +40,7 @@ class Connection(Protocol):
     group_id: str
     client_id: str
     lease_key: str
+    sender: Sender  # marks what it sends, for its order across a cluster's shards
     last_seen: float
     may_broadcast: bool
     broadcast_budget: TokenBucket

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import messages
 from .bridge import BROADCAST_CHANNEL, RESYNC_CHANNEL, Bridge, BridgeDown, client_channel, group_channel
+from .bridge.order import Sender
 from .config import Settings
 from .errors import (
     CLOSE_GOING_AWAY,
@@ -70,6 +71,7 @@ class Node:
         self.presence = presence
         self.history = history
         self._lease_numbers = itertools.count(1)
+        self._sender_numbers = itertools.count(1)  # 0 marks what no connection sent
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
         self._detached = asyncio.Event()
@@ -97,6 +99,10 @@ class Node:
     def new_lease_key(self) -> str:
         """A lease key unique across the cluster: this node's id and a counter."""
         return f"{self.node_id}:{next(self._lease_numbers)}"
+
+    def new_sender(self) -> Sender:
+        """A connection's mark on what it sends, which keeps its order across a cluster's shards."""
+        return Sender(next(self._sender_numbers))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, keeping a reference until it is done."""
@@ -251,7 +257,7 @@ class Node:
         if message.target == "echo":
             self._send_one(conn, _stamped(message, conn.client_id, conn.group_id))
             return None
-        receivers = self._route(_stamped(message, conn.client_id, conn.group_id))
+        receivers = self._route(_stamped(message, conn.client_id, conn.group_id), conn.sender)
         if receivers is None or message.target != "direct":
             return receivers  # in flight until recorded and delivered here
         answered = asyncio.get_running_loop().create_future()
@@ -259,8 +265,8 @@ class Node:
         return answered
 
     def shard_of(self, conn: Connection, message: WSMessageV3) -> int | None:
-        """The Redis shard that records ``message``, or None if it is not recorded."""
-        if self.history is None or not self.history.echoes or message.msg_type in ("heartbeat", "presence"):
+        """The Redis shard that carries ``message``, or None for one that stays in this process."""
+        if message.msg_type in ("heartbeat", "presence"):
             return None
         if message.target == "group":
             return self.bridge.shard_of(group_channel(conn.group_id))
@@ -359,50 +365,48 @@ class Node:
 
     # Delivery: local sockets first, then one copy for the other processes.
 
-    def _route(self, message: WSMessageV3) -> asyncio.Future[int] | None:
+    def _route(self, message: WSMessageV3, sender: Sender | None = None) -> asyncio.Future[int] | None:
         """Deliver a stamped group, direct or broadcast message; None once done.
 
         A direct message that no connection of this process took returns how many other
         processes received it, to be checked by the caller. A message being recorded returns
-        a future that is done once it is (and delivered here).
+        a future that is done once it is (and delivered here), and so does, on a cluster, a
+        connection's message until Redis has taken it. ``sender`` is the sending connection's.
         """
         assert message.group_id is not None or message.target != "group"
         if message.target == "direct":
-            return self._to_client(message)
+            return self._to_client(message, sender)
         if self.history is not None:
             if message.target == "group":
                 assert message.group_id is not None
-                recorded = self._record(group_channel(message.group_id), message)
+                recorded = self._record(group_channel(message.group_id), message, sender)
             else:
-                recorded = self._record(BROADCAST_CHANNEL, message)
+                recorded = self._record(BROADCAST_CHANNEL, message, sender)
             return None if recorded.done() else recorded
         if message.target == "group":
-            self._to_group(message.group_id, message)
-        else:
-            self._send(BROADCAST_CHANNEL, self.hub.all(), message)
-        return None
+            return self._send(group_channel(message.group_id), self.hub.group(message.group_id), message, sender)
+        return self._send(BROADCAST_CHANNEL, self.hub.all(), message, sender)
 
     def _send_one(self, conn: Connection, message: WSMessageV3) -> None:
         conn.reply(frame_of(message))
         self.metrics.deliveries.inc()
 
-    def _to_client(self, message: WSMessageV3) -> asyncio.Future[int] | None:
+    def _to_client(self, message: WSMessageV3, sender: Sender | None) -> asyncio.Future[int] | None:
         assert message.to_id is not None  # the schema requires it for target 'direct'
         if self.history is not None:
-            recorded = self._record(client_channel(message.to_id), message)
+            recorded = self._record(client_channel(message.to_id), message, sender)
             if recorded.done() and recorded.exception() is None and recorded.result():
                 return None
             return recorded
         local = list(self.hub.client(message.to_id))
         if local:
-            self._send(client_channel(message.to_id), local, message)
-            return None
+            return self._send(client_channel(message.to_id), local, message, sender)
         try:
-            return self.bridge.publish(client_channel(message.to_id), self._deliver(local, message))
+            return self.bridge.publish(client_channel(message.to_id), self._deliver(local, message), sender)
         except BridgeDown:
             raise _unavailable(message.to_id) from None
 
-    def _record(self, channel: str, message: WSMessageV3) -> asyncio.Future[int]:
+    def _record(self, channel: str, message: WSMessageV3, sender: Sender | None) -> asyncio.Future[int]:
         """Record a message in its channel's history, then deliver it here, with its position.
 
         The future gets how many connections here and processes elsewhere received it; for a
@@ -417,7 +421,7 @@ class Node:
         to_sender = message.target != "direct" or message.to_id == message.from_id
         then = functools.partial(self._recorded, channel, payload, to_sender, recorded)
         try:
-            self.history.append(channel, payload, then)
+            self.history.append(channel, payload, then, sender)
         except BridgeDown as error:
             then(error)
         return recorded
@@ -461,11 +465,25 @@ class Node:
     def _to_group(self, group_id: str, message: WSMessageV3) -> None:
         self._send(group_channel(group_id), self.hub.group(group_id), message)
 
-    def _send(self, channel: str, local: Iterable[Connection], message: WSMessageV3) -> None:
-        """Deliver to local receivers now, then one copy to the other processes, not waiting."""
-        payload = self._deliver(local, message)
+    def _send(
+        self, channel: str, local: Iterable[Connection], message: WSMessageV3, sender: Sender | None = None
+    ) -> asyncio.Future[int] | None:
+        """Deliver to local receivers now, then one copy to the other processes, not waiting.
+
+        On a cluster, a connection's message returns a future that gets the local receivers'
+        count once Redis has taken it: the connection's next message to another shard waits.
+        """
+        receivers = tuple(local)
+        payload = self._deliver(receivers, message)
         with contextlib.suppress(BridgeDown):  # at most once: local receivers already have it
-            self.bridge.send(channel, payload)
+            if sender is None or not self.bridge.sharded:
+                self.bridge.send(channel, payload)
+                return None
+            taken = asyncio.get_running_loop().create_future()
+            published = self.bridge.publish(channel, payload, sender)
+            published.add_done_callback(functools.partial(_settle_taken, taken, len(receivers)))
+            return taken
+        return None
 
     def _deliver(self, local: Iterable[Connection], message: WSMessageV3) -> bytes:
         """Encode once, frame once for the local receivers if any; return the other processes' copy."""
@@ -609,6 +627,12 @@ def _check_identity(conn: Connection, message: WSMessageV3) -> None:
     if problems:
         fields = " and ".join(problem["field"] for problem in problems)
         raise ProtocolError(FORBIDDEN, f"{fields} must be your own or left out.", problems)
+
+
+def _settle_taken(taken: asyncio.Future[int], local: int, published: asyncio.Future[int]) -> None:
+    """A connection's message, local receivers and all, is out of its hands: it went, or Redis is lost."""
+    others = 0 if published.exception() is not None else published.result()
+    taken.set_result(local + others)
 
 
 def _unavailable(to_id: str) -> ProtocolError:

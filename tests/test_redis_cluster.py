@@ -87,3 +87,19 @@ async def test_delivery_and_presence_resume_after_a_master_fails_over(own_cluste
     finally:
         first.kill()
         second.kill()
+
+
+async def test_order_across_shards_holds_without_history(start_cluster_process):
+    """Without history nothing is recorded: the sender waits for Redis to take each message instead."""
+    first, second = start_cluster_process("--history-size", "0"), start_cluster_process("--history-size", "0")
+    alice = await Client.joined(first.url("g_order", "c_alice"))  # g_order, c_bob, broadcast: three shards
+    bob = await Client.joined(second.url("g_order", "c_bob"))
+    await alice.recv_where(event="join", client_id="c_bob")
+    await bob.recv_where(event="join", client_id="c_bob")
+    targets = ["broadcast" if n % 30 == 2 else ["group", "direct"][n % 2] for n in range(300)]
+    for n, target in enumerate(targets):
+        await alice.send(
+            msg_type="msg", target=target, payload={"n": n}, **({"to_id": "c_bob"} if target == "direct" else {})
+        )
+    received = [(await bob.recv())["payload"]["n"] for _ in range(300)]
+    assert received == list(range(300))

@@ -4,12 +4,16 @@ Guarantee: at most once. A message published while the transport is down is lost
 the other processes (local delivery never depends on it). Messages one process publishes
 arrive at each subscribing process in the order they were published, across channels
 too (one subscriber connection per process, every publish of a process in order on one
-connection): the node relies on this for order per sender and receiver.
+connection): the node relies on this for order per sender and receiver. On several shards
+(``sharded``) that order holds per shard, and per sender (see order.py) once the sender waits
+for its messages to one shard to be taken before it sends to another.
 """
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
+
+from .order import Sender
 
 # Called with (channel, payload, published_at, position) for every message another process
 # published; published_at is the publisher's wall clock, for latency metrics; position is a
@@ -43,19 +47,24 @@ class Bridge(Protocol):
         """Whether other processes can be reached now."""
 
     @property
+    def sharded(self) -> bool:
+        """Whether channels are spread over several shards (a Redis Cluster)."""
+
+    @property
     def backlog_bytes(self) -> int:
         """Bytes sent that the transport has not taken yet: bounded, past the bound it counts as down."""
 
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         """Begin delivering other processes' messages to ``on_message``."""
 
-    def send(self, channel: str, payload: bytes) -> None:
+    def send(self, channel: str, payload: bytes, sender: Sender | None = None) -> None:
         """Send ``payload`` to the other processes subscribed to ``channel``, without waiting.
 
-        Raises BridgeDown when the transport is known to be unreachable.
+        ``sender`` is the sending connection's, if a connection sent it. Raises BridgeDown
+        when the transport is known to be unreachable.
         """
 
-    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+    def publish(self, channel: str, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
         """Like ``send``; the future tells how many processes other than this one received it.
 
         Raises BridgeDown when the transport is known to be unreachable; the future fails with

@@ -4,19 +4,21 @@ import asyncio
 from collections.abc import Callable
 
 from . import OnMessage, OnUp, Wanted
+from .order import Sender
 
 
 class MemoryBridge:
     up = True
+    sharded = False
     backlog_bytes = 0  # nothing leaves the process
 
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         pass
 
-    def send(self, channel: str, payload: bytes) -> None:
+    def send(self, channel: str, payload: bytes, sender: Sender | None = None) -> None:
         pass
 
-    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+    def publish(self, channel: str, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
         nobody = asyncio.get_running_loop().create_future()
         nobody.set_result(0)
         return nobody

@@ -8,10 +8,12 @@ subscribed to it.
 Channels are ``{prefix}:{group:<id>}``, ``{prefix}:{client:<id>}``, ``{prefix}:{broadcast}``
 and ``{prefix}:{resync}``: the braces are the hash tag a stream's history keys share (see
 history/), so a script that records and publishes runs on one shard. Every published payload
-starts with the publisher's node id and the time it was published, for the latency metric; a
-recorded message's position comes next, as ``@epoch:offset ``, then the message. A process
-skips its own copies of what it did not record (it delivered those itself), and delivers its
-own recorded messages from here, among everyone's, in the order Redis recorded them.
+starts with the publisher's node id and the time it was published, for the latency metric; on
+a cluster the sending connection's mark follows (see order.py, which keeps a sender's order
+across shards); a recorded message's position comes next, as ``@epoch:offset ``, then the
+message. A process skips its own copies of what it did not record (it delivered those
+itself), and delivers its own recorded messages from here, among everyone's, in the order
+Redis recorded them.
 
 The publishing connections also run what must keep the order of publishes: the history's
 scripts, loaded on each connection. Any change of the cluster's shape (a connection lost, a
@@ -30,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
+from .order import MARK, UNMARKED, Reorder, Sender
 from .resp import Address, OnReply, ReplyError, RespConnection, connect
 from .topology import Topology, alone, discover
 
@@ -69,7 +72,8 @@ class _Commands:
 class _Shard:
     """One Redis (one master of a cluster): its two connections and what rides on them."""
 
-    def __init__(self, publisher: RespConnection, subscriber: RespConnection) -> None:
+    def __init__(self, index: int, publisher: RespConnection, subscriber: RespConnection) -> None:
+        self.index = index  # in the topology's list of shards
         self.publisher, self.subscriber = publisher, subscriber
         # The channels subscribed on this shard's subscriber.
         self.subscribed: set[str] = set()
@@ -107,7 +111,9 @@ class RedisBridge:
         self._prefix_length = len(self._prefix.encode())
         self.node_id = node_id
         self._origin = node_id.encode()
-        self._payload_start = len(self._origin) + _STAMP.size
+        self._mark_start = len(self._origin) + _STAMP.size
+        self._payload_start = self._mark_start + (MARK.size if cluster else 0)
+        self._reorder: Reorder | None = None  # on a cluster, while connected
         self._topology = alone(address)
         self._known: list[Address] = [address]  # nodes to ask for the topology, the seed first
         self._shards: list[_Shard] = []
@@ -125,27 +131,34 @@ class RedisBridge:
         """The Redis name of a bridge channel: its name in braces, the hash tag of its stream."""
         return f"{self._prefix}{{{channel}}}"
 
-    def send(self, channel: str, payload: bytes) -> None:
-        publisher = self._ready_publisher(channel)
-        if self._cluster:  # a MOVED answer means the cluster changed shape: reconnect
-            publisher.call_then(self._check, self._commands.publish, self.channel_key(channel), self._envelope(payload))
-        else:
-            publisher.command(self._commands.publish, self.channel_key(channel), self._envelope(payload))
+    @property
+    def sharded(self) -> bool:
+        return self._cluster
 
-    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+    def send(self, channel: str, payload: bytes, sender: Sender | None = None) -> None:
+        publisher = self._ready_publisher(channel)
+        envelope = self.envelope_head(channel, sender) + payload
+        if self._cluster:  # a MOVED answer means the cluster changed shape: reconnect
+            publisher.call_then(self._check, self._commands.publish, self.channel_key(channel), envelope)
+        else:
+            publisher.command(self._commands.publish, self.channel_key(channel), envelope)
+
+    def publish(self, channel: str, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
         publisher = self._ready_publisher(channel)
         receivers = asyncio.get_running_loop().create_future()
         # Our own subscriber counts too when we hold the channel.
         count = functools.partial(self._count_others, receivers, self.holds(channel))
-        publisher.call_then(count, self._commands.publish, self.channel_key(channel), self._envelope(payload))
+        envelope = self.envelope_head(channel, sender) + payload
+        publisher.call_then(count, self._commands.publish, self.channel_key(channel), envelope)
         return receivers
 
-    def _envelope(self, payload: bytes) -> bytes:
-        return self.envelope_head() + payload
-
-    def envelope_head(self) -> bytes:
-        """What precedes a published message: this process's id and the time."""
-        return self._origin + _STAMP.pack(time.time())
+    def envelope_head(self, channel: str, sender: Sender | None = None) -> bytes:
+        """What precedes a message published on ``channel``: this process's id, the time, and
+        on a cluster the sending connection's mark."""
+        head = self._origin + _STAMP.pack(time.time())
+        if not self._cluster:
+            return head
+        return head + (UNMARKED if sender is None else sender.mark(self.shard_of(channel)))
 
     @property
     def publish_command(self) -> bytes:
@@ -320,8 +333,8 @@ class RedisBridge:
             self._known = [self._address, *(node for node in self._topology.shards if node != self._address)]
         shards: list[_Shard] = []
         try:
-            for address in self._topology.shards:
-                shards.append(await self._connect_shard(address))
+            for index, address in enumerate(self._topology.shards):
+                shards.append(await self._connect_shard(index, address))
         except BaseException:
             for shard in shards:
                 for connection in shard.connections:
@@ -329,6 +342,8 @@ class RedisBridge:
             raise
         # From here the hub's changes reach the shards; what it wants now is subscribed at once.
         self._shards = shards
+        if self._cluster:
+            self._reorder = Reorder(len(shards), lambda index, then: self._after_pushes(shards[index], then))
         channels = {RESYNC_CHANNEL, *self._wanted()}
         for channel in channels:
             shard = self._shard_for(channel)
@@ -344,8 +359,8 @@ class RedisBridge:
         for shard in shards:
             await _ping(shard)
         self.up = True
-        shards = f" on {len(self._shards)} shards" if self._cluster else ""
-        self._report(True, f"subscribed to {len(channels)} channels{shards}")
+        spread = f" on {len(self._shards)} shards" if self._cluster else ""
+        self._report(True, f"subscribed to {len(channels)} channels{spread}")
 
     async def _discover(self) -> Topology:
         """The cluster's shape, from the first node that answers: the seed, then the masters last seen."""
@@ -364,14 +379,14 @@ class RedisBridge:
                 connection.close()
         raise failure
 
-    async def _connect_shard(self, address: Address) -> _Shard:
+    async def _connect_shard(self, index: int, address: Address) -> _Shard:
         publisher = await connect(address, CONNECT_TIMEOUT)
         try:
             subscriber = await connect(address, CONNECT_TIMEOUT)
         except BaseException:
             publisher.close()
             raise
-        shard = _Shard(publisher, subscriber)
+        shard = _Shard(index, publisher, subscriber)
         subscriber.listen(functools.partial(self._on_push, shard))
         try:
             for script in self._scripts:
@@ -421,20 +436,32 @@ class RedisBridge:
             elif data.startswith(self._origin):
                 return  # our own, delivered here already (our recorded ones are delivered from here)
             name = channel[self._prefix_length + 1 : -1].decode()
-            try:
-                self._on_message(name, data[start:], _STAMP.unpack_from(data, len(self._origin))[0], position)
-            except Exception:
-                log.exception("delivering a message from channel %s failed", name)
+            published_at = _STAMP.unpack_from(data, len(self._origin))[0]
+            if self._reorder is None:
+                self._deliver(name, data[start:], published_at, position)
+                return
+            number, run = MARK.unpack_from(data, self._mark_start)
+            sender = data[: len(self._origin)] + data[self._mark_start : self._mark_start + 8] if number else None
+            deliver = functools.partial(self._deliver, name, data[start:], published_at, position)
+            self._reorder.arrive(shard.index, sender, run, deliver)
         elif kind == b"pong" and shard.pongs:
             waiting = shard.pongs.popleft()
             if waiting is None:
                 shard.pong_due = None
-            else:
+            elif self._reorder is None:
                 _call_all(waiting)
+            else:
+                self._reorder.after_read(shard.index, waiting)
         elif kind == self._commands.unsubscribed and reply[1] is not None:
             name = reply[1][self._prefix_length + 1 : -1].decode()
             if name in shard.subscribed:  # not asked for: the cluster moved the channel's slot
                 self._lost(ConnectionError(f"the cluster moved channel {name} to another shard"))
+
+    def _deliver(self, name: str, payload: bytes, published_at: float, position: str | None) -> None:
+        try:
+            self._on_message(name, payload, published_at, position)
+        except Exception:
+            log.exception("delivering a message from channel %s failed", name)
 
     def _check_on_up(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -468,6 +495,9 @@ class RedisBridge:
         connections = [connection for shard in shards for connection in shard.connections]
         for connection in connections:
             connection.close()
+        reorder, self._reorder = self._reorder, None
+        if reorder is not None:  # what was read is delivered, at most once
+            reorder.flush()
         for shard in shards:  # nothing more comes from a lost subscriber: its waiters go on
             for waiting in shard.pongs:
                 _call_all(waiting or ())

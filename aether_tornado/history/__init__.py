@@ -16,6 +16,8 @@ or kept (``keep``, for every stream a process has connections on), and ``seconds
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
+from ..bridge.order import Sender
+
 # The streams of one connection, in the order positions are kept and presented.
 STREAMS = ("group", "client", "broadcast")
 # An epoch is made of these, so a position "epoch:offset" splits at its last colon.
@@ -78,11 +80,12 @@ class History(Protocol):
     # delivers them itself once appended (memory).
     echoes: bool
 
-    def append(self, stream: str, payload: bytes, then: OnAppended) -> None:
+    def append(self, stream: str, payload: bytes, then: OnAppended, sender: Sender | None = None) -> None:
         """Record ``payload`` and send it to the other processes subscribed to the stream's channel.
 
         ``then`` is called once, in the order of appends, maybe before this returns (memory).
-        Raises BridgeDown when the store is known to be unreachable.
+        ``sender`` is the sending connection's, if a connection sent it. Raises BridgeDown when
+        the store is known to be unreachable.
         """
 
     async def recover(self, wanted: Sequence[tuple[str, Position | None]], max_bytes: int) -> list[Recovery]:

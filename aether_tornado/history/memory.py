@@ -5,6 +5,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from ..bridge.order import Sender
 from . import Appended, Entry, OnAppended, Position, Recovery
 
 
@@ -32,7 +33,7 @@ class MemoryHistory:
     def __len__(self) -> int:
         return len(self._streams)
 
-    def append(self, stream: str, payload: bytes, then: OnAppended) -> None:
+    def append(self, stream: str, payload: bytes, then: OnAppended, sender: Sender | None = None) -> None:
         now = self._clock()
         ring = self._stream(stream, now)
         ring.top += 1

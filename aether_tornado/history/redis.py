@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bridge import BridgeDown
+from ..bridge.order import Sender
 from ..bridge.redis import RedisBridge
 from ..bridge.resp import ReplyError
 from . import Appended, Entry, OnAppended, Position, Recovery
@@ -50,7 +51,7 @@ class RedisHistory:
         key = f"{self._prefix}{{{stream}}}"
         return key, key + ":meta"
 
-    def append(self, stream: str, payload: bytes, then: OnAppended) -> None:
+    def append(self, stream: str, payload: bytes, then: OnAppended, sender: Sender | None = None) -> None:
         bridge = self._bridge
         subscribed_here = bridge.holds(stream)
         bridge.call_then(
@@ -61,7 +62,7 @@ class RedisHistory:
             b"2",
             *self._keys(stream),
             bridge.channel_key(stream),
-            bridge.envelope_head(),
+            bridge.envelope_head(stream, sender),
             payload,
             self._size,
             self._ttl,

@@ -1,0 +1,110 @@
+"""The receiving half of a sender's order across shards (bridge/order.py), read by read.
+
+Real clusters reorder rarely and by chance; these are the interleavings that matter, each
+played out exactly: which shard a message is read from, and when each pong comes.
+"""
+
+from aether_tornado.bridge.order import Reorder, Sender
+
+ALICE, BOB = b"alice", b"bob"
+
+
+class Shards:
+    """Three shards whose pongs come only when a test says so."""
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.pings: list[tuple[int, object]] = []
+        self.reorder = Reorder(3, lambda shard, then: self.pings.append((shard, then)))
+
+    def read(self, shard: int, sender: bytes | None, run: int, name: str) -> None:
+        self.reorder.arrive(shard, sender, run, lambda: self.delivered.append(name))
+
+    def pong(self, shard: int) -> None:
+        """Every ping sent to ``shard`` so far is answered, in order."""
+        answered = [then for to, then in self.pings if to == shard]
+        self.pings = [(to, then) for to, then in self.pings if to != shard]
+        self.reorder.after_read(shard, answered)
+
+    def pong_all(self) -> None:
+        while self.pings:
+            self.pong(self.pings[0][0])
+
+
+def test_a_sender_s_runs_are_numbered_by_switches_of_shard():
+    sender = Sender(7)
+    runs = [sender.mark(shard) for shard in (0, 0, 1, 1, 0, 2)]
+    assert [int.from_bytes(mark[8:], "big") for mark in runs] == [0, 0, 1, 1, 2, 3]
+    assert {int.from_bytes(mark[:8], "big") for mark in runs} == {7}
+
+
+def test_a_first_run_and_unmarked_messages_never_wait():
+    shards = Shards()
+    shards.read(0, ALICE, 0, "a0")
+    shards.read(1, None, 0, "join")
+    assert shards.delivered == ["a0", "join"] and not shards.pings
+
+
+def test_a_new_run_waits_for_the_other_shards_and_an_earlier_run_read_meanwhile_goes_first():
+    shards = Shards()
+    shards.read(0, ALICE, 0, "a0")
+    shards.read(1, ALICE, 1, "a1")  # read before the rest of run 0, which shard 0 may still hold
+    shards.read(1, BOB, 0, "b0")  # behind a1 on its shard
+    assert shards.delivered == ["a0"]
+    assert sorted(shard for shard, _ in shards.pings) == [0, 2]
+    shards.read(0, ALICE, 0, "a0 again")  # still run 0: it was published before a1
+    shards.pong_all()
+    assert shards.delivered == ["a0", "a0 again", "a1", "b0"]
+
+
+def test_an_older_run_read_after_a_newer_one_goes_first_on_a_third_shard():
+    """Runs 1, 2, 3 on shards 2, 0, 1; read 3, then 2, then 1: each waits for the one before."""
+    shards = Shards()
+    shards.read(1, ALICE, 3, "a3")
+    shards.read(0, ALICE, 2, "a2")  # older than the latest run read: it waits for pongs too
+    shards.read(2, ALICE, 1, "a1")
+    shards.pong_all()
+    assert shards.delivered == ["a1", "a2", "a3"]
+
+
+def test_a_later_message_of_an_older_run_waits_for_the_run_before_it():
+    """Runs 22, 23, 24 on shards 1, 0, 1: 22 waits for pongs, 24 behind it; 23 must not pass 22."""
+    shards = Shards()
+    shards.read(1, ALICE, 22, "a22")
+    shards.read(1, ALICE, 24, "a24")
+    shards.pong(0)
+    shards.read(0, ALICE, 23, "a23")
+    assert shards.delivered == []
+    shards.pong_all()
+    assert shards.delivered == ["a22", "a23", "a24"]
+
+
+def test_one_sender_s_wait_does_not_hold_up_another_sender_on_other_shards():
+    shards = Shards()
+    shards.read(0, ALICE, 1, "a1")
+    shards.read(1, BOB, 1, "b1")
+    shards.pong(1)
+    shards.pong(2)
+    assert shards.delivered == ["a1"]  # bob's still waits for shard 0
+    shards.pong(0)
+    assert shards.delivered == ["a1", "b1"]
+
+
+def test_a_pong_someone_waits_for_comes_after_what_was_read_before_it():
+    shards = Shards()
+    shards.read(0, ALICE, 1, "a1")  # waits
+    answered = []
+    shards.reorder.after_read(0, [lambda: answered.append(list(shards.delivered))])
+    assert answered == []
+    shards.pong_all()
+    assert answered == [["a1"]]
+
+
+def test_a_lost_connection_delivers_what_waits_in_each_shard_s_order():
+    shards = Shards()
+    shards.read(0, ALICE, 1, "a1")
+    shards.read(0, BOB, 0, "b0")
+    shards.reorder.flush()
+    assert shards.delivered == ["a1", "b0"]
+    shards.pong_all()  # pongs of gone connections change nothing
+    assert shards.delivered == ["a1", "b0"]
