@@ -243,9 +243,9 @@ async def test_a_message_lost_between_processes_is_noticed_and_recovered(redis_s
         script = (Path(history_redis.__file__).parent / "lua" / "append.lua").read_text()
         redis = Redis.from_url(redis_server.url)
         try:  # recorded like any message, but published where nobody listens
-            await redis.eval(
-                script, 2, stream, stream + ":meta", "nowhere", b"", lost, 100, 60_000, 60_000, "unused", "PUBLISH"
-            )
+            master = (await redis.info("replication"))["master_replid"]
+            keys_and_args = (stream, stream + ":meta", "nowhere", b"", lost, 100, 60_000, 60_000, "unused", "PUBLISH")
+            await redis.eval(script, 2, *keys_and_args, master)
         finally:
             await redis.aclose()
         client.send_group("2")

@@ -75,6 +75,7 @@ class _Shard:
     def __init__(self, index: int, publisher: RespConnection, subscriber: RespConnection) -> None:
         self.index = index  # in the topology's list of shards
         self.publisher, self.subscriber = publisher, subscriber
+        self.replication_id = b""  # the master's: a replica that takes over gets a new one
         # The channels subscribed on this shard's subscriber.
         self.subscribed: set[str] = set()
         # One entry per ping sent on the subscriber, in order: what to call once its pong is
@@ -174,6 +175,13 @@ class RedisBridge:
         reply = asyncio.get_running_loop().create_future()
         self.call_then(channel, functools.partial(_settle_or_down, reply), *args)
         return reply
+
+    def replication_id(self, channel: str) -> bytes:
+        """The replication ID of the master that holds ``channel``, as read on connecting. Raises BridgeDown."""
+        shard = self._shard_for(channel)
+        if shard is None:
+            raise BridgeDown
+        return shard.replication_id
 
     def command(self, channel: str, *args: str | bytes) -> None:
         """Run a command whose reply nobody needs on ``channel``'s shard; dropped while Redis is down."""
@@ -391,6 +399,8 @@ class RedisBridge:
         try:
             for script in self._scripts:
                 await asyncio.wait_for(publisher.call(b"SCRIPT", b"LOAD", script), CONNECT_TIMEOUT)
+            replication = await asyncio.wait_for(publisher.call(b"INFO", b"replication"), CONNECT_TIMEOUT)
+            shard.replication_id = _field(replication, b"master_replid")
         except BaseException:
             publisher.close()
             subscriber.close()
@@ -517,6 +527,15 @@ async def _ping(shard: _Shard) -> None:
         raise shard.subscriber.closed.result()
     if not done:
         raise TimeoutError("Redis did not answer a ping")
+
+
+def _field(info: bytes, name: bytes) -> bytes:
+    """One field of an INFO reply."""
+    for line in info.splitlines():
+        key, _, value = line.partition(b":")
+        if key == name:
+            return value.strip()
+    raise ValueError(f"Redis's INFO has no {name.decode()}")
 
 
 def _stop_sharing(shard: _Shard) -> None:

@@ -2,10 +2,14 @@
 
 Keys: ``{prefix}:history:{<channel>}`` (a Redis stream whose entry IDs are the offsets, each
 with its time ``t`` in microseconds and its message ``m``) and
-``{prefix}:history:{<channel>}:meta`` (a hash: ``epoch`` and the last ``offset``); the braces
-keep both in one Redis Cluster slot. The scripts beside this file run on the bridge's
-publishing connection: an append records and publishes in one step, in the order of every
-other publish of this process, and its reply says where the message was recorded.
+``{prefix}:history:{<channel>}:meta`` (a hash: ``epoch``, the last ``offset``, and ``replid``,
+the replication ID of the master that counted); the braces keep both in one Redis Cluster slot.
+A counter another master kept starts a new epoch: after a failover the promoted replica may
+lack the last few messages, and counting on from its copy would reuse their offsets.
+
+The scripts beside this file run on the bridge's publishing connection: an append records and
+publishes in one step, in the order of every other publish of this process, and its reply says
+where the message was recorded.
 """
 
 import asyncio
@@ -69,6 +73,7 @@ class RedisHistory:
             self._keep_ttl,
             next(self._epochs),
             bridge.publish_command,
+            bridge.replication_id(stream),
         )
 
     def _appended(self, then: OnAppended, subscribed_here: bool, reply: Any) -> None:
@@ -94,6 +99,7 @@ class RedisHistory:
                 str(max_bytes),
                 self._keep_ttl,
                 next(self._epochs),
+                self._bridge.replication_id(stream),
             )
             for stream, since in wanted
         ]

@@ -2,14 +2,16 @@
 -- KEYS[1] the stream, KEYS[2] its counter
 -- ARGV[1] the client's epoch ('' for none), ARGV[2] its offset, ARGV[3] how old a missed
 -- message may be (seconds), ARGV[4] the most bytes to return, ARGV[5] milliseconds the
--- counter outlives its last use, ARGV[6] the epoch to take if the counter is new
+-- counter outlives its last use, ARGV[6] the epoch to take if the counter is new (or another
+-- master's, as in append.lua), ARGV[7] the replication ID of this master
 -- Returns {epoch, top offset, time of the read (microseconds), entries} when every missed message
 -- is there, else {epoch, top offset, time of the read}.
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'replid')
+local epoch = meta[1]
+if not epoch or meta[2] ~= ARGV[7] then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'replid', ARGV[7], 'offset', 0)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
 local top = tonumber(redis.call('HGET', KEYS[2], 'offset'))
