@@ -127,7 +127,9 @@ def parse(payload: bytes) -> dict:
 
 
 async def fanout(args) -> dict:
-    """Member 0 of each group sends; every member (the sender too) must get all, in order."""
+    """Member 0 of each group sends; every member (the sender too) must get all, in order.
+
+    With --url2, odd members connect there, so every message crosses processes."""
     stats = Stats()
     expected = [[0] * args.clients for _ in range(args.groups)]
     problems = {"lost": 0, "reordered": 0}
@@ -159,7 +161,7 @@ async def fanout(args) -> dict:
 
     clients = [
         [
-            await connect(args.url, f"g{group}", f"c{group}_{member}", receiver(group, member))
+            await connect((args.url, args.url2)[member % 2], f"g{group}", f"c{group}_{member}", receiver(group, member))
             for member in range(args.clients)
         ]
         for group in range(args.groups)
@@ -198,8 +200,9 @@ async def round_trips(args, make_pair) -> dict:
         def on_message(payload: bytes) -> None:
             message = parse(payload)
             if message["cmd"] == "ERROR":
-                stats.errors += 1
-            if message["msg_type"] in ("msg", "heartbeat") and message.get("payload"):
+                stats.errors += 1  # the round trip ends: the run reports it, and does not hang
+                arrived.set()
+            elif message["msg_type"] in ("msg", "heartbeat") and message.get("payload"):
                 box["t"] = message["payload"]["t"]
                 arrived.set()
 
@@ -229,8 +232,17 @@ async def direct(args) -> dict:
     """A on --url sends to B on --url2, B's server delivers; one message in flight per pair."""
 
     async def make_pair(index, on_message):
-        await connect(args.url2, f"g_b{index}", f"c_b{index}", on_message)
-        sender = await connect(args.url, f"g_a{index}", f"c_a{index}", lambda payload: None)
+        snapshot = asyncio.Event()  # B's server has subscribed it once B has its snapshot
+
+        def receive(payload: bytes) -> None:
+            if parse(payload)["msg_type"] == "presence":
+                snapshot.set()
+            else:
+                on_message(payload)
+
+        await connect(args.url2, f"g_b{index}", f"c_b{index}", receive)
+        await asyncio.wait_for(snapshot.wait(), args.timeout)
+        sender = await connect(args.url, f"g_a{index}", f"c_a{index}", on_message)  # its errors count
         return sender, {"msg_type": "msg", "target": "direct", "to_id": f"c_b{index}"}
 
     args.clients = args.pairs
@@ -331,7 +343,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=SCENARIOS)
     parser.add_argument("--url", default="ws://127.0.0.1:8888")
-    parser.add_argument("--url2", help="second server process, for direct (default: --url)")
+    parser.add_argument("--url2", help="second server process: direct's receivers, every other fan-out member")
     parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--msgs", type=int, default=2000)

@@ -143,15 +143,16 @@ class ServerProcess(LoggedProcess):
 
 
 class RedisClusterServers:
-    """A Redis Cluster of three masters with one replica each, on free ports, in ``folder``.
+    """A Redis Cluster of three masters with ``replicas`` each (one by default), on free ports, in ``folder``.
 
     Node timeouts are short (1 s), so a killed master's replica takes over within seconds.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, replicas: int = 1) -> None:
         self.nodes: list[LoggedProcess] = []
-        ports = free_ports(12)
-        self.ports, bus_ports = ports[:6], ports[6:]
+        count = 3 * (1 + replicas)
+        ports = free_ports(2 * count)
+        self.ports, bus_ports = ports[:count], ports[count:]
         executable = shutil.which("redis-server")
         assert executable, "redis-server is not installed (make test installs it)"
         for port, bus_port in zip(self.ports, bus_ports, strict=True):
@@ -167,7 +168,7 @@ class RedisClusterServers:
         addresses = [f"127.0.0.1:{port}" for port in self.ports]
         try:
             subprocess.run(
-                ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+                ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(replicas), "--cluster-yes"],
                 check=True,
                 capture_output=True,
                 timeout=30,
