@@ -72,6 +72,12 @@ class Node:
         self.history = history
         self._lease_numbers = itertools.count(1)
         self._sender_numbers = itertools.count(1)  # 0 marks what no connection sent
+        # The backend API sends as one more connection: one message routed at a time, and
+        # those in flight (on one shard) awaited before one for another shard.
+        self._api_sender = self.new_sender()
+        self._api_turn = asyncio.Lock()
+        self._api_in_flight: set[asyncio.Future[int]] = set()
+        self._api_shard: int | None = None
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
         self._detached = asyncio.Event()
@@ -266,15 +272,8 @@ class Node:
 
     def shard_of(self, conn: Connection, message: WSMessageV3) -> int | None:
         """The Redis shard that carries ``message``, or None for one that stays in this process."""
-        if message.msg_type in ("heartbeat", "presence"):
-            return None
-        if message.target == "group":
-            return self.bridge.shard_of(group_channel(conn.group_id))
-        if message.target == "direct" and message.to_id is not None:
-            return self.bridge.shard_of(client_channel(message.to_id))
-        if message.target == "broadcast":
-            return self.bridge.shard_of(BROADCAST_CHANNEL)
-        return None
+        channel = _channel_of(message, conn.group_id)
+        return None if channel is None else self.bridge.shard_of(channel)
 
     def _answer_unreached(
         self, conn: Connection, to_id: str, answered: asyncio.Future, receivers: asyncio.Future[int]
@@ -334,7 +333,7 @@ class Node:
             raise ProtocolError(INVALID_MESSAGE, text, problems)
         self.metrics.messages_in.inc(message.msg_type, message.target)
         stamped = _stamped(message, message.from_id, message.group_id)
-        receivers = self._route(stamped)
+        receivers = await self._route_for_the_api(stamped)
         if receivers is not None:
             with contextlib.suppress(BridgeDown):
                 await receivers
@@ -346,6 +345,22 @@ class Node:
                 raise await self._nobody_took(message.to_id)
         assert stamped.sent_at is not None
         return stamped.sent_at
+
+    async def _route_for_the_api(self, message: WSMessageV3) -> asyncio.Future[int] | None:
+        """Route a backend's message as this process's one API sender, which keeps its order as a
+        connection does: a backend that waits for each answer sees its messages arrive in order,
+        on a cluster too. One for another shard than those in flight waits until they are taken."""
+        async with self._api_turn:
+            channel = _channel_of(message, message.group_id)
+            shard = None if channel is None else self.bridge.shard_of(channel)
+            if self._api_in_flight and shard != self._api_shard:
+                await asyncio.wait(self._api_in_flight)
+            receivers = self._route(message, self._api_sender)
+            if receivers is not None:
+                self._api_in_flight.add(receivers)
+                receivers.add_done_callback(self._api_in_flight.discard)
+                self._api_shard = shard
+        return receivers
 
     def _check_broadcast(self, conn: Connection) -> None:
         """A client broadcast reaches everybody: it needs the right, and has a budget of its own."""
@@ -627,6 +642,19 @@ def _check_identity(conn: Connection, message: WSMessageV3) -> None:
     if problems:
         fields = " and ".join(problem["field"] for problem in problems)
         raise ProtocolError(FORBIDDEN, f"{fields} must be your own or left out.", problems)
+
+
+def _channel_of(message: WSMessageV3, group_id: str | None) -> str | None:
+    """The bridge channel that carries a message sent in ``group_id``; None for one that stays in its process."""
+    if message.msg_type in ("heartbeat", "presence"):
+        return None
+    if message.target == "group" and group_id is not None:
+        return group_channel(group_id)
+    if message.target == "direct" and message.to_id is not None:
+        return client_channel(message.to_id)
+    if message.target == "broadcast":
+        return BROADCAST_CHANNEL
+    return None
 
 
 def _settle_taken(taken: asyncio.Future[int], local: int, published: asyncio.Future[int]) -> None:

@@ -45,8 +45,11 @@ class Process:
         await asyncio.wait_for(self.ups.get(), TIMEOUT * 2)
 
 
-def redis_bridge(redis_server, node_id: str = "node00000000", url: str | None = None) -> RedisBridge:
-    return RedisBridge(Address.from_url(url or redis_server.url), "test", node_id)
+def redis_bridge(
+    redis_server, node_id: str = "node00000000", url: str | None = None, prefix: str = "test", cluster: bool = False
+) -> RedisBridge:
+    """A bridge to ``redis_server`` (or ``url``); with ``cluster``, to the cluster that node is part of."""
+    return RedisBridge(Address.from_url(url or redis_server.url), prefix, node_id, cluster=cluster)
 
 
 async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:

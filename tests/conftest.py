@@ -107,7 +107,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 def start_cluster_process(redis_cluster: RedisClusterServers) -> Iterator[Callable[..., ServerProcess]]:
     """Like ``start_process``, on the shared cluster, under a prefix of the test's own."""
     processes: list[ServerProcess] = []
-    prefix = f"t{next(_prefixes)}"
+    prefix = f"t{next(_prefixes)}"  # not the fixture: a test may use both
 
     def start(*args: str) -> ServerProcess:
         cluster = ("--redis-url", redis_cluster.url, "--redis-cluster", "true", "--redis-prefix", prefix)
@@ -121,6 +121,18 @@ def start_cluster_process(redis_cluster: RedisClusterServers) -> Iterator[Callab
 
 
 _prefixes = itertools.count()
+
+
+@pytest.fixture(params=["on Redis", "on a Redis Cluster"])
+def start_bridged_process(request: pytest.FixtureRequest) -> Callable[..., ServerProcess]:
+    """``start_process`` on the test's Redis, or ``start_cluster_process`` on the shared cluster."""
+    return request.getfixturevalue("start_process" if request.param == "on Redis" else "start_cluster_process")
+
+
+@pytest.fixture
+def cluster_prefix() -> str:
+    """A key and channel prefix of the test's own on the shared cluster, which keeps its data."""
+    return f"t{next(_prefixes)}"
 
 
 @pytest.fixture(params=["one process", "two processes on Redis", "two processes on a Redis Cluster"])

@@ -8,6 +8,7 @@ import pytest
 
 from aether_tornado.bridge import BridgeDown
 from aether_tornado.bridge.memory import MemoryBridge
+from aether_tornado.bridge.order import Sender
 from aether_tornado.bridge.redis import RedisBridge
 from aether_tornado.bridge.resp import Address
 
@@ -15,28 +16,50 @@ from .bridges import Process, redis_bridge, stop, until
 from .processes import RedisServer
 
 
-@pytest.fixture
-async def redis_processes(redis_server):
-    """Two processes, each with its own Redis client, as two real processes would have."""
-    processes = [Process(redis_bridge(redis_server, f"node{n:08d}")) for n in range(2)]
+def bridges_on(request, kind: str, count: int) -> list[Process]:
+    """``count`` processes with bridges to a private Redis, or to the shared cluster under a prefix of their own."""
+    if kind == "redis":
+        server = request.getfixturevalue("redis_server")
+        return [Process(redis_bridge(server, f"node{n:08d}")) for n in range(count)]
+    cluster, prefix = request.getfixturevalue("redis_cluster"), request.getfixturevalue("cluster_prefix")
+    return [
+        Process(redis_bridge(None, f"node{n:08d}", url=cluster.url, prefix=prefix, cluster=True)) for n in range(count)
+    ]
+
+
+async def started(processes: list[Process]) -> list[Process]:
     for process in processes:
         await process.start()
         await process.wait_up()
+    return processes
+
+
+@pytest.fixture
+async def redis_processes(request):
+    """Two processes on one private Redis, each with its own connections, as two real processes would have."""
+    processes = await started(bridges_on(request, "redis", 2))
     yield processes
     for process in processes:
         await stop(process)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["redis", "redis cluster"])
+async def bridged_processes(request):
+    """Two processes on one Redis, or on a Redis Cluster."""
+    processes = await started(bridges_on(request, request.param, 2))
+    yield processes
+    for process in processes:
+        await stop(process)
+
+
+@pytest.fixture(params=["memory", "redis", "redis cluster"])
 async def lone_process(request):
     if request.param == "memory":
         process = Process(MemoryBridge())
         await process.start()
         yield process
         return
-    process = Process(redis_bridge(request.getfixturevalue("redis_server")))
-    await process.start()
-    await process.wait_up()
+    (process,) = await started(bridges_on(request, request.param, 1))
     yield process
     await stop(process)
 
@@ -48,8 +71,8 @@ async def test_a_lone_process_reaches_nobody(lone_process):
     assert lone_process.received.empty()
 
 
-async def test_subscribers_get_each_message_once_and_the_publisher_skips_its_own(redis_processes):
-    a, b = redis_processes
+async def test_subscribers_get_each_message_once_and_the_publisher_skips_its_own(bridged_processes):
+    a, b = bridged_processes
     await a.subscribe("group:g")
     await b.subscribe("group:g")
     assert await b.bridge.publish("group:g", b'{"n": 1}') == 1  # a, not b itself
@@ -60,8 +83,9 @@ async def test_subscribers_get_each_message_once_and_the_publisher_skips_its_own
     assert b.received.empty()
 
 
-async def test_order_is_kept_per_publisher_across_channels_and_send_or_publish(redis_processes):
-    a, b = redis_processes
+async def test_order_is_kept_per_publisher_across_channels_and_send_or_publish(bridged_processes):
+    """On a cluster, client:c and group:g live on one shard: the order of one shard's channels."""
+    a, b = bridged_processes
     await a.subscribe("client:c")
     await a.subscribe("group:g")
     for n in range(500):
@@ -73,8 +97,20 @@ async def test_order_is_kept_per_publisher_across_channels_and_send_or_publish(r
     assert [int((await a.next())[1]) for _ in range(500)] == list(range(500))
 
 
-async def test_unsubscribe_stops_delivery(redis_processes):
-    a, b = redis_processes
+async def test_order_across_shards_is_kept_for_a_sender_that_waits_at_each_switch(bridged_processes):
+    """On a cluster group:g, client:c2 and group:h live on three shards."""
+    a, b = bridged_processes
+    channels = ["group:g", "client:c2", "group:h"]
+    for channel in channels:
+        await a.subscribe(channel)
+    sender = Sender(1)
+    for n in range(300):
+        await b.bridge.publish(channels[n % 3], str(n).encode(), sender)  # taken before the next is sent
+    assert [int((await a.next())[1]) for _ in range(300)] == list(range(300))
+
+
+async def test_unsubscribe_stops_delivery(bridged_processes):
+    a, b = bridged_processes
     await a.subscribe("group:g")
     await a.subscribe("group:h")
     await a.unsubscribe("group:g")
@@ -115,10 +151,10 @@ async def test_redis_unreachable_at_start_then_found(redis_server):
 
 
 @pytest.mark.parametrize(("bound", "value"), [("MAX_OUTBOX", 5), ("MAX_BACKLOG_BYTES", 4000)])
-async def test_a_backlog_past_its_bound_counts_as_redis_down(redis_processes, monkeypatch, bound, value):
+async def test_a_backlog_past_its_bound_counts_as_redis_down(bridged_processes, monkeypatch, bound, value):
     from aether_tornado.bridge import redis as redis_bridge
 
-    a, b = redis_processes
+    a, b = bridged_processes
     await a.subscribe("group:g")
     monkeypatch.setattr(redis_bridge, bound, value)
     with pytest.raises(BridgeDown):

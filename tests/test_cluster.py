@@ -161,8 +161,8 @@ async def test_redis_sends_a_group_message_only_to_processes_with_members(redis_
     store.close()
 
 
-async def test_recipient_offline_is_decided_cluster_wide(start_process):
-    first, second = start_process(), start_process()
+async def test_recipient_offline_is_decided_cluster_wide(start_bridged_process):
+    first, second = start_bridged_process(), start_bridged_process()
     alice = await Client.joined(first.url("g_d", "c_alice"))
     watcher = await Client.joined(first.url("g_elsewhere", "c_watch"))
     bob = await Client.joined(second.url("g_elsewhere", "c_bob"))
@@ -174,6 +174,26 @@ async def test_recipient_offline_is_decided_cluster_wide(start_process):
     await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="still there?")
     code, errors = errors_of(await alice.recv_where(cmd="ERROR"))
     assert code == "recipient_offline" and errors[0]["field"] == "to_id"
+
+
+async def test_the_backend_api_reaches_clients_on_every_process(start_bridged_process):
+    first, second = start_bridged_process(), start_bridged_process()
+    alice = await Client.joined(first.url("g_backend", "c_alice"))
+    bob = await Client.joined(second.url("g_backend", "c_bob"))
+    await alice.recv_where(event="join", client_id="c_bob")
+    await bob.recv_where(event="join", client_id="c_bob")
+    group = {"msg_type": "msg", "target": "group", "group_id": "g_backend", "msg": "to the group"}
+    assert (await publish(first, group))[0] == 202
+    assert (await publish(first, {"msg_type": "msg", "target": "direct", "to_id": "c_bob", "msg": "to bob"}))[0] == 202
+    assert (await publish(first, {"msg_type": "msg", "target": "broadcast", "msg": "to all"}))[0] == 202
+    # One request after another, to the group's, bob's and everybody's shards: in order.
+    assert [(await bob.recv())["msg"] for _ in range(3)] == ["to the group", "to bob", "to all"]
+    assert (await alice.recv_where(msg="to all"))["target"] == "broadcast"
+    status, body = await publish(second, {"msg_type": "msg", "target": "direct", "to_id": "c_nobody"})
+    assert status == 404 and body["code"] == "recipient_offline"
+    presence = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{second.port}/v3/groups/g_backend/presence")
+    assert orjson.loads(presence.body)["clients"] == ["c_alice", "c_bob"]
+    assert (await health(first))["bridge"] == "up"
 
 
 async def test_a_burst_of_handshakes_opens_a_bounded_number_of_redis_connections(redis_server, start_process):

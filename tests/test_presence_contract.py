@@ -4,7 +4,7 @@ import asyncio
 import signal
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from aether_tornado.presence import Lease
 from aether_tornado.presence.memory import MemoryPresence
@@ -35,15 +35,23 @@ class RedisClock:
         await asyncio.sleep(seconds)
 
 
-@pytest.fixture(params=["memory", "redis"])
+def redis_client(request, kind: str) -> tuple[Redis | RedisCluster, str]:
+    """A client of a private Redis, or of the shared cluster, and the prefix to use there."""
+    if kind == "redis":
+        return Redis.from_url(request.getfixturevalue("redis_server").url, socket_timeout=5), "test"
+    cluster = request.getfixturevalue("redis_cluster")
+    return RedisCluster.from_url(cluster.url, socket_timeout=5), request.getfixturevalue("cluster_prefix")
+
+
+@pytest.fixture(params=["memory", "redis", "redis cluster"])
 async def backend(request):
     """(presence, clock, lease seconds) for each implementation."""
     if request.param == "memory":
         clock = ManualClock()
         yield MemoryPresence(10, clock), clock, 10
         return
-    redis = Redis.from_url(request.getfixturevalue("redis_server").url, socket_timeout=5)
-    yield RedisPresence(redis, "test", 1.0), RedisClock(), 1.0
+    redis, prefix = redis_client(request, request.param)
+    yield RedisPresence(redis, prefix, 1.0), RedisClock(), 1.0
     await redis.aclose()
 
 
@@ -116,9 +124,10 @@ async def test_resync_without_an_outage_changes_nothing(presence):
     assert not presence.down
 
 
-async def test_redis_presence_is_shared_and_expiry_reported_by_one_process_only(redis_server):
-    redis = Redis.from_url(redis_server.url, socket_timeout=5)
-    first, second, third = (RedisPresence(redis, "test", 0.3) for _ in range(3))
+@pytest.mark.parametrize("kind", ["redis", "redis cluster"])
+async def test_redis_presence_is_shared_and_expiry_reported_by_one_process_only(request, kind):
+    redis, prefix = redis_client(request, kind)
+    first, second, third = (RedisPresence(redis, prefix, 0.3) for _ in range(3))
     assert await first.join(Lease("g", "c", "a:1")) is True
     assert await second.join(Lease("g", "c", "b:1")) is False  # another process, same client
     assert await third.members("g") == ["c"]
