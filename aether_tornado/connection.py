@@ -107,7 +107,7 @@ class ClientConnection(WebSocketProtocol):
         self._deferred: list[bytes] = []  # answers to this client that wait for those
         self._routing = False  # a routing task holds the next messages
         self._flight_shard = 0  # the Redis shard of the messages in flight
-        self._stalled: tuple[WSMessageV3, int] | None = None  # for another shard: waits for those to land
+        self._stalled: WSMessageV3 | None = None  # for another shard: waits for those to land
         # Only Redis makes routing wait; alone, a message is routed without a Task.
         self._eager = node.settings.redis_url is None
 
@@ -152,7 +152,7 @@ class ClientConnection(WebSocketProtocol):
         shard = self.node.shard_of(self, message)
         if self._in_flight and shard is not None and shard != self._flight_shard:
             # Redis keeps the order of one shard's messages only: this one waits for those in flight.
-            self._stalled = (message, shard)
+            self._stalled = message
             self.holding = True
             return None
         self._route(message, shard)
@@ -215,7 +215,8 @@ class ClientConnection(WebSocketProtocol):
         for frame in deferred:
             self.send(frame)
         if self._stalled is not None:
-            (message, shard), self._stalled = self._stalled, None
+            message, self._stalled = self._stalled, None
+            shard = self.node.shard_of(self, message)  # the cluster may have changed shape meanwhile
             self._route(message, shard)
         if self.holding:
             self._read_on_unless_held()

@@ -100,11 +100,24 @@ def test_a_pong_someone_waits_for_comes_after_what_was_read_before_it():
     assert answered == [["a1"]]
 
 
-def test_a_lost_connection_delivers_what_waits_in_each_shard_s_order():
+def test_a_waiter_sharing_a_pong_with_a_barrier_that_frees_its_shard_is_still_called():
     shards = Shards()
-    shards.read(0, ALICE, 1, "a1")
+    shards.read(0, ALICE, 1, "a1")  # waits for shards 1 and 2
+    shards.read(2, ALICE, 2, "a2")  # waits for shards 0 and 1, and for a1
+    shards.pong(1)
+    shards.pong(0)
+    barrier = next(then for shard, then in shards.pings if shard == 2)  # a1's, from shard 2
+    answered = []
+    shards.reorder.after_read(2, [barrier, lambda: answered.append(list(shards.delivered))])
+    assert answered == [["a1", "a2"]]
+
+
+def test_a_lost_connection_delivers_what_waits_in_every_sender_s_order():
+    shards = Shards()
+    shards.read(0, ALICE, 2, "a2")  # read first, on shard 0
+    shards.read(1, ALICE, 1, "a1")
     shards.read(0, BOB, 0, "b0")
     shards.reorder.flush()
-    assert shards.delivered == ["a1", "b0"]
+    assert shards.delivered == ["a1", "a2", "b0"]
     shards.pong_all()  # pongs of gone connections change nothing
-    assert shards.delivered == ["a1", "b0"]
+    assert shards.delivered == ["a1", "a2", "b0"]

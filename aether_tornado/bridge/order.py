@@ -23,13 +23,14 @@ from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
-MARK = struct.Struct("!QI")  # the sending connection's number in its process, and its run
-UNMARKED = MARK.pack(0, 0)  # not from a connection (a presence event, the backend API)
+MARK = struct.Struct("!QQ")  # the sending connection's number in its process, and its run
+UNMARKED = MARK.pack(0, 0)  # not from a connection: a presence event
 # Senders whose latest run is remembered: past this many all are forgotten, which costs
 # each of them one more wait, never the order.
 MAX_SENDERS = 100_000
 
-# Send a ping on a shard's subscriber and call the callback once its pong is read.
+# Send a ping on a shard's subscriber, written after everything read so far, and call the
+# callback once its pong is read.
 Ping = Callable[[int, Callable[[], None]], None]
 
 
@@ -52,22 +53,25 @@ class Sender:
 
 
 class _Waiting:
-    __slots__ = ("asked", "deliver", "needs_pongs", "run", "sender")
+    __slots__ = ("deliver", "pongs_due", "run", "sender")
 
-    def __init__(self, sender: bytes | None, run: int, needs_pongs: bool, deliver: Callable[[], None]) -> None:
-        self.sender, self.run, self.needs_pongs, self.deliver = sender, run, needs_pongs, deliver
-        self.asked = False  # whether the other shards were pinged for it
+    def __init__(self, sender: bytes | None, run: int, deliver: Callable[[], None]) -> None:
+        self.sender, self.run, self.deliver = sender, run, deliver
+        self.pongs_due = 0  # from the other shards, pinged when it was read
 
 
 class Reorder:
-    """The receiving half for one set of shard connections: holds what must wait, delivers the rest."""
+    """The receiving half for one set of shard connections: holds what must wait, delivers the rest.
+
+    Each message that must wait pings the other shards as it is read, so waits overlap: what
+    arrives within one round trip is released within about one round trip.
+    """
 
     def __init__(self, shards: int, ping: Ping) -> None:
         self._ping = ping
         self._queues: list[collections.deque[_Waiting] | None] = [None] * shards  # None: flowing
-        self._pongs_due = [0] * shards  # pongs the head of each queue still waits for
         self._runs: dict[bytes, int] = {}  # the latest run read of each sender
-        self._held: dict[bytes, list[int]] = {}  # the runs of each sender's waiting messages
+        self._held: dict[bytes, collections.Counter[int]] = {}  # each sender's waiting messages, by run
 
     def arrive(self, shard: int, sender: bytes | None, run: int, deliver: Callable[[], None]) -> None:
         """A message read from ``shard``; ``sender`` is None for one not from a connection."""
@@ -80,33 +84,46 @@ class Reorder:
                 self._runs[sender] = run
             needs_pongs = run != latest
         queue = self._queues[shard]
-        if queue is None and not needs_pongs and (sender is None or not self._held.get(sender)):
+        if queue is None and not needs_pongs and (sender is None or sender not in self._held):
             _safely(deliver)
             return
+        waiting = _Waiting(sender, run, deliver)
+        if needs_pongs:
+            others = [index for index in range(len(self._queues)) if index != shard]
+            waiting.pongs_due = len(others)
+            for other in others:
+                self._ping(other, _Barrier(self, shard, waiting))
         if queue is None:
             queue = self._queues[shard] = collections.deque()
-        queue.append(_Waiting(sender, run, needs_pongs, deliver))
+        queue.append(waiting)
         if sender is not None:
-            self._held.setdefault(sender, []).append(run)
+            self._held.setdefault(sender, collections.Counter())[run] += 1
         if len(queue) == 1:
             self._release({shard})
 
     def after_read(self, shard: int, callbacks: Iterable[Callable[[], None]]) -> None:
-        """Callbacks waiting for a pong: after what was read before it is delivered."""
-        queue = self._queues[shard]
+        """Callbacks waiting for a pong: after what was read before it is delivered.
+
+        Those that wait go in first: a barrier among the callbacks may release the queue.
+        """
+        barriers = []
         for then in callbacks:
-            if isinstance(then, _Barrier) or queue is None:
+            queue = self._queues[shard]
+            if isinstance(then, _Barrier):
+                barriers.append(then)
+            elif queue is None:
                 _safely(then)
             else:
-                queue.append(_Waiting(None, 0, False, then))
+                queue.append(_Waiting(None, 0, then))
+        for barrier in barriers:
+            barrier()
 
     def flush(self) -> None:
-        """The connections are gone: deliver what waits, in each shard's order."""
-        queues, self._queues = self._queues, [None] * len(self._queues)
-        self._held.clear()
-        for queue in queues:
+        """The connections are gone and no pong will come: deliver what waits, in every sender's order."""
+        for queue in self._queues:
             for waiting in queue or ():
-                _safely(waiting.deliver)
+                waiting.pongs_due = 0
+        self._release(set(range(len(self._queues))))
 
     def _release(self, shards: set[int]) -> None:
         """Deliver from the heads of these shards' queues what may go now; a delivery may free others."""
@@ -115,9 +132,7 @@ class Reorder:
             queue = self._queues[shard]
             while queue:
                 head = queue[0]
-                if head.needs_pongs and not head.asked:
-                    self._ask_others(shard, head)
-                if self._pongs_due[shard] or self._earlier_waits(head):
+                if head.pongs_due or self._earlier_waits(head):
                     break
                 queue.popleft()
                 if head.sender is not None:
@@ -127,38 +142,36 @@ class Reorder:
             if queue is not None and not queue:
                 self._queues[shard] = None
 
-    def _ask_others(self, shard: int, head: _Waiting) -> None:
-        head.asked = True
-        others = [index for index in range(len(self._queues)) if index != shard]
-        self._pongs_due[shard] = len(others)
-        for other in others:
-            self._ping(other, _Barrier(self, shard))
-
     def _earlier_waits(self, head: _Waiting) -> bool:
-        return head.sender is not None and any(run < head.run for run in self._held.get(head.sender, ()))
+        held = self._held.get(head.sender) if head.sender is not None else None
+        return held is not None and min(held) < head.run
 
     def _unhold(self, waiting: _Waiting) -> None:
-        runs = self._held[waiting.sender]
-        runs.remove(waiting.run)
-        if not runs:
-            del self._held[waiting.sender]
+        assert waiting.sender is not None
+        held = self._held[waiting.sender]
+        held[waiting.run] -= 1
+        if not held[waiting.run]:
+            del held[waiting.run]
+            if not held:
+                del self._held[waiting.sender]
 
-    def _ponged(self, shard: int) -> None:
-        self._pongs_due[shard] -= 1
-        if self._pongs_due[shard] == 0:
-            self._release({shard})
+    def _ponged(self, shard: int, waiting: _Waiting) -> None:
+        if waiting.pongs_due:
+            waiting.pongs_due -= 1
+            if not waiting.pongs_due:
+                self._release({shard})
 
 
 class _Barrier:
     """A pong a waiting message needs: called when read, not queued behind what waits."""
 
-    __slots__ = ("_reorder", "_shard")
+    __slots__ = ("_reorder", "_shard", "_waiting")
 
-    def __init__(self, reorder: Reorder, shard: int) -> None:
-        self._reorder, self._shard = reorder, shard
+    def __init__(self, reorder: Reorder, shard: int, waiting: _Waiting) -> None:
+        self._reorder, self._shard, self._waiting = reorder, shard, waiting
 
     def __call__(self) -> None:
-        self._reorder._ponged(self._shard)
+        self._reorder._ponged(self._shard, self._waiting)
 
 
 def _safely(call: Callable[[], None]) -> None:

@@ -82,7 +82,9 @@ class _Shard:
         # in, or None for the health check's, whose pong is overdue at ``pong_due``.
         self.pongs: collections.deque[list[Callable[[], None]] | None] = collections.deque()
         self.pong_due: float | None = None
-        self.sharing: list[Callable[[], None]] | None = None  # the waiters of this pass's ping
+        # The waiters of the last ping, which more may join until the batch it is in is written.
+        self.sharing: list[Callable[[], None]] | None = None
+        self.sharing_batch = -1
 
     @property
     def connections(self) -> tuple[RespConnection, RespConnection]:
@@ -289,14 +291,15 @@ class RedisBridge:
             self._after_pushes(shard, then)
 
     def _after_pushes(self, shard: _Shard, then: Callable[[], None]) -> None:
-        """One ping on the subscriber serves every caller of one pass of the loop."""
-        if shard.sharing is not None:
+        """One ping on the subscriber serves every caller until it is written: written after a
+        caller came, its pong follows whatever Redis had sent this process by then."""
+        subscriber = shard.subscriber
+        if shard.sharing is not None and shard.sharing_batch == subscriber.flushes:
             shard.sharing.append(then)
             return
-        shard.sharing = waiting = [then]
-        shard.pongs.append(waiting)
-        shard.subscriber.command(_PING)
-        asyncio.get_running_loop().call_soon(_stop_sharing, shard)
+        shard.sharing, shard.sharing_batch = [then], subscriber.flushes
+        shard.pongs.append(shard.sharing)
+        subscriber.command(_PING)
 
     def mark_lost(self, error: BaseException) -> None:
         """Another user of Redis lost it: reconnect, resubscribe and resync presence."""
@@ -425,7 +428,9 @@ class RedisBridge:
             if now >= next_ping:
                 next_ping = now + HEALTH_INTERVAL
                 for shard in shards:
-                    shard.publisher.command(_PING)  # its answer, or its absence, is watched above
+                    # Its answer, or its absence, is watched above; it also tells a failover that
+                    # left this connection open (a master that became a replica, then master again).
+                    shard.publisher.call_then(functools.partial(self._check_master, shard), b"INFO", b"replication")
                     if shard.pong_due is None:
                         shard.pong_due = now + REPLY_DEADLINE
                         shard.pongs.append(None)
@@ -466,6 +471,10 @@ class RedisBridge:
             name = reply[1][self._prefix_length + 1 : -1].decode()
             if name in shard.subscribed:  # not asked for: the cluster moved the channel's slot
                 self._lost(ConnectionError(f"the cluster moved channel {name} to another shard"))
+
+    def _check_master(self, shard: _Shard, reply: Any) -> None:
+        if isinstance(reply, bytes) and _field(reply, b"master_replid") != shard.replication_id:
+            self._lost(ConnectionError("a master's replication ID changed: it failed over"))
 
     def _deliver(self, name: str, payload: bytes, published_at: float, position: str | None) -> None:
         try:
@@ -530,16 +539,13 @@ async def _ping(shard: _Shard) -> None:
 
 
 def _field(info: bytes, name: bytes) -> bytes:
-    """One field of an INFO reply."""
+    """One field of an INFO reply; empty if the server does not give it (then history keeps its
+    epochs across a failover, as it cannot tell one)."""
     for line in info.splitlines():
         key, _, value = line.partition(b":")
         if key == name:
             return value.strip()
-    raise ValueError(f"Redis's INFO has no {name.decode()}")
-
-
-def _stop_sharing(shard: _Shard) -> None:
-    shard.sharing = None
+    return b""
 
 
 def _resolve(future: asyncio.Future) -> None:

@@ -104,6 +104,7 @@ class RespConnection(asyncio.Protocol):
         self._waiting: collections.deque[OnReply | None] = collections.deque()
         self._on_push: OnPush | None = None
         self.replies = 0  # replies read so far: a watcher tells a hung Redis from an idle one
+        self.flushes = 0  # batches of commands handed to the socket so far: one a loop pass at most
         # Resolves, with the ConnectionClosed that ended it, once the connection is gone.
         self.closed: asyncio.Future[ConnectionClosed] = self._loop.create_future()
 
@@ -155,6 +156,7 @@ class RespConnection(asyncio.Protocol):
         return True
 
     def _flush(self) -> None:
+        self.flushes += 1
         outgoing, self._outgoing, self._outgoing_bytes = self._outgoing, [], 0
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(b"".join(outgoing))
