@@ -8,10 +8,13 @@ alternating the two: two fresh server processes on it, a fan-out (every other me
 second process, so every message crosses processes) and direct messages across the
 processes, with bench/load.py. For each run it reports the load's figures, the CPU seconds of
 the two server processes, and per Redis (one, or each master) the commands it processed and
-its CPU seconds. Everything runs on loopback and stops by itself.
+its CPU seconds. As in the comparison harness, the servers run on CPU 0, the generator and
+every Redis on CPU 1 (on a machine with at least two). Everything runs on loopback and stops by
+itself.
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -33,6 +36,14 @@ SCENARIOS = {
 }
 
 
+SERVER_CPUS, OTHER_CPUS = ({0}, {1}) if (os.cpu_count() or 1) >= 2 else (None, None)
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(pid, cpus)
+
+
 def redis_counters(port: int) -> tuple[int, float]:
     """Commands processed so far, and CPU seconds (user and system) used so far."""
     info = subprocess.run(["redis-cli", "-p", str(port), "info"], capture_output=True, text=True, timeout=10).stdout
@@ -52,11 +63,14 @@ def run(backend: str, url: str, redis_ports: list[int], scenario: str, prefix: s
         args += ["--redis-cluster", "true"]
     servers = [ServerProcess(*args, ready="Redis bridge up") for _ in range(2)]
     try:
+        for server in servers:
+            pin(server.process.pid, SERVER_CPUS)
         before = [redis_counters(port) for port in redis_ports]
         cpu_before = [cpu_seconds(server.process.pid) for server in servers]
         urls = [f"ws://127.0.0.1:{server.port}" for server in servers]
         load = [sys.executable, str(LOAD), scenario, "--url", urls[0], "--url2", urls[1], *SCENARIOS[scenario]]
-        result = orjson.loads(subprocess.run(load, capture_output=True, check=True, timeout=180).stdout)
+        pinned = {} if OTHER_CPUS is None else {"preexec_fn": lambda: os.sched_setaffinity(0, OTHER_CPUS)}
+        result = orjson.loads(subprocess.run(load, capture_output=True, check=True, timeout=180, **pinned).stdout)
         after = [redis_counters(port) for port in redis_ports]
         cpu_after = [cpu_seconds(server.process.pid) for server in servers]
         servers_cpu = sum(cpu_after) - sum(cpu_before)
@@ -86,6 +100,8 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     single = RedisServer()
     cluster = RedisClusterServers(folder, replicas=0)
+    for redis in (single, *cluster.nodes):
+        pin(redis.process.pid, OTHER_CPUS)
     backends = {"standalone": (single.url, [single.port]), "cluster": (cluster.url, cluster.ports)}
     runs: list[dict] = []
     try:
