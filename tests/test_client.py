@@ -13,7 +13,7 @@ from aether_tornado.client import AetherClient, QueueFull, Refused
 from aether_tornado.history import redis as history_redis
 from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
 
-from .processes import ServerProcess
+from .processes import ServerProcess, free_port
 from .wsclient import Client
 
 
@@ -97,9 +97,9 @@ async def test_it_reconnects_after_a_restart_and_sends_what_was_queued():
         second.kill()
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "aether_tornado.client", *args], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "aether_tornado.client", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -114,6 +114,42 @@ async def test_cli_sends_and_prints_replies(server):
     assert failed.returncode == 1 and "recipient_offline" in failed.stdout
     refused = await asyncio.to_thread(cli, url, "--group", "123", "--client", "c_cli", "send", "echo")
     assert refused.returncode == 2 and "invalid_id" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("ftp://127.0.0.1:1",), "is not a server address: give ws://HOST:PORT or wss://HOST"),
+        (("ws://127.0.0.1:1/v3/ws/group/g_a/client/c_a",), "has a path: give the server's address only"),
+        (("ws://127.0.0.1:1", "send", "echo", "--payload", "{bad"), "--payload: not valid JSON"),
+        (("ws://127.0.0.1:1", "send", "echo", "--payload", "[1]"), "--payload: must be a JSON object"),
+    ],
+)
+def test_cli_bad_arguments_get_one_clear_line(args, says):
+    url, *rest = args
+    result = cli(url, "--group", "g_a", "--client", "c_a", *rest)
+    assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_fails_at_once_when_nothing_listens():
+    port = free_port()
+    result = cli(f"ws://127.0.0.1:{port}", "--group", "g_a", "--client", "c_a", timeout=5)  # no retrying
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"cannot connect to ws://127.0.0.1:{port}: Connection refused"
+
+
+async def test_cli_takes_an_http_address_for_the_same_server(server):
+    url = base(server).replace("ws://", "http://")
+    result = await asyncio.to_thread(cli, url, "--group", "g_cli", "--client", "c_http", "send", "echo", "--msg", "hi")
+    assert result.returncode == 0, result.stderr
+    assert any(orjson.loads(line)["msg"] == "hi" for line in result.stdout.splitlines())
+
+
+def test_cli_help_explains_ids_and_exit_codes_in_plain_text():
+    result = cli("--help")
+    assert result.returncode == 0 and "``" not in result.stdout
+    assert "Vision IDs: 1 to 64 characters of A-Z a-z 0-9 _ -" in result.stdout
+    assert "Exit status: 0 done; 1 the server answered with an ERROR; 2" in result.stdout
 
 
 async def test_cli_watches_in_a_readable_form(server):

@@ -72,9 +72,11 @@ class AetherClient:
         max_inbox: int = 10_000,
         recover: bool = True,
         on_recovery: Callable[[dict[str, Any]], None] | None = None,
+        fail_fast: bool = False,
     ) -> None:
         """``on_recovery`` is called after each reconnection that presented positions, with the
-        snapshot's ``recovery`` report."""
+        snapshot's ``recovery`` report. With ``fail_fast`` (for a command line), a first
+        connection that fails stops the client with its error instead of retrying."""
         for field, value in (("group_id", group_id), ("client_id", client_id)):
             why = id_problem(value)
             if why is not None:
@@ -82,6 +84,7 @@ class AetherClient:
         self._path = f"{url.rstrip('/')}/v3/ws/group/{quote(group_id)}/client/{quote(client_id)}"
         self._token = token
         self.recover, self.on_recovery = recover, on_recovery
+        self._fail_fast = fail_fast
         self.positions: dict[str, str] = {}  # stream -> "epoch:offset" of the last message received
         self._recovered_up_to: dict[str, int] = {}  # stream -> offset: missed up to it, now recovered
         self._presented = False
@@ -211,6 +214,8 @@ class AetherClient:
                         self._deliver(refusal)
                         raise refusal from None
                 except (OSError, StreamClosedError, WebSocketError) as error:
+                    if self._fail_fast and not attempt:
+                        raise
                     log.debug("connecting failed: %s", error)
                 else:
                     opened = time.monotonic()

@@ -1,23 +1,37 @@
-"""``python -m aether_tornado.client``: watch a group, or send one message of any kind.
-
-    python -m aether_tornado.client ws://127.0.0.1:8888 --group g_demo --client c_ops
-    python -m aether_tornado.client URL --group g_demo --client c_ops send group --msg "Hi"
-    python -m aether_tornado.client URL --group g_demo --client c_ops send direct --to c_demo --msg "Psst"
-    python -m aether_tornado.client URL --group g_demo --client c_ops send cmd --cmd RELOAD_UI
-
-Watching prints one JSON line per frame (--format json) or a readable line (--format text),
-until Ctrl-C or --seconds. Sending prints what comes back for --wait seconds; the exit status
-is 1 if an ERROR came back, 2 if the server refused the connection.
-"""
+"""``python -m aether_tornado.client``: the Python client on the command line (``--help`` says how)."""
 
 import argparse
 import asyncio
 import sys
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from ..ids import MAX_ID_LENGTH
 from . import AetherClient, Refused
+
+DESCRIPTION = """\
+Watch a group, or send one message of any kind, as one client of an Aether V3 server.
+
+  watch:  python -m aether_tornado.client ws://127.0.0.1:8888 --group g_demo --client c_ops
+  send:   python -m aether_tornado.client ws://127.0.0.1:8888 --group g_demo --client c_ops \\
+              send group --msg "Hi"
+          ... send direct --to c_demo --msg "Psst"
+          ... send cmd --cmd RELOAD_UI --payload '{"page": "home"}'
+
+Watching prints one JSON line per frame (--format json) or a readable line (--format text)
+until Ctrl-C or --seconds. Sending prints what comes back for --wait seconds.
+"""
+EPILOG = f"""\
+IDs (group, client, --to) are Vision IDs: 1 to {MAX_ID_LENGTH} characters of A-Z a-z 0-9 _ -,
+not all digits (a database integer is not a Vision ID).
+
+Exit status: 0 done; 1 the server answered with an ERROR; 2 the arguments were wrong, the
+server could not be reached, or it refused the connection.
+"""
+# What a user may paste as the server's address, and what it means.
+SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 
 KINDS = {
     "group": {"msg_type": "msg", "target": "group"},
@@ -52,26 +66,49 @@ def readable(message: dict[str, Any]) -> str:
     return f"{time} [{message.get('target')}] {sender} -> {to}: {what}{extra}"
 
 
+def server_url(text: str) -> str:
+    """The server's address as a WebSocket base URL: ws:// or wss://, or http(s):// meaning the same."""
+    parts = urlsplit(text)
+    if parts.scheme not in SCHEMES or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a server address: give ws://HOST:PORT or wss://HOST")
+    if parts.path.strip("/") or parts.query:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a path: give the server's address only; --group and --client make the rest"
+        )
+    return urlunsplit((SCHEMES[parts.scheme], parts.netloc, "", "", ""))
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"k\": 1}}', not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aether_tornado.client",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("url", help="the server, e.g. ws://127.0.0.1:8888")
-    parser.add_argument("--group", required=True, help="group_id to connect to")
-    parser.add_argument("--client", required=True, help="client_id to connect as")
+    parser.add_argument("url", type=server_url, help="the server, e.g. ws://127.0.0.1:8888")
+    parser.add_argument("--group", required=True, help="group_id to connect to (a Vision ID)")
+    parser.add_argument("--client", required=True, help="client_id to connect as (a Vision ID)")
     parser.add_argument("--token", help="a client token, for servers that require one")
-    parser.add_argument("--format", choices=["json", "text"], default="json")
+    parser.add_argument("--format", choices=["json", "text"], default="json", help="JSON lines, or readable text")
     parser.add_argument("--seconds", type=float, help="watch: stop after this long")
-    commands = parser.add_subparsers(dest="command")
+    commands = parser.add_subparsers(dest="command", metavar="send KIND", help="send one message instead of watching")
     send = commands.add_parser("send", help="send one message and print the replies")
     send.add_argument("kind", choices=KINDS)
     send.add_argument("--to", help="to_id, for direct (and a cmd sent to one client)")
     send.add_argument("--msg", help="the text")
     send.add_argument("--cmd", help="the command name, for cmd")
     send.add_argument("--target", choices=["group", "direct", "broadcast", "echo"], default="group", help="for cmd")
-    send.add_argument("--payload", type=orjson.loads, help="a JSON object")
+    send.add_argument("--payload", type=json_object, help="a JSON object")
     send.add_argument("--wait", type=float, default=1.0, help="seconds to print replies for")
     return parser
 
@@ -86,7 +123,7 @@ def message_of(args: argparse.Namespace) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> int:
     show = (lambda message: orjson.dumps(message).decode()) if args.format == "json" else readable
-    async with AetherClient(args.url, args.group, args.client, token=args.token) as client:
+    async with AetherClient(args.url, args.group, args.client, token=args.token, fail_fast=True) as client:
         if args.command == "send":
             client.send(message_of(args))
             seconds, status = args.wait, 0
@@ -115,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except (OSError, TimeoutError) as error:
-        print(f"cannot connect: {error}", file=sys.stderr)
+        print(f"cannot connect to {args.url}: {error.strerror or error}", file=sys.stderr)
         return 2
 
 
