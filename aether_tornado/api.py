@@ -157,17 +157,25 @@ def _asset(name: str) -> bytes:
 class Asset(SecureHandler):
     """The index page, the console, the browser client and its types: public, like any page.
 
-    The asset is named by the route (``name=``) or by the path (``/v3/client/{name}``).
+    The asset is named by the route (``name=``) or by the path (``/v3/client/{name}``). The
+    client and its types may be loaded by pages of ``allowed_origins`` (a module script from
+    another origin needs CORS), the origins that may connect.
     """
 
-    def initialize(self, name: str | None = None) -> None:
+    def initialize(self, name: str | None = None, allowed_origins: tuple[str, ...] = ()) -> None:
         self.name = name
+        self.allowed_origins = allowed_origins
 
     def get(self, name: str | None = None) -> None:
         name = self.name or name
         assert name is not None  # the routes give one or the other
         self.set_header("Content-Type", ASSETS[name][1])
         self.set_header("Cache-Control", "no-cache")
+        origin = self.request.headers.get("Origin")
+        if self.allowed_origins:
+            self.set_header("Vary", "Origin")
+            if origin and ("*" in self.allowed_origins or origin.rstrip("/").lower() in self.allowed_origins):
+                self.set_header("Access-Control-Allow-Origin", origin)
         if ASSETS[name][1].startswith("text/html"):
             self.set_header("Content-Security-Policy", page_policy(_asset(name)))
         self.finish(_asset(name))

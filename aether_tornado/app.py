@@ -113,7 +113,7 @@ def make_app(node: Node) -> tornado.web.Application:
     return tornado.web.Application(
         [
             (r"/", Asset, {"name": "index"}),
-            (r"/v3/client/(aether-v3\.js|aether-v3\.d\.ts)", Asset),
+            (r"/v3/client/(aether-v3\.js|aether-v3\.d\.ts)", Asset, {"allowed_origins": settings.allowed_origins}),
             *console,
             (r"/healthz", Health, {"node": node}),
             (r"/metrics", Metrics, {"node": node}),

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests drive (a browser, redis-server, nginx, systemd-analyze) when they are missing.
+# Installs the Debian packages the tests drive (a browser, redis-server, nginx, systemd-analyze, and npm
+# for the TypeScript check of the browser client) when they are missing.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v npm >/dev/null || missing+=(npm)
 ((${#missing[@]})) || exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "The tests need: ${missing[*]}. Install them with: sudo apt-get install -y ${missing[*]}" >&2

@@ -8,6 +8,11 @@ from .conftest import ws_url
 from .wsclient import Client
 
 
+async def fetch_with(server, path: str, **headers):
+    """GET ``path`` with these headers; the whole response."""
+    return await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}{path}", headers=headers, request_timeout=5)
+
+
 async def http(server, method: str, path: str, body=None, **headers) -> tuple[int, dict | str]:
     payload = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
     if payload is not None:
@@ -209,3 +214,15 @@ async def test_group_history_refuses_a_bad_id_and_says_when_history_is_off(start
     assert (await http(server, "GET", "/v3/groups/123/history"))[1]["code"] == "invalid_id"
     status, body = await http(server, "GET", "/v3/groups/g_h/history")
     assert (status, body["code"]) == (404, "history_off")
+
+
+async def test_the_browser_client_is_served_with_cors_to_the_allowed_origins_only(start_server):
+    server = await start_server(allowed_origins=("https://app.example.com",))
+    for asset in ("aether-v3.js", "aether-v3.d.ts"):
+        allowed = await fetch_with(server, f"/v3/client/{asset}", Origin="https://app.example.com")
+        assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+        assert allowed.headers["Vary"] == "Origin"
+        other = await fetch_with(server, f"/v3/client/{asset}", Origin="https://evil.example.net")
+        assert "Access-Control-Allow-Origin" not in other.headers
+    alone = await start_server()
+    assert "Access-Control-Allow-Origin" not in (await fetch_with(alone, "/v3/client/aether-v3.js")).headers

@@ -5,6 +5,7 @@ import pytest
 from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
 
 from .conftest import CHROMIUM_MISSING
+from .processes import free_port
 
 pytestmark = CHROMIUM_MISSING
 
@@ -123,3 +124,62 @@ async def test_the_browser_client_recovers_what_it_missed_and_marks_it(page, ser
     got = await page.evaluate("() => until(() => got.length === 7)")
     assert got[5:] == [["5", True], ["6", True]]
     assert await page.evaluate("() => reports") == [True, True]
+
+
+async def test_a_page_of_an_allowed_origin_imports_the_client_whose_events_come_once_each(browser, start_server):
+    frontend = await start_server()  # a page of another origin, as a frontend's dev server would be
+    server = await start_server(allowed_origins=(f"http://127.0.0.1:{frontend.port}",))
+    page = await browser.new_page(bypass_csp=True)  # the frontend's own policy is its business
+    page.set_default_timeout(10_000)
+    await page.goto(f"http://127.0.0.1:{frontend.port}/")
+    seen = await page.evaluate(
+        """async (port) => {
+          const { AetherClient } = await import(`http://127.0.0.1:${port}/v3/client/aether-v3.js`);
+          const client = new AetherClient({ groupId: "g_x", clientId: "c_x", url: `ws://127.0.0.1:${port}` });
+          const seen = { states: [], closes: [], rosters: [] };
+          client.on("state", (state, why) => seen.states.push([state, why]));
+          client.on("close", (event) => seen.closes.push(event));
+          client.on("roster", (clients) => seen.rosters.push(clients));
+          const present = new Promise((resolve) => client.on("roster", (clients) => clients.length && resolve()));
+          client.connect();
+          await present;
+          client.close();
+          client.close();  // a second close changes nothing
+          return seen;
+        }""",
+        server.port,
+    )
+    assert seen["states"] == [["connecting", {}], ["open", {}], ["closed", {"code": 1000, "reason": "client closed"}]]
+    assert seen["closes"] == [{"code": 1000, "reason": "client closed"}]
+    assert seen["rosters"] == [["c_x"], []]  # emptied on close
+    await page.close()
+
+
+async def test_a_client_that_cannot_connect_says_reconnecting_once_with_why_and_when(browser, server):
+    page = await browser.new_page(bypass_csp=True)  # the page's policy would refuse another port itself
+    page.set_default_timeout(10_000)
+    await page.goto(f"http://127.0.0.1:{server.port}/")
+    states = await page.evaluate(
+        """async (port) => {
+          const { AetherClient } = await import("/v3/client/aether-v3.js");
+          const client = new AetherClient({
+            groupId: "g_x", clientId: "c_x", url: `ws://127.0.0.1:${port}`, backoffInitialMs: 20, backoffMaxMs: 40,
+          });
+          const states = [];
+          let closes = 0;
+          client.on("state", (state, why) => states.push([state, why]));
+          const retried = new Promise((resolve, reject) => {
+            client.on("close", () => ++closes === 4 && resolve());
+            setTimeout(() => reject(new Error(`${closes} attempts in 5 s`)), 5000);
+          });
+          client.connect();
+          await retried;  // four attempts failed
+          client.close();
+          return states;
+        }""",
+        free_port(),  # nothing listens there
+    )
+    await page.close()
+    assert [state for state, _ in states] == ["connecting", "reconnecting", "closed"]
+    why = states[1][1]
+    assert why["code"] == 1006 and why["reason"] == "" and 0 <= why["retryInMs"] <= 20

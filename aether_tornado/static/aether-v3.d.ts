@@ -4,8 +4,8 @@ export type MsgType = "msg" | "cmd" | "heartbeat" | "presence";
 export type Target = "direct" | "group" | "broadcast" | "echo";
 export type State = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
-/** One frame in either direction; the server always sends all ten keys. */
-export interface WSMessageV3 {
+/** A message to send: the server fills in what is left out (from_id, group_id, sent_at). */
+export interface OutgoingMessage {
   version?: "3";
   msg_type: MsgType;
   target: Target;
@@ -16,10 +16,51 @@ export interface WSMessageV3 {
   msg?: string | null;
   payload?: Record<string, unknown> | null;
   sent_at?: string | null;
+}
+
+/** A message from the server: always all ten keys, null where there is no value. */
+export interface WSMessageV3 {
+  version: "3";
+  msg_type: MsgType;
+  target: Target;
+  from_id: string | null;
+  to_id: string | null;
+  group_id: string | null;
+  cmd: string | null;
+  msg: string | null;
+  payload: Record<string, unknown> | null;
+  /** ISO 8601 UTC with milliseconds, stamped by the server. */
+  sent_at: string;
   /** "epoch:offset" of a group, direct or broadcast message, for clients that recover. */
   position?: string;
   /** Set by this client (never sent by the server) on a message missed while away and recovered. */
   recovered?: true;
+}
+
+/** The payload of a presence message. */
+export type PresencePayload =
+  | { event: "snapshot"; clients: string[]; recovery?: RecoveryReport }
+  | { event: "join"; client_id: string }
+  | { event: "leave"; client_id: string; reason: "closed" | "timeout" };
+
+/** A presence message: a snapshot to this client, or a join or leave in its group. */
+export interface PresenceMessage extends WSMessageV3 {
+  msg_type: "presence";
+  payload: PresencePayload;
+}
+
+/** The payload of an ERROR command from the server. */
+export interface ErrorPayload {
+  code: string;
+  errors: ProblemField[];
+}
+
+/** Why the state changed: the close code and reason of the connection that ended, and when
+ * the next attempt comes. */
+export interface StateChange {
+  code?: number;
+  reason?: string;
+  retryInMs?: number;
 }
 
 export type Stream = "group" | "client" | "broadcast";
@@ -62,13 +103,16 @@ export interface Handlers {
   msg: (message: WSMessageV3) => void;
   cmd: (message: WSMessageV3) => void;
   heartbeat: (message: WSMessageV3) => void;
-  presence: (message: WSMessageV3) => void;
+  presence: (message: PresenceMessage) => void;
   message: (message: WSMessageV3) => void;
   error: (error: AetherError, message?: WSMessageV3) => void;
+  /** The present client_ids, sorted; emptied when the client is closed. */
   roster: (clients: string[]) => void;
   open: () => void;
+  /** Once per connection that ends, close() included. */
   close: (event: { code: number; reason: string }) => void;
-  state: (state: State) => void;
+  /** Once per change of state. */
+  state: (state: State, why: StateChange) => void;
   /** After each reconnection that presented positions. */
   recovery: (report: RecoveryReport) => void;
 }
@@ -84,10 +128,11 @@ export class AetherClient {
   /** The last position received per stream, presented on reconnecting. */
   readonly positions: Partial<Record<Stream, string>>;
   connect(): this;
+  /** Closes for good: "close" fires once, queued messages are dropped, the roster empties. */
   close(): void;
   on<K extends keyof Handlers>(type: K, handler: Handlers[K]): () => void;
   off<K extends keyof Handlers>(type: K, handler: Handlers[K]): void;
-  send(message: WSMessageV3): void;
+  send(message: OutgoingMessage): void;
   sendGroup(msg?: string, payload?: Record<string, unknown>): void;
   sendDirect(toId: string, msg?: string, payload?: Record<string, unknown>): void;
   broadcast(msg?: string, payload?: Record<string, unknown>): void;

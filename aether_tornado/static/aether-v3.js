@@ -85,8 +85,10 @@ export class AetherClient {
   }
 
   // Handlers: "msg", "cmd", "heartbeat", "presence" (by msg_type), "message" (every frame),
-  // "error" (ERROR frames, refusals, a full queue), "roster", "open", "close", "state",
-  // "recovery" (after each reconnection that presented positions: { recovered, streams }).
+  // "error" (ERROR frames, refusals, a full queue), "roster", "open", "close" (once per
+  // connection that ends, close() included: { code, reason }), "state" (once per change, with
+  // why: { code, reason, retryInMs }), "recovery" (after each reconnection that presented
+  // positions: { recovered, streams }).
   on(type, handler) {
     if (!this.handlers.has(type)) this.handlers.set(type, new Set());
     this.handlers.get(type).add(handler);
@@ -107,15 +109,16 @@ export class AetherClient {
     }
   }
 
-  setState(state) {
+  setState(state, why = {}) {
+    if (state === this.state) return;
     this.state = state;
-    this.emit("state", state);
+    this.emit("state", state, why);
   }
 
   connect() {
     if (this.socket || this.state === "open") return this;
     clearTimeout(this.timers.retry);
-    this.setState(this.attempt ? "reconnecting" : "connecting");
+    if (!this.attempt) this.setState("connecting"); // a retry is "reconnecting" already
     this.presented = Object.keys(this.positions).length > 0;
     const socket = new WebSocket(this.endpoint);
     let openedAt = null;
@@ -136,16 +139,17 @@ export class AetherClient {
       clearInterval(heartbeat);
       if (this.socket !== socket) return; // replaced or closed by close(): nothing more to do
       this.socket = null;
-      this.emit("close", { code: event.code, reason: event.reason });
+      const ended = { code: event.code, reason: event.reason };
+      this.emit("close", ended);
       if (this.state === "closed") return;
       // Backoff starts again only after a connection that lasted: a flapping one keeps growing it.
       if (openedAt !== null && Date.now() - openedAt > this.backoffMaxMs) this.attempt = 0;
-      if (openedAt !== null) this.retry();
+      if (openedAt !== null) this.retry(ended);
       else
         this.diagnose().then((refusal) => {
           if (this.state === "closed" || this.socket) return;
           if (refusal) this.stop(refusal);
-          else this.retry();
+          else this.retry(ended);
         });
     };
     return this;
@@ -166,25 +170,43 @@ export class AetherClient {
   }
 
   stop(refusal) {
-    this.setState("closed");
+    this.setState("closed", { reason: `${refusal.code}: ${refusal.msg}` });
     this.queue.length = 0;
+    this.clearRoster();
     this.emit("error", new AetherError(refusal.code, refusal.msg));
   }
 
-  retry() {
+  retry(ended) {
     if (this.state === "closed") return;
     const cap = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** this.attempt);
+    const retryInMs = Math.round(Math.random() * cap); // full jitter
     this.attempt += 1;
-    this.setState("reconnecting");
-    this.timers.retry = setTimeout(() => this.connect(), Math.random() * cap); // full jitter
+    this.setState("reconnecting", { ...ended, retryInMs });
+    this.timers.retry = setTimeout(() => this.connect(), retryInMs);
   }
 
+  // Closes for good: "close" fires once (if a connection was open or opening), then the
+  // roster empties. Messages still queued are dropped.
   close() {
-    this.setState("closed");
+    if (this.state === "closed") return;
+    const ended = { code: 1000, reason: "client closed" };
+    this.setState("closed", ended);
     clearTimeout(this.timers.retry);
+    this.queue.length = 0;
+    this.attempt = 0; // connect() may start again
     const socket = this.socket;
     this.socket = null;
-    socket?.close(1000, "client closed");
+    if (socket) {
+      socket.close(ended.code, ended.reason);
+      this.emit("close", ended);
+    }
+    this.clearRoster();
+  }
+
+  clearRoster() {
+    if (!this.roster.length) return;
+    this.roster = [];
+    this.emit("roster", this.roster);
   }
 
   receive(data) {
