@@ -69,10 +69,15 @@ async def test_two_consoles_see_each_other_talk_and_reconnect_by_themselves(brow
         await alice.wait_for_selector("#state:text('reconnecting')")
         # Why, and when the next try comes: a killed server closes without a close frame (1006).
         await alice.wait_for_selector("#log .error:has-text('reconnecting: close code 1006, next try in')")
+        await bob.wait_for_selector("#state:text('reconnecting')")
+        await send(bob, "group", "typed while away")
+        await bob.wait_for_selector("#log div:has-text('queued until connected')")  # not "sent"
         server = ServerProcess(port=server.port)
         for page in (alice, bob):
             await page.wait_for_selector("#state:text('open')", timeout=30_000)
             await expect(page.locator("#roster li")).to_have_count(2, timeout=10_000)
+        # Sent once bob is back (alice may be back later, and this server kept no history).
+        await bob.wait_for_selector("#log div:has-text('\"from_id\":\"c_bob\"'):has-text('typed while away')")
         await send(bob, "group", "after the restart")
         await alice.wait_for_selector("#log div:has-text('after the restart')")
     finally:
@@ -144,3 +149,22 @@ async def test_the_console_shows_what_it_recovered_after_a_lost_connection(brows
     await page.wait_for_selector("#log div:has-text('live again')")
     assert await page.locator("#log .recovered:has-text('live again')").count() == 0
     assert page.csp_violations == []
+
+
+async def test_the_console_form_guides_heartbeats_and_does_not_reconnect_an_open_connection(browser, server):
+    page = await open_console(browser, server.port, "c_form")
+    await expect(page.locator("#connect-button")).to_be_disabled()  # Connect again would drop this one
+    await page.select_option("#msg_type", "heartbeat")
+    await expect(page.locator("#target")).to_have_value("echo")
+    await expect(page.locator("#target")).to_be_disabled()
+    await page.click("#send-button")
+    await page.wait_for_selector('#log div:has-text(\'"msg_type":"heartbeat","target":"echo","from_id":null\')')
+    await page.select_option("#msg_type", "msg")
+    await expect(page.locator("#target")).to_be_enabled()
+    await page.click("#disconnect-button")
+    await page.wait_for_selector("#state:text('closed')")
+    await page.wait_for_selector("#log div:has-text('closed: close code 1000, reason \"client closed\"')")
+    await expect(page.locator("#roster li")).to_have_count(0)
+    await expect(page.locator("#connect-button")).to_be_enabled()
+    assert await page.locator("#log .error").count() == 0
+    await page.close()
