@@ -168,3 +168,28 @@ async def test_the_console_form_guides_heartbeats_and_does_not_reconnect_an_open
     await expect(page.locator("#connect-button")).to_be_enabled()
     assert await page.locator("#log .error").count() == 0
     await page.close()
+
+
+async def test_the_console_fits_a_phone_follows_dark_mode_and_names_its_parts(browser, server):
+    page = await browser.new_page(viewport={"width": 390, "height": 844}, color_scheme="dark")
+    page.set_default_timeout(10_000)
+    await page.goto(f"http://127.0.0.1:{server.port}/v3/console")
+    layout = await page.evaluate(
+        """() => ({
+          overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+          logFont: parseFloat(getComputedStyle(document.getElementById("log")).fontSize),
+          asideWidth: document.querySelector("aside").getBoundingClientRect().width,
+          canvas: getComputedStyle(document.documentElement).colorScheme,
+        })"""
+    )
+    assert layout["overflow"] <= 0 and layout["logFont"] >= 12  # no sideways scrolling, readable text
+    assert layout["asideWidth"] >= 380  # the connection stacks above the messages, full width
+    assert layout["canvas"] == "light dark"  # the browser's dark canvas and controls
+    await expect(page.get_by_role("heading", level=1)).to_have_text("aether-tornado console")
+    await expect(page.get_by_role("main")).to_have_count(1)
+    await expect(page.get_by_role("log")).to_have_attribute("aria-live", "polite")
+    await expect(page.get_by_role("form", name="Send a message")).to_have_count(1)
+    await expect(page.get_by_role("status")).to_have_text("idle")
+    OUTPUT.mkdir(exist_ok=True)
+    await page.screenshot(path=str(OUTPUT / "console-phone-dark.png"), full_page=True)
+    await page.close()
