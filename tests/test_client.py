@@ -221,6 +221,7 @@ async def test_after_its_process_is_replaced_the_client_gets_what_it_missed_once
     reports = []
     client = quick_client(first, "g_pc", reports)
     async with client:
+        await next_snapshot(client)  # in the group: what is sent from now on reaches it
         sender = await Client.joined(second.url("g_pc", "c_talk"))
         for n in range(3):
             await sender.send(msg_type="msg", target="group", msg=str(n))

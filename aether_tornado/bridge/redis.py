@@ -82,9 +82,10 @@ class _Shard:
         # in, or None for the health check's, whose pong is overdue at ``pong_due``.
         self.pongs: collections.deque[list[Callable[[], None]] | None] = collections.deque()
         self.pong_due: float | None = None
-        # The waiters of the last ping, which more may join until the batch it is in is written.
+        # The waiters of the last ping, which more may join while it is the last command queued
+        # and not yet written: (batches written, commands queued) just after it was queued.
         self.sharing: list[Callable[[], None]] | None = None
-        self.sharing_batch = -1
+        self.sharing_mark = (-1, -1)
 
     @property
     def connections(self) -> tuple[RespConnection, RespConnection]:
@@ -291,15 +292,17 @@ class RedisBridge:
             self._after_pushes(shard, then)
 
     def _after_pushes(self, shard: _Shard, then: Callable[[], None]) -> None:
-        """One ping on the subscriber serves every caller until it is written: written after a
-        caller came, its pong follows whatever Redis had sent this process by then."""
+        """One ping on the subscriber serves every caller while it is the last command queued and
+        not yet written: written after a caller came, and after what the caller sent before (a
+        subscription), its pong follows whatever Redis had sent this process by then."""
         subscriber = shard.subscriber
-        if shard.sharing is not None and shard.sharing_batch == subscriber.flushes:
+        if shard.sharing is not None and shard.sharing_mark == (subscriber.flushes, subscriber.queued):
             shard.sharing.append(then)
             return
-        shard.sharing, shard.sharing_batch = [then], subscriber.flushes
+        shard.sharing = [then]
         shard.pongs.append(shard.sharing)
         subscriber.command(_PING)
+        shard.sharing_mark = (subscriber.flushes, subscriber.queued)
 
     def mark_lost(self, error: BaseException) -> None:
         """Another user of Redis lost it: reconnect, resubscribe and resync presence."""

@@ -105,6 +105,7 @@ class RespConnection(asyncio.Protocol):
         self._on_push: OnPush | None = None
         self.replies = 0  # replies read so far: a watcher tells a hung Redis from an idle one
         self.flushes = 0  # batches of commands handed to the socket so far: one a loop pass at most
+        self.queued = 0  # commands queued so far
         # Resolves, with the ConnectionClosed that ended it, once the connection is gone.
         self.closed: asyncio.Future[ConnectionClosed] = self._loop.create_future()
 
@@ -151,6 +152,7 @@ class RespConnection(asyncio.Protocol):
         if not self._outgoing:
             self._loop.call_soon(self._flush)
         packed = hiredis.pack_command(args)
+        self.queued += 1
         self._outgoing.append(packed)
         self._outgoing_bytes += len(packed)
         return True
