@@ -7,7 +7,17 @@ from pathlib import Path
 import orjson
 
 from .bridge import BridgeDown, group_channel
-from .errors import HISTORY_OFF, INVALID_ID, INVALID_LIMIT, RECIPIENT_OFFLINE, UNAUTHORIZED, UNAVAILABLE, ProtocolError
+from .errors import (
+    HISTORY_OFF,
+    INVALID_ID,
+    INVALID_JSON,
+    INVALID_LIMIT,
+    INVALID_MESSAGE,
+    RECIPIENT_OFFLINE,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    ProtocolError,
+)
 from .ids import id_problem
 from .node import Node
 from .schema import decode
@@ -15,6 +25,10 @@ from .web_headers import SecureHandler, page_policy
 
 # Messages GET /v3/groups/{id}/history returns without a limit.
 DEFAULT_LIMIT = 100
+# What POST /v3/clients/{id}/disconnect closes with unless told: an application's close code.
+DISCONNECT_CODE, DISCONNECT_REASON = 4001, "disconnected by the server"
+# A close frame's reason is at most 123 bytes of UTF-8.
+MAX_REASON_BYTES = 123
 # An API error's HTTP status, by protocol error code; any other code is a 400.
 STATUS_OF = {RECIPIENT_OFFLINE: 404, UNAVAILABLE: 503, UNAUTHORIZED: 401}
 
@@ -46,23 +60,74 @@ class BackendHandler(JSONHandler):
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             self.fail(ProtocolError(UNAUTHORIZED, "A valid 'Authorization: Bearer <api key>' header is required."))
 
+    def json_refused(self) -> bool:
+        """Answer 415 unless the body is JSON: a page on another site can POST text/plain without
+        asking; it cannot send JSON unasked."""
+        media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if media_type == "application/json":
+            return False
+        self.reply(
+            415, {"code": "unsupported_media_type", "msg": "Send the body as Content-Type: application/json.",
+                  "errors": []}
+        )  # fmt: skip
+        return True
+
 
 class Publish(BackendHandler):
     """``POST /v3/publish``: one WS_Message_V3 to a group, a client or everybody."""
 
     async def post(self) -> None:
-        media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if media_type != "application/json":
-            # A page on another site can POST text/plain without asking; it cannot send JSON unasked.
-            return self.reply(
-                415, {"code": "unsupported_media_type", "msg": "Send the message as Content-Type: application/json.",
-                      "errors": []}
-            )  # fmt: skip
+        if self.json_refused():
+            return None
         try:
             sent_at = await self.node.publish(decode(self.request.body))
         except ProtocolError as problem:
             return self.fail(problem)
         self.reply(202, {"status": "accepted", "sent_at": sent_at})
+
+
+class ClientDisconnect(BackendHandler):
+    """``POST /v3/clients/{client_id}/disconnect``: close all its connections, on every process.
+
+    The body is a JSON object, ``{}`` or with ``code`` (4000 to 4999) and ``reason``.
+    """
+
+    async def post(self, client_id: str) -> None:
+        if self.json_refused():
+            return None
+        try:
+            code, reason = _disconnect_order(client_id, self.request.body)
+            await self.node.disconnect(client_id, code, reason)
+        except ProtocolError as problem:
+            return self.fail(problem)
+        self.reply(202, {"status": "accepted", "client_id": client_id, "code": code, "reason": reason})
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        return value.decode("utf-8", "replace")
+
+
+def _disconnect_order(client_id: str, body: bytes) -> tuple[int, str]:
+    """The close code and reason a disconnect asks for. Raises ProtocolError with every problem."""
+    why = id_problem(client_id)
+    if why is not None:
+        problem = [{"field": "client_id", "problem": f"not a Vision ID: {why}"}]
+        raise ProtocolError(INVALID_ID, f"client_id is not a Vision ID: {why}", problem)
+    try:
+        order = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError:
+        raise ProtocolError(INVALID_JSON, "The body is not valid JSON.") from None
+    if not isinstance(order, dict):
+        raise ProtocolError(INVALID_JSON, "The body must be a JSON object.")
+    code, reason = order.pop("code", DISCONNECT_CODE), order.pop("reason", DISCONNECT_REASON)
+    problems = [{"field": key, "problem": "unknown key"} for key in sorted(order)]
+    if type(code) is not int or not 4000 <= code <= 4999:
+        problems.append({"field": "code", "problem": "must be an integer from 4000 to 4999"})
+    if not isinstance(reason, str) or len(reason.encode()) > MAX_REASON_BYTES:
+        problems.append({"field": "reason", "problem": f"must be a string of at most {MAX_REASON_BYTES} bytes"})
+    if problems:
+        text = "; ".join(f"{item['field']} {item['problem']}" for item in problems)
+        raise ProtocolError(INVALID_MESSAGE, text, problems)
+    return code, reason
 
 
 class GroupPresence(BackendHandler):

@@ -13,8 +13,18 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from . import messages
-from .bridge import BROADCAST_CHANNEL, RESYNC_CHANNEL, Bridge, BridgeDown, client_channel, group_channel
+from .bridge import (
+    BROADCAST_CHANNEL,
+    CONTROL_CHANNEL,
+    RESYNC_CHANNEL,
+    Bridge,
+    BridgeDown,
+    client_channel,
+    group_channel,
+)
 from .bridge.order import Sender
 from .config import Settings
 from .errors import (
@@ -346,6 +356,34 @@ class Node:
         assert stamped.sent_at is not None
         return stamped.sent_at
 
+    async def disconnect(self, client_id: str, code: int, reason: str) -> None:
+        """Close every connection of ``client_id`` on every process (POST /v3/clients/{id}/disconnect).
+
+        Raises ProtocolError ``recipient_offline`` when it has none anywhere. The client may
+        connect again: to keep it out, stop issuing it tokens.
+        """
+        local = list(self.hub.client(client_id))
+        if not local and not await self.presence.present_anywhere(client_id):
+            problem = [{"field": "client_id", "problem": "has no open connection"}]
+            raise ProtocolError(RECIPIENT_OFFLINE, f"{client_id} has no open connection.", problem)
+        for conn in local:
+            conn.close(code, reason)
+        order = orjson.dumps({"disconnect": client_id, "code": code, "reason": reason})
+        with contextlib.suppress(BridgeDown):  # at most once, as any message across an outage
+            await self.bridge.publish(CONTROL_CHANNEL, order)
+
+    def _obey(self, payload: bytes) -> None:
+        """An order another process published on the control channel."""
+        try:
+            order = orjson.loads(payload)
+            client_id, code, reason = order["disconnect"], order["code"], order["reason"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            log.warning("an order on the control channel was not understood: %r", payload[:200])
+            return
+        for conn in list(self.hub.client(client_id)):
+            conn.close(code, reason)
+        log.info("disconnected %s on an operator's order (%d %s)", client_id, code, reason)
+
     async def _route_for_the_api(self, message: WSMessageV3) -> asyncio.Future[int] | None:
         """Route a backend's message as this process's one API sender, which keeps its order as a
         connection does: a backend that waits for each answer sees its messages arrive in order,
@@ -519,6 +557,9 @@ class Node:
             receivers = self.hub.all()
         elif channel == RESYNC_CHANNEL:
             self.spawn(self._send_snapshots())
+            return
+        elif channel == CONTROL_CHANNEL:
+            self._obey(payload)
             return
         else:
             log.warning("message on unknown bridge channel %s dropped", channel)

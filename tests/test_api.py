@@ -99,6 +99,8 @@ async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_ser
         for route in ("/v3/groups/g_x/presence", "/v3/groups/g_x/history"):
             status, body = await http(server, "GET", route, **headers)
             assert status == 401
+        status, body = await http(server, "POST", "/v3/clients/c_x/disconnect", {}, **headers)
+        assert status == 401 and body["code"] == "unauthorized"
     assert (await http(server, "POST", "/v3/publish", message, Authorization="Bearer s3cret-of-16-chars"))[0] == 202
     assert (await http(server, "GET", "/v3/groups/g_x/presence", Authorization="Bearer s3cret-of-16-chars"))[0] == 200
     assert (await http(server, "GET", "/v3/groups/g_x/history", Authorization="Bearer s3cret-of-16-chars"))[0] == 200
@@ -226,3 +228,48 @@ async def test_the_browser_client_is_served_with_cors_to_the_allowed_origins_onl
         assert "Access-Control-Allow-Origin" not in other.headers
     alone = await start_server()
     assert "Access-Control-Allow-Origin" not in (await fetch_with(alone, "/v3/client/aether-v3.js")).headers
+
+
+async def test_disconnect_closes_every_connection_of_a_client_with_the_code_and_reason_given(server):
+    watcher = await Client.joined(ws_url(server, "g_ops", "c_watch"))
+    tabs = [await Client.joined(ws_url(server, group, "c_kick")) for group in ("g_ops", "g_other")]
+    await watcher.recv_where(event="join", client_id="c_kick")
+    order = {"code": 4003, "reason": "kicked by ops"}
+    status, body = await http(server, "POST", "/v3/clients/c_kick/disconnect", order)
+    assert (status, body) == (202, {"status": "accepted", "client_id": "c_kick", **order})
+    for tab in tabs:
+        assert await tab.closed() == (4003, "kicked by ops")
+    leave = await watcher.recv_where(event="leave", client_id="c_kick")
+    assert leave["payload"]["reason"] == "closed"
+    await watcher.nothing_within(0.3)  # once
+    status, body = await http(server, "POST", "/v3/clients/c_kick/disconnect", {})
+    assert status == 404 and body["code"] == "recipient_offline"
+
+
+async def test_a_disconnect_without_a_code_closes_with_4001(server):
+    tab = await Client.joined(ws_url(server, "g_ops", "c_default"))
+    assert (await http(server, "POST", "/v3/clients/c_default/disconnect", {}))[0] == 202
+    assert await tab.closed() == (4001, "disconnected by the server")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code", "fields"),
+    [
+        ("/v3/clients/123/disconnect", {}, "invalid_id", ["client_id"]),
+        ("/v3/clients/c_x/disconnect", b"{nope", "invalid_json", []),
+        ("/v3/clients/c_x/disconnect", [], "invalid_json", []),
+        ("/v3/clients/c_x/disconnect", {"code": 1000}, "invalid_message", ["code"]),
+        ("/v3/clients/c_x/disconnect", {"code": True}, "invalid_message", ["code"]),
+        ("/v3/clients/c_x/disconnect", {"reason": "x" * 124}, "invalid_message", ["reason"]),
+        ("/v3/clients/c_x/disconnect", {"why": "?", "code": "4001"}, "invalid_message", ["why", "code"]),
+    ],
+)
+async def test_a_bad_disconnect_is_a_400_naming_every_problem(server, path, body, code, fields):
+    status, answer = await http(server, "POST", path, body)
+    assert status == 400 and answer["code"] == code
+    assert [problem["field"] for problem in answer["errors"]] == fields
+
+
+async def test_a_disconnect_must_be_sent_as_json(server):
+    status, body = await http(server, "POST", "/v3/clients/c_x/disconnect", b"{}", **{"Content-Type": "text/plain"})
+    assert status == 415 and body["code"] == "unsupported_media_type"

@@ -196,6 +196,21 @@ async def test_the_backend_api_reaches_clients_on_every_process(start_bridged_pr
     assert (await health(first))["bridge"] == "up"
 
 
+async def test_a_disconnect_reaches_the_client_on_any_process(start_bridged_process):
+    first, second = start_bridged_process(), start_bridged_process()
+    tabs = [await Client.joined(process.url("g_kick", "c_far")) for process in (first, second)]
+    response = await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{first.port}/v3/clients/c_far/disconnect",
+        method="POST",
+        body=orjson.dumps({"code": 4100, "reason": "maintenance"}),
+        headers={"Content-Type": "application/json"},
+        request_timeout=5,
+    )
+    assert response.code == 202
+    for tab in tabs:  # the one on this process, and the one on the other
+        assert await tab.closed() == (4100, "maintenance")
+
+
 async def test_a_burst_of_handshakes_opens_a_bounded_number_of_redis_connections(redis_server, start_process):
     process = start_process()
     clients = await asyncio.gather(*(Client.joined(process.url("g_burst", f"c_{n}")) for n in range(150)))

@@ -27,6 +27,8 @@ Wanted = Callable[[], Iterable[str]]
 BROADCAST_CHANNEL = "broadcast"
 # A process that reconnected after an outage asks every process to resend snapshots.
 RESYNC_CHANNEL = "resync"
+# Operators' orders to every process (disconnect a client), as JSON objects.
+CONTROL_CHANNEL = "control"
 
 
 def group_channel(group_id: str) -> str:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from . import RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
+from . import CONTROL_CHANNEL, RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
 from .order import MARK, UNMARKED, Reorder, Sender
 from .resp import Address, OnReply, ReplyError, RespConnection, connect
 from .topology import Topology, alone, discover
@@ -358,7 +358,7 @@ class RedisBridge:
         self._shards = shards
         if self._cluster:
             self._reorder = Reorder(len(shards), lambda index, then: self._after_pushes(shards[index], then))
-        channels = {RESYNC_CHANNEL, *self._wanted()}
+        channels = {RESYNC_CHANNEL, CONTROL_CHANNEL, *self._wanted()}
         for channel in channels:
             shard = self._shard_for(channel)
             assert shard is not None
