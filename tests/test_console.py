@@ -193,3 +193,31 @@ async def test_the_console_fits_a_phone_follows_dark_mode_and_names_its_parts(br
     OUTPUT.mkdir(exist_ok=True)
     await page.screenshot(path=str(OUTPUT / "console-phone-dark.png"), full_page=True)
     await page.close()
+
+
+async def test_the_console_log_shortens_pretty_prints_filters_pauses_and_clears(browser, server):
+    page = await open_console(browser, server.port, "c_tools")
+    await send(page, "group", "x" * 2000 + " END")
+    own_copy = page.locator('#log div[data-category=message]:has-text(\'"from_id":"c_tools"\')')
+    await expect(own_copy.locator("summary")).to_contain_text("more characters)")  # shortened
+    await own_copy.locator("summary").click()
+    await expect(own_copy.locator("pre")).to_contain_text('"msg_type": "msg"')  # pretty-printed
+    await expect(own_copy.locator("pre")).to_contain_text(" END")  # all of it
+
+    await page.select_option("#kind", "presence")
+    await expect(page.locator("#log div[data-category=message]:visible")).to_have_count(0)
+    await expect(page.locator("#log div[data-category=presence]:visible")).not_to_have_count(0)
+    await page.select_option("#kind", "")
+    await page.fill("#search", "END")
+    await expect(page.locator("#log > div:visible")).to_have_count(2)  # sent, and its own copy
+    await page.fill("#search", "")
+
+    await page.click("#pause")
+    await send(page, "echo", "while paused")
+    await expect(page.locator("#pause")).to_have_text("Resume (2 held)")  # sent, and the echo
+    await expect(page.locator("#log div:has-text('while paused')")).to_have_count(0)
+    await page.click("#pause")
+    await expect(page.locator("#log div:has-text('while paused')")).to_have_count(2)
+    await page.click("#clear")
+    await expect(page.locator("#log > div")).to_have_count(0)
+    await page.close()
