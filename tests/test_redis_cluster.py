@@ -68,6 +68,8 @@ async def test_delivery_and_presence_resume_after_a_master_fails_over(own_cluste
             return count
 
         sent_during = await asyncio.wait_for(send_until_both_are_back(), 30)
+        for process in (first, second):  # each has put its clients back (a newcomer sees them)
+            await asyncio.to_thread(process.wait_for_log, "presence back in Redis", 10)
         for number in range(20):
             await sender.send(msg_type="msg", target="group", msg=f"after {number}")
         received = []
