@@ -1,5 +1,7 @@
 """The console page and the browser client in a real Chromium, driven by Playwright."""
 
+import asyncio
+import subprocess
 from pathlib import Path
 
 from playwright.async_api import expect
@@ -8,6 +10,7 @@ from aether_tornado.schema import WSMessageV3
 
 from .conftest import CHROMIUM_MISSING
 from .processes import ServerProcess
+from .wsclient import Client
 
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
 
@@ -220,4 +223,26 @@ async def test_the_console_log_shortens_pretty_prints_filters_pauses_and_clears(
     await expect(page.locator("#log div:has-text('while paused')")).to_have_count(2)
     await page.click("#clear")
     await expect(page.locator("#log > div")).to_have_count(0)
+    await page.close()
+
+
+async def test_copy_as_curl_gives_a_command_that_publishes_the_same_message(browser, server):
+    page = await open_console(browser, server.port, "c_curler")
+    watcher = await Client.joined(f"ws://127.0.0.1:{server.port}/v3/ws/group/g_browser/client/c_watch")
+    await page.fill("#msg", "via curl, with a quote's")
+    await page.fill("#payload", '{"n": 1}')
+    await page.click("#curl")
+    line = page.locator("#log div[data-category=connection]:has-text('curl -X POST')")
+    full = line.locator("pre")
+    text = await (full if await full.count() else line).inner_text()
+    command = text[text.index("curl ") :]
+    result = await asyncio.to_thread(
+        subprocess.run, ["sh", "-c", command], capture_output=True, text=True, timeout=10, env={"PATH": "/usr/bin:/bin"}
+    )
+    assert '"status":"accepted"' in result.stdout, result.stderr
+    got = await watcher.recv_where(msg="via curl, with a quote's")
+    assert (got["from_id"], got["group_id"], got["payload"]) == ("c_curler", "g_browser", {"n": 1})
+    await page.select_option("#target", "echo")
+    await page.click("#curl")
+    await page.wait_for_selector("#log .error:has-text('the API publishes to a group, a client or everybody')")
     await page.close()
