@@ -18,13 +18,15 @@ from .errors import (
     UNAVAILABLE,
     ProtocolError,
 )
-from .ids import id_problem
+from .ids import id_problem, is_id_prefix
 from .node import Node
 from .schema import decode
 from .web_headers import SecureHandler, page_policy
 
-# Messages GET /v3/groups/{id}/history returns without a limit.
+# Messages GET /v3/groups/{id}/history returns without a limit, and groups GET /v3/groups.
 DEFAULT_LIMIT = 100
+# Groups GET /v3/groups may list at once.
+MAX_GROUPS = 1000
 # What POST /v3/clients/{id}/disconnect closes with unless told: an application's close code.
 DISCONNECT_CODE, DISCONNECT_REASON = 4001, "disconnected by the server"
 # A close frame's reason is at most 123 bytes of UTF-8.
@@ -128,6 +130,43 @@ def _disconnect_order(client_id: str, body: bytes) -> tuple[int, str]:
         text = "; ".join(f"{item['field']} {item['problem']}" for item in problems)
         raise ProtocolError(INVALID_MESSAGE, text, problems)
     return code, reason
+
+
+class Processes(BackendHandler):
+    """``GET /v3/processes``: every process that is up, with its connections, bridge and rates."""
+
+    async def get(self) -> None:
+        settings = self.node.settings
+        redis = "none" if settings.redis_url is None else "cluster" if settings.redis_cluster else "standalone"
+        self.reply(
+            200,
+            {"processes": await self.node.processes(), "redis": redis, "answered_by": self.node.node_id},
+        )
+
+
+class Groups(BackendHandler):
+    """``GET /v3/groups?prefix=&limit=``: groups with anyone present, cluster-wide, by group_id.
+
+    Up to ``limit`` (100 unless told, at most 1000) of the groups whose id starts with
+    ``prefix``, each with how many clients are present; ``more`` says whether others match.
+    """
+
+    async def get(self) -> None:
+        prefix = self.get_query_argument("prefix", "", strip=False)
+        limit = self.get_query_argument("limit", str(DEFAULT_LIMIT))
+        problems = []
+        if not is_id_prefix(prefix):
+            problems.append({"field": "prefix", "problem": "may contain only A-Z a-z 0-9 _ - (up to 64)"})
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_GROUPS):
+            problems.append({"field": "limit", "problem": f"required to be a whole number from 1 to {MAX_GROUPS}"})
+        if problems:
+            text = "; ".join(f"{item['field']} {item['problem']}" for item in problems)
+            return self.fail(
+                ProtocolError(INVALID_LIMIT if problems[0]["field"] == "limit" else INVALID_ID, text, problems)
+            )
+        found, total = await self.node.presence.groups(prefix, int(limit) + 1)
+        groups = [{"group_id": group_id, "clients": clients} for group_id, clients in found[: int(limit)]]
+        self.reply(200, {"groups": groups, "total": total, "more": len(found) > int(limit)})
 
 
 class GroupPresence(BackendHandler):

@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .accept import Acceptor
-from .api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Health, Metrics, Publish
+from .api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Groups, Health, Metrics, Processes, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .bridge.resp import Address
@@ -118,6 +118,8 @@ def make_app(node: Node) -> tornado.web.Application:
             (r"/healthz", Health, {"node": node}),
             (r"/metrics", Metrics, {"node": node}),
             (r"/v3/publish", Publish, {"node": node}),
+            (r"/v3/processes", Processes, {"node": node}),
+            (r"/v3/groups", Groups, {"node": node}),
             (r"/v3/groups/([^/]+)/presence", GroupPresence, {"node": node}),
             (r"/v3/clients/([^/]+)/disconnect", ClientDisconnect, {"node": node}),
             (r"/v3/groups/([^/]+)/history", GroupHistory, {"node": node}),

@@ -122,10 +122,10 @@ class Hub:
     def all(self) -> Collection[Connection]:
         return self._all
 
-    def groups(self) -> Iterable[str]:
+    def groups(self) -> Collection[str]:
         return self._groups.keys()
 
-    def clients(self) -> Iterable[str]:
+    def clients(self) -> Collection[str]:
         return self._clients.keys()
 
     @staticmethod

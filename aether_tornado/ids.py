@@ -21,3 +21,8 @@ def id_problem(value: str) -> str | None:
     if value.isdigit():
         return "must not be all digits (a database integer is not a Vision ID)"
     return None
+
+
+def is_id_prefix(value: str) -> bool:
+    """Whether ``value`` could start a Vision ID (all digits too: more may follow)."""
+    return len(value) <= MAX_ID_LENGTH and (not value or _ID_CHARS.fullmatch(value) is not None)

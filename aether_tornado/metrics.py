@@ -5,6 +5,7 @@ than with prometheus_client: the server needs four metric shapes and no global r
 """
 
 import bisect
+import time
 from collections.abc import Callable
 
 
@@ -59,6 +60,27 @@ class Histogram:
         return lines
 
 
+class Rates:
+    """Per-second rates of some counters between two readings, for the operator's view."""
+
+    def __init__(self, counters: dict[str, Counter], clock: Callable[[], float] = time.monotonic) -> None:
+        self._counters, self._clock = counters, clock
+        self._read_at, self._totals = clock(), self._count()
+        self.per_second = dict.fromkeys(counters, 0.0)
+
+    def read(self) -> dict[str, float]:
+        """The rates since the last reading, which they replace."""
+        now, totals = self._clock(), self._count()
+        elapsed = now - self._read_at
+        if elapsed > 0:
+            self.per_second = {name: round((totals[name] - self._totals[name]) / elapsed, 1) for name in totals}
+            self._read_at, self._totals = now, totals
+        return self.per_second
+
+    def _count(self) -> dict[str, float]:
+        return {name: sum(counter.values.values()) for name, counter in self._counters.items()}
+
+
 class Metrics:
     """Every metric the server exports; the gauges read the node's state when scraped."""
 
@@ -86,6 +108,14 @@ class Metrics:
             "aether_bridge_delivery_seconds",
             "From publish on one process to delivery on another (wall clocks of both).",
             (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self.rates = Rates(
+            {
+                "messages_in": self.messages_in,
+                "messages_out": self.messages_out,
+                "deliveries": self.deliveries,
+                "errors": self.errors,
+            }
         )
         self._all = [
             Gauge("aether_connections", "Open WebSocket connections on this process.", connections),

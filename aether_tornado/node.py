@@ -9,13 +9,15 @@ import contextlib
 import functools
 import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import orjson
 
-from . import messages
+from . import __version__, messages
 from .bridge import (
     BROADCAST_CHANNEL,
     CONTROL_CHANNEL,
@@ -51,6 +53,9 @@ log = logging.getLogger(__name__)
 PRESENCE_DEADLINE = 1.0
 # How long a connecting client's recovery may wait for Redis before it is told it did not recover.
 RECOVERY_DEADLINE = 2.0
+# How often, at most, a process announces itself for the operator's view (and its rates are
+# read); an announcement holds for three times that: a process that died drops out after it.
+ANNOUNCE_SECONDS = 5.0
 # A bridge channel's kind, as the index of its stream in history.STREAMS.
 STREAM_OF_KIND = {name: index for index, name in enumerate(STREAMS)}
 # What is left of routing a message once it must wait for Redis, or None when it is done: a
@@ -94,6 +99,8 @@ class Node:
         self._bridge_was_up = False
         # WebSockets this process holds or is opening: what the connection limit counts.
         self.sockets = 0
+        self.started_at = utc_timestamp()
+        self._announce_every = min(ANNOUNCE_SECONDS, settings.lease_seconds / 3)
         self.metrics = Metrics(
             connections=lambda: len(hub),
             bridge_up=lambda: float(bridge.up),
@@ -141,7 +148,9 @@ class Node:
             ),
             asyncio.create_task(self._every(refresh, self._refresh_leases), name="lease refresh"),
             asyncio.create_task(self._every(expiry, self._expire_leases), name="lease expiry"),
+            asyncio.create_task(self._every(self._announce_every, self._announce), name="announce"),
         ]
+        self.spawn(self._announce())
 
     async def stop(self) -> None:
         """Close every connection with 1001 and wait, up to the shutdown timeout, for them to go."""
@@ -157,8 +166,40 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.presence.withdraw(self.node_id)
         await self.bridge.close()
         await self.presence.close()
+
+    # The operator's view.
+
+    def announcement(self) -> dict[str, Any]:
+        """What this process tells the others about itself; the rates are those of the last interval."""
+        return {
+            "node_id": self.node_id,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self.started_at,
+            "announced_at": utc_timestamp(),
+            "connections": len(self.hub),
+            "clients": len(self.hub.clients()),
+            "groups": len(self.hub.groups()),
+            "bridge": self.bridge_state,
+            "bridge_backlog_bytes": self.bridge.backlog_bytes,
+            "per_second": self.metrics.rates.per_second,
+        }
+
+    async def processes(self) -> list[dict[str, Any]]:
+        """Every process that is up, as it last announced itself (this one as it is now), by node_id."""
+        found = {self.node_id: self.announcement()}
+        for announcement in await self.presence.processes():
+            process = orjson.loads(announcement)
+            found.setdefault(process["node_id"], process)
+        return sorted(found.values(), key=lambda process: process["node_id"])
+
+    async def _announce(self) -> None:
+        self.metrics.rates.read()
+        await self.presence.announce(self.node_id, orjson.dumps(self.announcement()), 3 * self._announce_every)
 
     # Connections coming and going.
 

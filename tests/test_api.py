@@ -1,5 +1,7 @@
 """PROTOCOL section 6: the backend HTTP API, health and metrics."""
 
+import asyncio
+
 import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -96,7 +98,7 @@ async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_ser
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-of-16-chars"}):
         status, body = await http(server, "POST", "/v3/publish", message, **headers)
         assert status == 401 and body["code"] == "unauthorized"
-        for route in ("/v3/groups/g_x/presence", "/v3/groups/g_x/history"):
+        for route in ("/v3/groups/g_x/presence", "/v3/groups/g_x/history", "/v3/groups", "/v3/processes"):
             status, body = await http(server, "GET", route, **headers)
             assert status == 401
         status, body = await http(server, "POST", "/v3/clients/c_x/disconnect", {}, **headers)
@@ -104,6 +106,7 @@ async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_ser
     assert (await http(server, "POST", "/v3/publish", message, Authorization="Bearer s3cret-of-16-chars"))[0] == 202
     assert (await http(server, "GET", "/v3/groups/g_x/presence", Authorization="Bearer s3cret-of-16-chars"))[0] == 200
     assert (await http(server, "GET", "/v3/groups/g_x/history", Authorization="Bearer s3cret-of-16-chars"))[0] == 200
+    assert (await http(server, "GET", "/v3/processes", Authorization="Bearer s3cret-of-16-chars"))[0] == 200
     assert (await http(server, "GET", "/healthz"))[0] == 200
     assert (await http(server, "GET", "/metrics"))[0] == 200
 
@@ -273,3 +276,77 @@ async def test_a_bad_disconnect_is_a_400_naming_every_problem(server, path, body
 async def test_a_disconnect_must_be_sent_as_json(server):
     status, body = await http(server, "POST", "/v3/clients/c_x/disconnect", b"{}", **{"Content-Type": "text/plain"})
     assert status == 415 and body["code"] == "unsupported_media_type"
+
+
+async def test_processes_shows_this_one_with_what_it_holds_and_its_rates(start_server):
+    server = await start_server(lease_seconds=0.3)  # announces, and reads its rates, every 0.1 s
+    clients = [
+        await member(server, group, client) for group, client in (("g_a", "c_1"), ("g_a", "c_2"), ("g_b", "c_1"))
+    ]
+    for _ in range(20):
+        await clients[0].send(msg_type="msg", target="echo", msg="hi")
+    for _ in range(20):
+        await clients[0].recv_where(target="echo")
+    await clients[0].send(msg_type="msg", target="nowhere")
+    await clients[0].recv_where(cmd="ERROR")
+
+    async def rates() -> dict:
+        status, body = await http(server, "GET", "/v3/processes")
+        assert status == 200 and body["redis"] == "none"
+        (process,) = body["processes"]
+        assert process["node_id"] == body["answered_by"] == server.node.node_id
+        assert (process["connections"], process["clients"], process["groups"]) == (3, 2, 2)
+        assert process["bridge"] == "memory" and process["version"] and process["pid"] > 0
+        return process["per_second"]
+
+    first = await rates()
+    while first == (now := await rates()) or not now["messages_in"]:  # read after the messages came in
+        await asyncio.sleep(0.05)
+    assert now["messages_in"] > 0 and now["deliveries"] > 0 and now["errors"] > 0
+    # The next interval had nothing: rates fall back to zero.
+    async with asyncio.timeout(5):
+        while (await rates())["messages_in"]:
+            await asyncio.sleep(0.05)
+
+
+async def test_groups_lists_groups_with_how_many_are_in_each(server):
+    clients = [
+        await member(server, group, client)
+        for group, client in (("g_one", "c_1"), ("g_one", "c_2"), ("g_two", "c_1"), ("x_other", "c_3"))
+    ]
+    status, body = await http(server, "GET", "/v3/groups")
+    assert status == 200
+    assert body == {
+        "groups": [
+            {"group_id": "g_one", "clients": 2},
+            {"group_id": "g_two", "clients": 1},
+            {"group_id": "x_other", "clients": 1},
+        ],
+        "total": 3,
+        "more": False,
+    }
+    assert (await http(server, "GET", "/v3/groups?prefix=g_&limit=1"))[1] == {
+        "groups": [{"group_id": "g_one", "clients": 2}],
+        "total": 3,
+        "more": True,
+    }
+    clients[3].close()
+    async with asyncio.timeout(5):
+        while (await http(server, "GET", "/v3/groups?prefix=x"))[1]["groups"]:
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "fields"),
+    [
+        ("prefix=a.b", "invalid_id", ["prefix"]),
+        (f"prefix={'a' * 65}", "invalid_id", ["prefix"]),
+        ("limit=0", "invalid_limit", ["limit"]),
+        ("limit=1001", "invalid_limit", ["limit"]),
+        ("limit=x&prefix=%20", "invalid_id", ["prefix", "limit"]),
+    ],
+)
+async def test_a_bad_groups_query_is_a_400_naming_every_problem(server, query, code, fields):
+    status, answer = await http(server, "GET", f"/v3/groups?{query}")
+    assert status == 400 and answer["code"] == code
+    assert [problem["field"] for problem in answer["errors"]] == fields

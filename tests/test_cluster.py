@@ -6,9 +6,11 @@ import time
 
 import orjson
 import redis
+from redis.crc import key_slot
 from tornado.httpclient import AsyncHTTPClient
 
 from aether_tornado.app import PRESENCE_CONNECTIONS
+from aether_tornado.presence.redis import BUCKETS
 
 from .bridges import until
 from .conftest import ws_url
@@ -291,3 +293,69 @@ async def test_presence_follows_the_bridge_through_an_outage(redis_server, start
     await client.send(msg_type="presence", target="echo")
     assert (await client.recv_where(event="snapshot"))["payload"]["clients"] == ["c_out"]
     assert server.node.bridge.up  # no second outage from a stale presence connection
+
+
+async def api_get(process, path: str) -> dict:
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{process.port}{path}", request_timeout=5)
+    return orjson.loads(response.body)
+
+
+async def until_async(read, condition, timeout: float = 10.0):
+    """Read until the answer meets ``condition``, for state that changes on a timer."""
+    async with asyncio.timeout(timeout):
+        while not condition(answer := await read()):
+            await asyncio.sleep(0.05)
+    return answer
+
+
+async def test_every_process_shows_all_processes_and_groups_and_forgets_a_dead_one(start_bridged_process):
+    first, second = (start_bridged_process("--lease-seconds", "1.5") for _ in range(2))
+    ids = [(await health(process))["node_id"] for process in (first, second)]
+    clients = [
+        await Client.joined(process.url(group_id, client_id))
+        for process, group_id, client_id in (
+            (first, "g_ops", "c_a"),
+            (first, "g_ops", "c_b"),
+            (second, "g_ops", "c_c"),
+            (second, "g_far", "c_d"),
+        )
+    ]
+    await joined_all(clients[:1], "c_a", "c_b", "c_c")
+
+    def held(view: dict) -> dict[str, tuple[int, int, str]]:
+        return {item["node_id"]: (item["connections"], item["groups"], item["bridge"]) for item in view["processes"]}
+
+    # Each process announces what it holds twice a lease: both views agree soon.
+    for process in (first, second):
+        await until_async(
+            lambda p=process: api_get(p, "/v3/processes"),
+            lambda view: (
+                held(view)
+                == {
+                    ids[0]: (2, 1, "up"),
+                    ids[1]: (2, 2, "up"),
+                }
+            ),
+        )
+    assert (await api_get(second, "/v3/groups")) == {
+        "groups": [{"group_id": "g_far", "clients": 1}, {"group_id": "g_ops", "clients": 3}],
+        "total": 2,
+        "more": False,
+    }
+    second.kill()
+    # The dead process's announcement runs out, and its clients' leases: its groups go.
+    await until_async(lambda: api_get(first, "/v3/processes"), lambda view: held(view) == {ids[0]: (2, 1, "up")})
+    await until_async(
+        lambda: api_get(first, "/v3/groups"), lambda view: view["groups"] == [{"group_id": "g_ops", "clients": 2}]
+    )
+
+
+async def test_a_group_a_process_of_an_older_version_left_in_the_index_is_dropped(redis_server, start_process):
+    process = start_process()
+    member = await Client.joined(process.url("g_live", "c_live"))
+    stale = redis.Redis.from_url(redis_server.url)
+    index = f"aether:presence:{{p{key_slot(b'g_stale') % BUCKETS}}}:groups"
+    stale.sadd(index, "g_stale")  # listed, but nobody's lease counts are there
+    assert (await api_get(process, "/v3/groups?prefix=g_"))["groups"] == [{"group_id": "g_live", "clients": 1}]
+    assert not stale.sismember(index, "g_stale")
+    member.close()

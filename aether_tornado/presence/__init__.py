@@ -1,4 +1,5 @@
-"""Presence: which client_ids hold at least one open connection in a group.
+"""Presence: which client_ids hold at least one open connection in a group, and which
+processes are up (each announces itself, for the operator's view).
 
 Each open connection holds a lease, keyed by ``Lease.key``, refreshed while it is open.
 Guarantee: ``join`` returns True exactly once per presence span (the client's first
@@ -37,6 +38,19 @@ class Presence(Protocol):
 
     async def members(self, group_id: str) -> list[str]:
         """The group's present client_ids, sorted in code point order."""
+
+    async def groups(self, prefix: str, limit: int) -> tuple[list[tuple[str, int]], int]:
+        """Up to ``limit`` groups whose id starts with ``prefix``, sorted, each with how many
+        clients are present; and how many groups have anyone present in all."""
+
+    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> None:
+        """Tell every process that this one is up, and what it holds, for the next ``seconds``."""
+
+    async def withdraw(self, node_id: str) -> None:
+        """Take back this process's announcement: it is stopping."""
+
+    async def processes(self) -> list[bytes]:
+        """The announcements of the processes that are up, in no particular order."""
 
     @property
     def down(self) -> bool:

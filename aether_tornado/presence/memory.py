@@ -15,6 +15,8 @@ class MemoryPresence:
         self._groups: dict[str, dict[str, dict[str, float]]] = {}
         # client_id -> how many groups it is present in
         self._groups_of: dict[str, int] = {}
+        # node_id -> (announcement, when it runs out): this process's own
+        self._announced: dict[str, tuple[bytes, float]] = {}
 
     async def join(self, lease: Lease) -> bool:
         return self._put(lease, self._clock() + self._lease_seconds)
@@ -55,6 +57,22 @@ class MemoryPresence:
 
     async def members(self, group_id: str) -> list[str]:
         return sorted(self._groups.get(group_id, ()))
+
+    async def groups(self, prefix: str, limit: int) -> tuple[list[tuple[str, int]], int]:
+        found = sorted(
+            (group_id, len(clients)) for group_id, clients in self._groups.items() if group_id.startswith(prefix)
+        )
+        return found[:limit], len(self._groups)
+
+    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> None:
+        self._announced[node_id] = (announcement, self._clock() + seconds)
+
+    async def withdraw(self, node_id: str) -> None:
+        self._announced.pop(node_id, None)
+
+    async def processes(self) -> list[bytes]:
+        now = self._clock()
+        return [announcement for announcement, until in self._announced.values() if until > now]
 
     down = False  # nothing is shared, so nothing can be away
     backlog = 0

@@ -3,12 +3,17 @@
 Groups are spread over ``BUCKETS`` buckets by their hash slot. A bucket has a lease index,
 ``{prefix}:presence:{pN}:leases`` (sorted set of "group client key" scored by expiry in ms,
 Redis's own clock), and each of its groups a hash ``{prefix}:presence:{pN}:group:{group}``
-(client -> live leases). The Lua scripts beside this file make join, leave and expiry atomic
+(client -> live leases), listed in the bucket's set ``{prefix}:presence:{pN}:groups`` while
+anyone is present. The Lua scripts beside this file make join, leave and expiry atomic
 per bucket, so each presence span starts and ends exactly once however many processes race;
 the braces put a bucket on one shard of a Redis Cluster, and the buckets spread over the
 shards. ``{prefix}:presence:{client:<id>}`` (the client's leases in every group, scored by
 expiry on the processes' clocks) answers whether a client is present anywhere; it is kept
 beside the scripts, not in them, since it lives on the client's own shard.
+
+Each process announces itself in ``{prefix}:presence:{processes}:announced`` (node_id ->
+JSON), with ``...:until`` saying when each announcement runs out: a process that died drops
+out of the operator's view by itself.
 
 While Redis is unreachable, answers come from this process's own leases; ``on_lost``
 tells the bridge, whose reconnection calls ``resync``, which puts them back into Redis,
@@ -70,9 +75,9 @@ class RedisPresence:
         # Held while resync runs: joins and leaves wait, so none is decided twice or lost.
         self._resyncing = asyncio.Lock()
         self.down = False
-        self._join, self._leave, self._refresh, self._expire = (
+        self._join, self._leave, self._refresh, self._expire, self._groups, self._announce, self._announced = (
             redis.register_script((SCRIPTS / f"{name}.lua").read_text())
-            for name in ("join", "leave", "refresh", "expire")
+            for name in ("join", "leave", "refresh", "expire", "groups", "announce", "announced")
         )
 
     async def join(self, lease: Lease) -> bool:
@@ -84,7 +89,9 @@ class RedisPresence:
             joined, _ = await asyncio.gather(
                 self._bounded(
                     functools.partial(
-                        self._join, keys=self._keys(lease), args=[_member(lease), lease.client_id, self._lease_ms]
+                        self._join,
+                        keys=self._keys(lease),
+                        args=[_member(lease), lease.client_id, self._lease_ms, lease.group_id],
                     )
                 ),
                 self._hold_client([lease]),
@@ -147,6 +154,59 @@ class RedisPresence:
                 self._lost(error)
         return await self._local.present_anywhere(client_id)
 
+    async def groups(self, prefix: str, limit: int) -> tuple[list[tuple[str, int]], int]:
+        if not self.down:
+            try:
+                found = await asyncio.gather(
+                    *(
+                        self._bounded(
+                            functools.partial(
+                                self._groups,
+                                keys=[self._groups_key(bucket)],
+                                args=[self._group_key_prefix(bucket), f"{prefix}*", limit],
+                            )
+                        )
+                        for bucket in range(BUCKETS)
+                    )
+                )
+                pairs = [(flat[i].decode(), flat[i + 1]) for _, *flat in found for i in range(0, len(flat), 2)]
+                return sorted(pairs)[:limit], sum(total for total, *_ in found)
+            except (RedisError, OSError) as error:
+                self._lost(error)
+        return await self._local.groups(prefix, limit)
+
+    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> None:
+        await self._local.announce(node_id, announcement, seconds)
+        if self.down:
+            return
+        try:
+            await self._bounded(
+                functools.partial(
+                    self._announce, keys=self._process_keys(), args=[node_id, announcement, int(seconds * 1000)]
+                )
+            )
+        except (RedisError, OSError) as error:
+            self._lost(error)
+
+    async def withdraw(self, node_id: str) -> None:
+        await self._local.withdraw(node_id)
+        if self.down:
+            return
+        info, up = self._process_keys()
+        with contextlib.suppress(RedisError, OSError):  # the announcement runs out by itself
+            pipeline = self._redis.pipeline(transaction=False)
+            pipeline.hdel(info, node_id)
+            pipeline.zrem(up, node_id)
+            await self._bounded(pipeline.execute)
+
+    async def processes(self) -> list[bytes]:
+        if not self.down:
+            try:
+                return await self._bounded(functools.partial(self._announced, keys=self._process_keys()))
+            except (RedisError, OSError) as error:
+                self._lost(error)
+        return await self._local.processes()
+
     async def resync(self) -> None:
         """After an outage: drop leases that ended meanwhile, put back this process's open ones.
 
@@ -203,7 +263,12 @@ class RedisPresence:
 
     async def _refresh_batch(self, batch: list[Lease]) -> list[Lease]:
         """Extend leases of one bucket; those that made their client present again."""
-        keys = [self._leases_key(_bucket(batch[0].group_id)), *(self._group_key(lease.group_id) for lease in batch)]
+        bucket = _bucket(batch[0].group_id)
+        keys = [
+            self._leases_key(bucket),
+            self._groups_key(bucket),
+            *(self._group_key(lease.group_id) for lease in batch),
+        ]
         args: list[str | int] = [self._lease_ms]
         for lease in batch:
             args += [_member(lease), lease.client_id]
@@ -216,7 +281,9 @@ class RedisPresence:
         while True:
             reaped, *flat = await self._bounded(
                 functools.partial(
-                    self._expire, keys=[self._leases_key(bucket)], args=[self._group_key_prefix(bucket), BATCH]
+                    self._expire,
+                    keys=[self._leases_key(bucket), self._groups_key(bucket)],
+                    args=[self._group_key_prefix(bucket), BATCH],
                 )
             )
             ended += [(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
@@ -227,7 +294,9 @@ class RedisPresence:
         """Drop a lease in its bucket and in its client's index; 1 if it was the client's last in the group."""
         left, _ = await asyncio.gather(
             self._bounded(
-                functools.partial(self._leave, keys=self._keys(lease), args=[_member(lease), lease.client_id])
+                functools.partial(
+                    self._leave, keys=self._keys(lease), args=[_member(lease), lease.client_id, lease.group_id]
+                )
             ),
             self._bounded(functools.partial(self._redis.zrem, self._client_key(lease.client_id), lease.key)),
         )
@@ -255,7 +324,15 @@ class RedisPresence:
             return await call()
 
     def _keys(self, lease: Lease) -> list[str]:
-        return [self._leases_key(_bucket(lease.group_id)), self._group_key(lease.group_id)]
+        bucket = _bucket(lease.group_id)
+        return [self._leases_key(bucket), self._group_key(lease.group_id), self._groups_key(bucket)]
+
+    def _process_keys(self) -> list[str]:
+        """The processes' announcements and their expiries: one slot, so one shard, for all."""
+        return [f"{self._prefix}{{processes}}:announced", f"{self._prefix}{{processes}}:until"]
+
+    def _groups_key(self, bucket: int) -> str:
+        return f"{self._prefix}{{p{bucket}}}:groups"
 
     def _leases_key(self, bucket: int) -> str:
         return f"{self._prefix}{{p{bucket}}}:leases"
