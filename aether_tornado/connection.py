@@ -53,6 +53,7 @@ class ClientConnection(WebSocketProtocol):
     """What the node knows as a connection (hub.Connection)."""
 
     __slots__ = (
+        "_answer_due",
         "_attached",
         "_bucket",
         "_deferred",
@@ -106,6 +107,7 @@ class ClientConnection(WebSocketProtocol):
         self._in_flight = 0  # messages routed whose recording or count is not in yet
         self._deferred: list[bytes] = []  # answers to this client that wait for those
         self._routing = False  # a routing task holds the next messages
+        self._answer_due = False  # a direct message in flight may still be refused: the next wait
         self._flight_shard = 0  # the Redis shard of the messages in flight
         self._stalled: WSMessageV3 | None = None  # for another shard: waits for those to land
         # Only Redis makes routing wait; alone, a message is routed without a Task.
@@ -162,13 +164,13 @@ class ClientConnection(WebSocketProtocol):
         try:
             rest = self.node.receive(self, message)
             if rest is not None:
-                self._finish(rest)
+                self._finish(rest, may_refuse=message.target == "direct")
                 if isinstance(rest, asyncio.Future) and shard is not None:
                     self._flight_shard = shard
         except Exception as error:
             self._routing_failed(error)
 
-    def _finish(self, rest: Rest) -> None:
+    def _finish(self, rest: Rest, may_refuse: bool = False) -> None:
         """Run what routing left to do, keeping the order of what this client is sent.
 
         A future is a message in flight: being recorded, or a direct message whose receivers
@@ -178,10 +180,15 @@ class ClientConnection(WebSocketProtocol):
         messages after that answer wait with it. A coroutine (a
         heartbeat's lease, a presence query) runs to its end right here when every backend is
         in memory, since then nothing waits, and as a Task with Redis, the next messages
-        waiting for it.
+        waiting for it. A direct message that may still be refused (``recipient_offline``)
+        holds the next messages too: answers to the sender come in the order of its messages,
+        so its error cannot come after the copy of a later message.
         """
         if isinstance(rest, asyncio.Future):
             self._in_flight += 1
+            if may_refuse:
+                self._answer_due = self.holding = True
+                rest.add_done_callback(self._refusal_settled)
             rest.add_done_callback(self._landed)
             if self._in_flight >= MAX_IN_FLIGHT:
                 self.holding = True
@@ -205,6 +212,9 @@ class ClientConnection(WebSocketProtocol):
             self._routing = False
             self._read_on_unless_held()
 
+    def _refusal_settled(self, _: asyncio.Future) -> None:
+        self._answer_due = False
+
     def _landed(self, _: asyncio.Future) -> None:
         self._in_flight -= 1
         if self._in_flight:
@@ -222,8 +232,9 @@ class ClientConnection(WebSocketProtocol):
             self._read_on_unless_held()
 
     def _read_on_unless_held(self) -> None:
-        """Read the next messages, unless a routing task, a deferred answer or a full flight holds them."""
-        if self._routing or self._deferred or self._stalled or self._in_flight >= MAX_IN_FLIGHT:
+        """Read the next messages, unless a routing task, a refusal that may come, a deferred
+        answer or a full flight holds them."""
+        if self._routing or self._answer_due or self._deferred or self._stalled or self._in_flight >= MAX_IN_FLIGHT:
             self.holding = True
         else:
             self.resume()

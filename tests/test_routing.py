@@ -179,6 +179,19 @@ async def test_fan_out_encodes_once_for_all_receivers(start_server, monkeypatch)
     assert len(calls) == 1
 
 
+async def test_a_refused_direct_message_s_error_comes_before_the_copy_of_a_later_group_message(url):
+    """The copy is a delivery, not a reply: the sender's next message waits until the direct one is settled."""
+    alice, bob = await room(url, "g_a", "c_alice", "c_bob")
+    for n in range(20):
+        await alice.send(msg_type="msg", target="direct", to_id="c_ghost", msg=f"anyone {n}?")
+        await alice.send(msg_type="msg", target="group", msg=f"then the group {n}")
+    for n in range(20):
+        code, _ = errors_of(await alice.recv())
+        assert code == "recipient_offline"
+        assert (await alice.recv())["msg"] == f"then the group {n}"
+        assert (await bob.recv())["msg"] == f"then the group {n}"
+
+
 async def test_a_sender_gets_its_own_messages_and_the_answers_to_them_in_the_order_it_sent(url):
     """Its group messages are recorded in Redis and come back through it; answers must not overtake them."""
     (alice,) = await room(url, "g_self", "c_alice")
