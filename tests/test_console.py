@@ -246,3 +246,86 @@ async def test_copy_as_curl_gives_a_command_that_publishes_the_same_message(brow
     await page.click("#curl")
     await page.wait_for_selector("#log .error:has-text('the API publishes to a group, a client or everybody')")
     await page.close()
+
+
+async def test_the_console_adds_nothing_to_messages_and_tells_which_message_each_answer_is_for(browser, server):
+    page = await open_console(browser, server.port, "c_asker")
+    bob = await Client.joined(f"ws://127.0.0.1:{server.port}/v3/ws/group/g_browser/client/c_bob")
+    await page.fill("#payload", '{"k": 1}')
+    await send(page, "group", "first")
+    assert (await bob.recv_where(msg="first"))["payload"] == {"k": 1}  # exactly what was typed
+    await page.wait_for_selector("#log .rtt:has-text('first'):has-text('answer to #1, round trip')")
+
+    # A direct message to another client is answered only when it fails: a heartbeat receipt
+    # (seen by nobody else) says that it went through.
+    await send(page, "direct", "to bob", to_id="c_bob")
+    got = await bob.recv_where(msg="to bob")
+    assert got["payload"] == {"k": 1} and set(got) == {
+        "version",
+        "msg_type",
+        "target",
+        "from_id",
+        "to_id",
+        "group_id",
+        "cmd",
+        "msg",
+        "payload",
+        "sent_at",
+    }
+    await page.wait_for_selector("#log .rtt:has-text('#2 went through: no error came back')")
+
+    # Sent at once, without waiting: a failing direct message, then a group message. Each
+    # answer names its own message.
+    await page.fill("#payload", "")
+    await page.select_option("#target", "direct")
+    await page.fill("#to_id", "c_nobody")
+    await page.fill("#msg", "lost")
+    await page.click("#send-button")
+    await page.select_option("#target", "group")
+    await page.fill("#to_id", "")
+    await page.fill("#msg", "after the lost one")
+    await page.click("#send-button")
+    await page.wait_for_selector("#log .error:has-text('recipient_offline'):has-text('answer to #3')")
+    await page.wait_for_selector("#log .rtt:has-text('after the lost one'):has-text('answer to #4')")
+    assert await page.locator("#log div:has-text('#3 went through')").count() == 0
+    await bob.recv_where(msg="after the lost one")
+    await bob.nothing_within(0.2)  # no receipt reached bob
+
+    # Every line has its own copy button.
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    line = page.locator("#log div:has-text('recipient_offline')").first
+    await line.locator("button.copy").click()
+    await expect(line.locator("button.copy")).to_have_text("Copied")
+    copied = await page.evaluate("() => navigator.clipboard.readText()")
+    assert '"code": "recipient_offline"' in copied  # the error frame, pretty-printed
+    await page.close()
+
+
+async def test_a_link_opens_a_connected_console_and_problems_show_in_a_banner(browser, redis_server, start_process):
+    process = start_process()
+    bob = await Client.joined(process.url("g_link", "c_bob"))
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    await page.goto(f"http://127.0.0.1:{process.port}/v3/console?group=g_link&client=c_linked")
+    await page.wait_for_selector("#state:text('open')")
+    await expect(page.locator("#roster li")).to_have_text(["c_bob", "c_linked"])
+    await expect(page.locator("#banner")).to_be_hidden()
+
+    # Filter by sender: only what c_bob sent.
+    await bob.send(msg_type="msg", target="group", msg="from bob")
+    await page.wait_for_selector("#log div:has-text('from bob')")
+    await send(page, "group", "from the console")
+    await page.wait_for_selector("#log .rtt:has-text('from the console')")
+    await page.fill("#sender", "c_bob")
+    await expect(page.locator("#log > div:visible")).to_have_count(1)
+    await expect(page.locator("#log > div:visible")).to_contain_text("from bob")
+    await page.fill("#sender", "")
+
+    redis_server.kill()  # the process serves on, alone: degraded
+    await expect(page.locator("#banner")).to_contain_text("problem the server is degraded", timeout=15_000)
+    process.kill()
+    await page.wait_for_selector("#state:text('reconnecting')")
+    await expect(page.locator("#banner")).to_contain_text("the server cannot be reached")
+    await expect(page.locator("#roster")).to_have_class("stale")  # what was last known, greyed
+    await expect(page.locator("#roster-note")).to_have_text("(as last known: not connected)")
+    await page.close()
