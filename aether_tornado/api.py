@@ -248,6 +248,7 @@ class Metrics(JSONHandler):
 ASSETS: dict[str, tuple[str, str]] = {
     "index": ("pages/index.html", "text/html; charset=utf-8"),
     "console": ("pages/console.html", "text/html; charset=utf-8"),
+    "operator": ("pages/operator.html", "text/html; charset=utf-8"),
     "aether-v3.js": ("static/aether-v3.js", "text/javascript; charset=utf-8"),
     "aether-v3.d.ts": ("static/aether-v3.d.ts", "text/plain; charset=utf-8"),
 }
@@ -259,7 +260,8 @@ def _asset(name: str) -> bytes:
 
 
 class Asset(SecureHandler):
-    """The index page, the console, the browser client and its types: public, like any page.
+    """The pages, the browser client and its types: public, like any page. The operator's page
+    holds nothing itself: what it shows comes from routes that need the API key.
 
     The asset is named by the route (``name=``) or by the path (``/v3/client/{name}``). The
     client and its types may be loaded by pages of ``allowed_origins`` (a module script from

@@ -115,6 +115,7 @@ def make_app(node: Node) -> tornado.web.Application:
             (r"/", Asset, {"name": "index"}),
             (r"/v3/client/(aether-v3\.js|aether-v3\.d\.ts)", Asset, {"allowed_origins": settings.allowed_origins}),
             *console,
+            (r"/v3/operator", Asset, {"name": "operator"}),
             (r"/healthz", Health, {"node": node}),
             (r"/metrics", Metrics, {"node": node}),
             (r"/v3/publish", Publish, {"node": node}),

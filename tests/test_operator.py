@@ -1,0 +1,122 @@
+"""The operator's page in a real Chromium: processes, groups, members, recent messages, disconnect."""
+
+from pathlib import Path
+
+from playwright.async_api import expect
+
+from .conftest import CHROMIUM_MISSING
+from .processes import ServerProcess
+from .wsclient import Client
+
+OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+KEY = "operator-key-of-16-chars"
+
+pytestmark = CHROMIUM_MISSING
+
+
+async def open_operator(browser, port: int, **options):
+    page = await browser.new_page(**options)
+    page.set_default_timeout(10_000)
+    page.csp_violations = []
+    page.on(
+        "console",
+        lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text),
+    )
+    await page.goto(f"http://127.0.0.1:{port}/v3/operator")
+    return page
+
+
+def cells(page, table: str):
+    return page.locator(f"#{table} tbody tr").first.locator("td")
+
+
+async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_client(browser):
+    server = ServerProcess("--api-key", KEY)
+    try:
+        alice = await Client.joined(server.url("g_ops", "c_alice"))
+        bob = await Client.joined(server.url("g_ops", "c_bob"))
+        await Client.joined(server.url("g_quiet", "c_carol"))
+        await alice.send(msg_type="msg", target="group", msg="hello from alice")
+        await bob.recv_where(msg="hello from alice")
+
+        page = await open_operator(browser, server.port)
+        # Nothing is shown without the key, and the page says why in words.
+        await expect(page.locator("#banner")).to_contain_text("needs its API key")
+        await expect(page.locator("#processes tbody tr")).to_have_count(0)
+        await page.fill("#key", KEY)
+        await page.click("#key-form button[type=submit]")
+        await expect(page.locator("#banner")).to_be_hidden()
+
+        await expect(page.locator("#processes tbody tr")).to_have_count(1)
+        row = cells(page, "processes")
+        await expect(row.nth(4)).to_have_text("memory")  # the bridge
+        await expect(row.nth(5)).to_have_text("3")  # connections
+        await expect(row.nth(6)).to_have_text("3")  # clients
+        await expect(row.nth(7)).to_have_text("2")  # groups
+        await expect(page.locator("#sum-connections")).to_have_text("3")
+        await expect(page.locator("#sum-groups")).to_have_text("2")
+        await expect(page.locator("#groups tbody tr")).to_have_count(2)
+
+        # The search narrows the groups; a group opens with its members and recent messages.
+        await page.fill("#prefix", "g_o")
+        await page.click("#group-search button")
+        await expect(page.locator("#groups tbody tr")).to_have_count(1)
+        await expect(cells(page, "groups").nth(1)).to_have_text("2")
+        await page.click("#groups button:text('Open')")
+        await expect(page.locator("#group-heading")).to_have_text("Group g_ops")
+        await expect(page.locator("#members li span")).to_have_text(["c_alice", "c_bob"])
+        await expect(page.locator("#history li").first).to_contain_text("c_alice msg: hello from alice")
+        OUTPUT.mkdir(exist_ok=True)
+        await page.screenshot(path=str(OUTPUT / "operator.png"), full_page=True)
+
+        # Disconnect is two steps: the member's button fills the form, the form does it.
+        await page.click("#members button[aria-label='Disconnect c_bob...']")
+        await expect(page.locator("#client_id")).to_have_value("c_bob")
+        await expect(page.locator("#code")).to_be_focused()
+        await page.fill("#reason", "maintenance")
+        await page.click("#disconnect button[type=submit]")
+        await expect(page.locator("#outcome")).to_have_text('Disconnected c_bob with 4001 "maintenance".')
+        assert await bob.closed() == (4001, "maintenance")
+        await expect(page.locator("#members li span")).to_have_text(["c_alice"])
+        # A client that is not there: the problem in words, not only in colour.
+        await page.click("#disconnect button[type=submit]")
+        await expect(page.locator("#outcome")).to_have_text(
+            "c_bob was not disconnected: 404 recipient_offline: c_bob has no open connection."
+        )
+        await expect(page.locator("#outcome")).to_have_class("error")
+        assert page.csp_violations == []
+    finally:
+        server.kill()
+
+
+async def test_the_operator_sees_every_process_and_is_told_when_the_server_is_gone(browser, start_process):
+    first, second = start_process("--lease-seconds", "3"), start_process("--lease-seconds", "3")
+    await Client.joined(first.url("g_one", "c_1"))
+    await Client.joined(second.url("g_two", "c_2"))
+    page = await open_operator(browser, first.port)
+    await expect(page.locator("#processes tbody tr")).to_have_count(2)
+    await expect(page.locator("#sum-processes")).to_have_text("2")
+    await expect(page.locator("#sum-connections")).to_have_text("2")  # the other's once it announced
+    await expect(page.locator("#processes tbody td:nth-child(5)")).to_have_text(["up", "up"])
+    await expect(page.locator("#status")).to_contain_text("Redis: standalone")
+    first.kill()
+    await expect(page.locator("#banner")).to_have_text("the server cannot be reached; trying again")
+    await expect(page.locator("#status")).to_contain_text("Not updated")
+
+
+async def test_the_operator_page_fits_a_phone_in_dark_mode(browser, server):
+    page = await open_operator(browser, server.port, viewport={"width": 390, "height": 844}, color_scheme="dark")
+    await expect(page.locator("#status")).to_contain_text("Updated")
+    layout = await page.evaluate(
+        """() => ({
+          overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+          canvas: getComputedStyle(document.documentElement).colorScheme,
+        })"""
+    )
+    assert layout["overflow"] <= 0  # wide tables scroll inside their own region, not the page
+    assert layout["canvas"] == "light dark"  # the browser's dark canvas and controls
+    await expect(page.get_by_role("heading", level=1)).to_have_text("aether-tornado operator")
+    await expect(page.get_by_role("main")).to_have_count(1)
+    OUTPUT.mkdir(exist_ok=True)
+    await page.screenshot(path=str(OUTPUT / "operator-phone-dark.png"), full_page=True)
+    assert page.csp_violations == []
