@@ -3,8 +3,8 @@
 #   make test   lint and run the whole test suite
 VENV := .venv
 PY := $(VENV)/bin/python
-# The TypeScript compiler that checks the browser client's declarations (tests/test_typescript.py).
-TSC := tests/typescript/node_modules/.bin/tsc
+# The Node tools of the tests: tsc checks the browser client's declarations, axe-core the pages.
+NODE_TOOLS := tests/node/node_modules/.installed
 ARGS ?=
 
 .PHONY: run test lint
@@ -22,11 +22,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-$(TSC): tests/typescript/package-lock.json
-	npm ci --prefix tests/typescript --no-audit --no-fund --loglevel=error
+$(NODE_TOOLS): tests/node/package-lock.json
+	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 	touch $@
 
 test: $(VENV)/.installed lint
 	scripts/system-packages.sh
-	$(MAKE) --no-print-directory $(TSC)
+	$(MAKE) --no-print-directory $(NODE_TOOLS)
 	$(PY) -m pytest

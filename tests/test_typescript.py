@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
-TSC = ROOT / "tests" / "typescript" / "node_modules" / ".bin" / "tsc"
+TSC = ROOT / "tests" / "node" / "node_modules" / ".bin" / "tsc"
 MODULE = "../../aether_tornado/static/aether-v3.js"
 
 pytestmark = pytest.mark.skipif(not TSC.exists() and shutil.which("npm") is None, reason="npm is not installed")
 
 
 def compile_strict(folder: Path, source: str) -> subprocess.CompletedProcess:
-    """Compile ``source`` alone with every strict check, as a module of tests/typescript."""
-    assert TSC.exists(), "tests/typescript has no compiler: run make test, which installs it"
+    """Compile ``source`` alone with every strict check, as a module of tests/node."""
+    assert TSC.exists(), "tests/node has no compiler: run make test, which installs it"
     file = folder / "check.ts"
     file.write_text(source)
     options = ["--strict", "--noEmit", "--target", "es2022", "--module", "esnext", "--moduleResolution", "bundler"]
@@ -28,7 +28,7 @@ def compile_strict(folder: Path, source: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def folder() -> Path:
     """A file beside the typed example, so that the module path is the same for both; removed after."""
-    path = ROOT / "tests" / "typescript" / "generated"
+    path = ROOT / "tests" / "node" / "generated"
     path.mkdir(exist_ok=True)
     yield path
     shutil.rmtree(path)
@@ -43,7 +43,7 @@ def test_the_readme_s_browser_examples_compile_under_strict_typescript(folder):
 
 
 def test_a_frontend_s_typical_uses_compile_under_strict_typescript(folder):
-    source = (ROOT / "tests" / "typescript" / "types_in_use.ts").read_text().replace(f'"{MODULE}"', f'"../{MODULE}"')
+    source = (ROOT / "tests" / "node" / "types_in_use.ts").read_text().replace(f'"{MODULE}"', f'"../{MODULE}"')
     result = compile_strict(folder, source)
     assert result.returncode == 0, result.stdout
 
