@@ -1,5 +1,7 @@
 """The operator's page in a real Chromium: processes, groups, members, recent messages, disconnect."""
 
+import asyncio
+import itertools
 from pathlib import Path
 
 from playwright.async_api import expect
@@ -30,8 +32,15 @@ def cells(page, table: str):
     return page.locator(f"#{table} tbody tr").first.locator("td")
 
 
+async def chatter(client: Client) -> None:
+    """Group messages, 25 a second, until cancelled."""
+    for n in itertools.count():
+        await client.send(msg_type="msg", target="group", msg=f"busy {n}")
+        await asyncio.sleep(0.04)
+
+
 async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_client(browser):
-    server = ServerProcess("--api-key", KEY)
+    server = ServerProcess("--api-key", KEY, "--lease-seconds", "3")  # announces every second
     try:
         alice = await Client.joined(server.url("g_ops", "c_alice"))
         bob = await Client.joined(server.url("g_ops", "c_bob"))
@@ -56,6 +65,13 @@ async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_cli
         await expect(page.locator("#sum-connections")).to_have_text("3")
         await expect(page.locator("#sum-groups")).to_have_text("2")
         await expect(page.locator("#groups tbody tr")).to_have_count(2)
+        # Traffic shows as rates once the process has announced an interval it came in.
+        traffic = asyncio.create_task(chatter(alice))
+        try:
+            await expect(page.locator("#sum-messages_in")).not_to_have_text("0.0")
+            await expect(page.locator("#sum-deliveries")).not_to_have_text("0.0")
+        finally:
+            traffic.cancel()
 
         # The search narrows the groups; a group opens with its members and recent messages.
         await page.fill("#prefix", "g_o")
@@ -65,9 +81,25 @@ async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_cli
         await page.click("#groups button:text('Open')")
         await expect(page.locator("#group-heading")).to_have_text("Group g_ops")
         await expect(page.locator("#members li span")).to_have_text(["c_alice", "c_bob"])
-        await expect(page.locator("#history li").first).to_contain_text("c_alice msg: hello from alice")
+        await expect(page.locator("#history li")).to_have_count(20)  # the latest, newest first
+        await expect(page.locator("#history li").first).to_contain_text("c_alice msg: busy")
         OUTPUT.mkdir(exist_ok=True)
         await page.screenshot(path=str(OUTPUT / "operator.png"), full_page=True)
+
+        # Publish as a backend does; the server's refusal in words.
+        await page.fill("#pub-group", "g_ops")
+        await page.fill("#pub-cmd", "RELOAD")
+        await page.fill("#pub-payload", '{"why": "operator"}')
+        await page.click("#publish button[type=submit]")
+        await expect(page.locator("#published")).to_contain_text("Published at")
+        got = await alice.recv_where(cmd="RELOAD")
+        assert (got["msg_type"], got["from_id"], got["payload"]) == ("cmd", None, {"why": "operator"})
+        await page.select_option("#pub-target", "direct")
+        await page.fill("#pub-to", "c_nobody")
+        await page.click("#publish button[type=submit]")
+        await expect(page.locator("#published")).to_have_text(
+            "Not published: 404 recipient_offline: c_nobody has no open connection."
+        )
 
         # Disconnect is two steps: the member's button fills the form, the form does it.
         await page.click("#members button[aria-label='Disconnect c_bob...']")
@@ -99,6 +131,7 @@ async def test_the_operator_sees_every_process_and_is_told_when_the_server_is_go
     await expect(page.locator("#sum-connections")).to_have_text("2")  # the other's once it announced
     await expect(page.locator("#processes tbody td:nth-child(5)")).to_have_text(["up", "up"])
     await expect(page.locator("#status")).to_contain_text("Redis: standalone")
+    await expect(page.locator("#chart-caption")).to_contain_text("now 2")
     first.kill()
     await expect(page.locator("#banner")).to_have_text("the server cannot be reached; trying again")
     await expect(page.locator("#status")).to_contain_text("Not updated")
