@@ -109,6 +109,10 @@ async def test_redis_unreachable_at_start(redis_server, start_process):
     assert bob.snapshot["payload"]["clients"] == ["c_alice", "c_bob"]
     await alice.send(msg_type="msg", target="group", msg="served locally")
     assert (await bob.recv_where(msg_type="msg"))["msg"] == "served locally"
+    # The operator's view: this process alone, as it knows itself.
+    (itself,) = (await api_get(lone, "/v3/processes"))["processes"]
+    assert (itself["bridge"], itself["connections"]) == ("down", 2)
+    assert (await api_get(lone, "/v3/groups"))["groups"] == [{"group_id": "g_u", "clients": 2}]
     redis_server.start()
     lone.wait_for_log("presence back in Redis", timeout=15)
     assert (await health(lone))["status"] == "ok"
@@ -117,6 +121,9 @@ async def test_redis_unreachable_at_start(redis_server, start_process):
     assert carol.snapshot["payload"]["clients"] == ["c_alice", "c_bob", "c_carol"]
     await alice.send(msg_type="msg", target="group", msg="across")
     assert (await carol.recv_where(msg="across"))["from_id"] == "c_alice"
+    view = await until_async(lambda: api_get(other, "/v3/processes"), lambda view: len(view["processes"]) == 2)
+    assert sorted(process["connections"] for process in view["processes"]) == [1, 2]
+    assert (await api_get(other, "/v3/groups"))["groups"] == [{"group_id": "g_u", "clients": 3}]
 
 
 async def test_a_new_process_does_not_disturb_existing_clients(start_process):
