@@ -72,6 +72,19 @@ async def browser() -> AsyncIterator[Any]:
         await browser.close()
 
 
+async def watched_page(browser: Any, **options: Any) -> Any:
+    """A new page whose Content-Security-Policy violations are collected in ``csp_violations``:
+    a page's own inline code must run under its strict policy."""
+    page = await browser.new_page(**options)
+    page.set_default_timeout(10_000)
+    page.csp_violations = []
+    page.on(
+        "console",
+        lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text),
+    )
+    return page
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server on a free port; tests may kill and restart it."""

@@ -8,7 +8,7 @@ from playwright.async_api import expect
 
 from aether_tornado.schema import WSMessageV3
 
-from .conftest import CHROMIUM_MISSING
+from .conftest import CHROMIUM_MISSING, watched_page
 from .processes import ServerProcess
 from .wsclient import Client
 
@@ -18,13 +18,7 @@ pytestmark = CHROMIUM_MISSING
 
 
 async def open_console(browser, port: int, client_id: str):
-    page = await browser.new_page()
-    page.set_default_timeout(10_000)
-    page.csp_violations = []
-    page.on(
-        "console",
-        lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text),
-    )
+    page = await watched_page(browser)
     await page.goto(f"http://127.0.0.1:{port}/v3/console")
     await page.fill("#group", "g_browser")
     await page.fill("#client", client_id)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
-from .conftest import CHROMIUM_MISSING
+from .conftest import CHROMIUM_MISSING, watched_page
 from .processes import ServerProcess
 from .wsclient import Client
 
@@ -17,13 +17,7 @@ pytestmark = CHROMIUM_MISSING
 
 
 async def open_operator(browser, port: int, **options):
-    page = await browser.new_page(**options)
-    page.set_default_timeout(10_000)
-    page.csp_violations = []
-    page.on(
-        "console",
-        lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text),
-    )
+    page = await watched_page(browser, **options)
     await page.goto(f"http://127.0.0.1:{port}/v3/operator")
     return page
 
