@@ -70,17 +70,17 @@ async def serve_socket(sock: socket.socket, protocol: "WebSocketProtocol") -> No
 
 
 class Flusher:
-    """Writes every connection's queued frames in one pass, at most once per ``interval``.
+    """Writes every connection's queued frames in one pass, as often as the load allows.
 
-    A fan-out queues one frame on each receiver. An idle server writes at the next loop
-    iteration; a busy one waits until ``interval`` after its last pass began, and at least as
-    long as that pass took, so the frames that meet on one socket meanwhile leave in one
-    write: the system call per frame is what a fan-out costs most (see bench/RESULTS.md).
-    The longer the passes, the more frames each write carries, so throughput grows with load.
+    A pass runs at the next loop iteration, unless the last one began less than twice its own
+    length ago: then it waits until then. The length of a pass measures the load. Under a light
+    one (an echo, a chat) passes are short and frames leave at once. A fan-out queues a frame on
+    each receiver and its passes are long, so the frames that meet on a socket meanwhile leave
+    in one write: the system call per frame is what a fan-out costs most (see bench/RESULTS.md).
+    Throughput grows with load, and no frame waits for a fixed interval.
     """
 
-    def __init__(self, interval: float = 0.001) -> None:
-        self._interval = interval
+    def __init__(self) -> None:
         self._dirty: list[WebSocketProtocol] = []
         self._next = 0.0
 
@@ -100,9 +100,9 @@ class Flusher:
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.write_queued()
-        # Rest at least as long as the pass took: meanwhile messages are read and routed, and
-        # the frames they bring meet on their sockets for the next pass.
-        self._next = start + max(self._interval, 2 * (loop.time() - start))
+        # Rest as long as the pass took: meanwhile messages are read and routed, and the frames
+        # they bring meet on their sockets for the next pass.
+        self._next = start + 2 * (loop.time() - start)
 
 
 class WebSocketProtocol(asyncio.Protocol):
