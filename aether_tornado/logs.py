@@ -24,8 +24,9 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-# What a log line may never show: a token in a query, a bearer credential, a URL's password.
-_SECRETS = re.compile(r"(?i)(token=|bearer\s+|://[^:/@\s]*:)[^&\s\"'@]+")
+# What a log line may never show: a token in a query, a bearer credential, a URL's password
+# (the part between "user:" and "@"; a host's port is no secret).
+_SECRETS = re.compile(r"(?i)(token=|bearer\s+)[^&\s\"'@]+|(://[^:/@\s]*:)[^@\s/]+(?=@)")
 
 
 class RedactSecrets(logging.Filter):
@@ -33,7 +34,7 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _SECRETS.sub(r"\1***", message)
+        redacted = _SECRETS.sub(lambda found: (found[1] or found[2]) + "***", message)
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True

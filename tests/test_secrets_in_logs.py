@@ -41,6 +41,8 @@ async def test_tokens_and_keys_never_reach_the_log(redis_server):
         log = "".join(server.log)
         assert "401 GET /v3/ws/group/g_log/client/c_log " in log
         assert "/v3/publish?token=*** " in log  # Tornado's own warning, masked
+        assert f"serving ws://127.0.0.1:{server.port}/v3/ws/" in log  # a port is no password
+        assert "redis://:***@127.0.0.1:" in log
         for secret in (token, token.split(".")[2], API_KEY, "w" * 20, "hunter2-password", SECRET):
             assert secret not in log
     finally:
