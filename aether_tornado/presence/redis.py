@@ -72,6 +72,10 @@ class RedisPresence:
         self._lease_ms = int(lease_seconds * 1000)
         self._local = MemoryPresence(lease_seconds)
         self._left_while_down: set[Lease] = set()
+        # Joins of this loop iteration whose leases go into their clients' indexes together.
+        self._to_hold: list[Lease] = []
+        self._held: asyncio.Future[None] | None = None
+        self._holding: set[asyncio.Task[None]] = set()
         # Held while resync runs: joins and leaves wait, so none is decided twice or lost.
         self._resyncing = asyncio.Lock()
         self.down = False
@@ -94,7 +98,7 @@ class RedisPresence:
                         args=[_member(lease), lease.client_id, self._lease_ms, lease.group_id],
                     )
                 ),
-                self._hold_client([lease]),
+                self._hold_client_with_others(lease),
             )
             return bool(joined)
         except (RedisError, OSError) as error:
@@ -301,6 +305,31 @@ class RedisPresence:
             self._bounded(functools.partial(self._redis.zrem, self._client_key(lease.client_id), lease.key)),
         )
         return left
+
+    async def _hold_client_with_others(self, lease: Lease) -> None:
+        """Put a joining lease in its client's index, in one pipeline with the leases of the other
+        handshakes of this loop iteration: a burst of reconnects costs one call, not one each."""
+        if self._held is None:
+            self._held = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_soon(self._hold_together)
+        self._to_hold.append(lease)
+        await asyncio.shield(self._held)
+
+    def _hold_together(self) -> None:
+        leases, held, self._to_hold, self._held = self._to_hold, self._held, [], None
+        assert held is not None
+        task = asyncio.ensure_future(self._hold_client(leases))
+        self._holding.add(task)
+        task.add_done_callback(functools.partial(self._hold_done, held))
+
+    def _hold_done(self, held: asyncio.Future[None], task: asyncio.Task[None]) -> None:
+        self._holding.discard(task)
+        if task.cancelled():
+            held.cancel()
+        elif task.exception() is not None:
+            held.set_exception(task.exception())
+        else:
+            held.set_result(None)
 
     async def _hold_client(self, leases: list[Lease]) -> None:
         """Put leases in their clients' indexes, which say whether a client is present anywhere."""
