@@ -206,8 +206,9 @@ class Node:
     async def attach(self, conn: Connection) -> None:
         """Register a new connection: its snapshot first, then its join to the group.
 
-        The connection joins the hub (and its channels) before presence is read, holding
-        back what arrives meanwhile, so no event between snapshot and join is lost.
+        The connection joins the hub (and its channels) before its lease is taken, which reads
+        presence in the same step; what arrives meanwhile is held back, so no event between
+        snapshot and join is lost.
         """
         added = self.hub.add(conn)
         if added.first_in_group:
@@ -218,14 +219,16 @@ class Node:
             # Recorded messages reach this process's connections through these subscriptions only.
             with contextlib.suppress(BridgeDown, TimeoutError):
                 await self.bridge.synced()
-        became_present = await self.presence.join(_lease(conn))
+        # The snapshot is who was present once the lease was taken: every change after that
+        # reaches the connection as an event, held back until the snapshot is out.
+        joined = await self.presence.join(_lease(conn))
         if conn.since is None:
-            conn.release(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
+            conn.release(frame_of(messages.snapshot(conn.group_id, joined.members)))
         else:
             missed, tops, recovery = await self._recover(conn, conn.since)
-            members = await self.presence.members(conn.group_id)
-            conn.release_recovered(frame_of(messages.snapshot(conn.group_id, members, recovery)), missed, tops)
-        if became_present:
+            snapshot = messages.snapshot(conn.group_id, joined.members, recovery)
+            conn.release_recovered(frame_of(snapshot), missed, tops)
+        if joined.first:
             self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
         log.debug("open %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
 

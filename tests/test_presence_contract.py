@@ -6,7 +6,7 @@ import signal
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
-from aether_tornado.presence import Lease
+from aether_tornado.presence import Joined, Lease
 from aether_tornado.presence.memory import MemoryPresence
 from aether_tornado.presence.redis import RedisPresence
 
@@ -62,13 +62,20 @@ def presence(backend):
 
 async def test_join_is_true_once_per_span_and_leave_on_the_last_lease(presence):
     tab1, tab2 = Lease("g", "c", "n:1"), Lease("g", "c", "n:2")
-    assert await presence.join(tab1) is True
-    assert await presence.join(tab2) is False
+    assert (await presence.join(tab1)).first is True
+    assert (await presence.join(tab2)).first is False
     assert await presence.leave(tab1) is False
     assert await presence.leave(tab1) is False  # a second leave of the same lease is a no-op
     assert await presence.leave(tab2) is True
     assert await presence.members("g") == []
-    assert await presence.join(tab1) is True  # a new span
+    assert (await presence.join(tab1)).first is True  # a new span
+
+
+async def test_join_tells_who_is_present_right_after_itself_included(presence):
+    assert await presence.join(Lease("g", "b", "n:1")) == Joined(True, ["b"])
+    assert await presence.join(Lease("g", "a", "n:2")) == Joined(True, ["a", "b"])
+    assert await presence.join(Lease("g", "b", "n:3")) == Joined(False, ["a", "b"])
+    assert await presence.join(Lease("other", "c", "n:4")) == Joined(True, ["c"])
 
 
 async def test_groups_are_separate_and_members_sorted(presence):
@@ -128,8 +135,8 @@ async def test_resync_without_an_outage_changes_nothing(presence):
 async def test_redis_presence_is_shared_and_expiry_reported_by_one_process_only(request, kind):
     redis, prefix = redis_client(request, kind)
     first, second, third = (RedisPresence(redis, prefix, 0.3) for _ in range(3))
-    assert await first.join(Lease("g", "c", "a:1")) is True
-    assert await second.join(Lease("g", "c", "b:1")) is False  # another process, same client
+    assert (await first.join(Lease("g", "c", "a:1"))).first is True
+    assert (await second.join(Lease("g", "c", "b:1"))).first is False  # another process, same client
     assert await third.members("g") == ["c"]
     await asyncio.sleep(0.35)  # both processes "died": nobody refreshed; waiting never ends early
     reports = await asyncio.gather(first.expire(), second.expire(), third.expire())
@@ -146,7 +153,7 @@ async def test_redis_presence_answers_locally_while_redis_is_down_and_resyncs(re
     await here.join(goes)
     redis_server.kill()
     assert await here.leave(goes) is True  # decided from this process's own leases
-    assert await here.join(Lease("g", "new", "a:3")) is True
+    assert await here.join(Lease("g", "new", "a:3")) == Joined(True, ["new", "stays"])  # its own only
     assert await here.members("g") == ["new", "stays"]
     assert here.down
     redis_server.start()  # empty: every process puts its own leases back

@@ -16,13 +16,21 @@ class Lease(NamedTuple):
     key: str
 
 
+class Joined(NamedTuple):
+    """What taking a lease tells: whether the client just became present, and who is present now."""
+
+    first: bool
+    members: list[str]
+
+
 class Presence(Protocol):
     @property
     def backlog(self) -> int:
         """Leases that ended while Redis was away, waiting to be dropped there: bounded."""
 
-    async def join(self, lease: Lease) -> bool:
-        """Take a lease; True when the client just became present in the group."""
+    async def join(self, lease: Lease) -> Joined:
+        """Take a lease: whether the client just became present in the group, and the group's
+        present client_ids right after (itself included), sorted: a snapshot in the same step."""
 
     async def leave(self, lease: Lease) -> bool:
         """Drop a lease; True when it was the client's last one in the group."""

@@ -3,7 +3,7 @@
 import time
 from collections.abc import Callable
 
-from . import Lease
+from . import Joined, Lease
 
 
 class MemoryPresence:
@@ -18,8 +18,9 @@ class MemoryPresence:
         # node_id -> (announcement, when it runs out): this process's own
         self._announced: dict[str, tuple[bytes, float]] = {}
 
-    async def join(self, lease: Lease) -> bool:
-        return self._put(lease, self._clock() + self._lease_seconds)
+    async def join(self, lease: Lease) -> Joined:
+        first = self._put(lease, self._clock() + self._lease_seconds)
+        return Joined(first, sorted(self._groups[lease.group_id]))
 
     async def leave(self, lease: Lease) -> bool:
         clients = self._groups.get(lease.group_id, {})

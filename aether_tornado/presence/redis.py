@@ -33,7 +33,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from . import Lease
+from . import Joined, Lease
 from .memory import MemoryPresence
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,13 @@ class RedisPresence:
             for name in ("join", "leave", "refresh", "expire", "groups", "announce", "announced")
         )
 
-    async def join(self, lease: Lease) -> bool:
+    async def join(self, lease: Lease) -> Joined:
         await self._after_resync()
-        first_here = await self._local.join(lease)
+        here = await self._local.join(lease)
         if self.down:
-            return first_here
+            return here
         try:
-            joined, _ = await asyncio.gather(
+            (first, *members), _ = await asyncio.gather(
                 self._bounded(
                     functools.partial(
                         self._join,
@@ -100,10 +100,10 @@ class RedisPresence:
                 ),
                 self._hold_client_with_others(lease),
             )
-            return bool(joined)
+            return Joined(bool(first), sorted(member.decode() for member in members))
         except (RedisError, OSError) as error:
             self._lost(error)
-            return first_here
+            return here
 
     async def leave(self, lease: Lease) -> bool:
         await self._after_resync()
