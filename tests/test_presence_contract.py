@@ -78,6 +78,18 @@ async def test_join_tells_who_is_present_right_after_itself_included(presence):
     assert await presence.join(Lease("other", "c", "n:4")) == Joined(True, ["c"])
 
 
+async def test_joins_at_once_each_tell_their_own_span_and_members(presence):
+    """A burst of handshakes: joins of one loop iteration are taken together (over 50 in one
+    group: more than one script call), each told apart."""
+    leases = [Lease(f"g{n % 3}", f"c{n:03}", f"n:{n}") for n in range(160)] + [Lease("g0", "c000", "n:again")]
+    joined = await asyncio.gather(*map(presence.join, leases))
+    assert [answer.first for answer in joined] == [True] * 160 + [False]
+    for lease, answer in zip(leases, joined, strict=True):
+        assert lease.client_id in answer.members and answer.members == sorted(answer.members)
+        assert all(int(member[1:]) % 3 == int(lease.group_id[1:]) for member in answer.members)
+    assert joined[-1].members == [f"c{n:03}" for n in range(0, 160, 3)]
+
+
 async def test_groups_are_separate_and_members_sorted(presence):
     for client_id in ["b", "a", "C"]:
         await presence.join(Lease("g1", client_id, f"n:{client_id}"))

@@ -27,13 +27,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from . import Joined, Lease
+from .batch import IterationBatch
 from .memory import MemoryPresence
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ BATCH = 1000
 # Leases that ended during an outage, kept to be dropped from Redis after it; past this many
 # the rest are left to expire there (their clients leave with reason timeout, once).
 MAX_BACKLOG = 100_000
+# Joins per script call: each reads its group's members, which may be many.
+JOINS_PER_CALL = 50
 # Buckets of groups: every expiry pass visits each one, and they spread over a cluster's shards.
 BUCKETS = 16
 # Scripts run at once by one batch (a cluster cannot pipeline them), within the connection pool.
@@ -72,10 +75,9 @@ class RedisPresence:
         self._lease_ms = int(lease_seconds * 1000)
         self._local = MemoryPresence(lease_seconds)
         self._left_while_down: set[Lease] = set()
-        # Joins of this loop iteration whose leases go into their clients' indexes together.
-        self._to_hold: list[Lease] = []
-        self._held: asyncio.Future[None] | None = None
-        self._holding: set[asyncio.Task[None]] = set()
+        # The joins of one loop iteration: their scripts, and their clients' indexes, together.
+        self._join_together = IterationBatch(self._join_leases)
+        self._hold_together = IterationBatch(self._hold_leases)
         # Held while resync runs: joins and leaves wait, so none is decided twice or lost.
         self._resyncing = asyncio.Lock()
         self.down = False
@@ -90,17 +92,8 @@ class RedisPresence:
         if self.down:
             return here
         try:
-            (first, *members), _ = await asyncio.gather(
-                self._bounded(
-                    functools.partial(
-                        self._join,
-                        keys=self._keys(lease),
-                        args=[_member(lease), lease.client_id, self._lease_ms, lease.group_id],
-                    )
-                ),
-                self._hold_client_with_others(lease),
-            )
-            return Joined(bool(first), sorted(member.decode() for member in members))
+            joined, _ = await asyncio.gather(self._join_together(lease), self._hold_together(lease))
+            return joined
         except (RedisError, OSError) as error:
             self._lost(error)
             return here
@@ -306,30 +299,39 @@ class RedisPresence:
         )
         return left
 
-    async def _hold_client_with_others(self, lease: Lease) -> None:
-        """Put a joining lease in its client's index, in one pipeline with the leases of the other
-        handshakes of this loop iteration: a burst of reconnects costs one call, not one each."""
-        if self._held is None:
-            self._held = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_soon(self._hold_together)
-        self._to_hold.append(lease)
-        await asyncio.shield(self._held)
+    async def _join_leases(self, leases: list[Lease]) -> list[Joined]:
+        """Take leases, in order, those of one bucket a few at a time in one script call (each
+        reads its group's members), the buckets at once; what each join tells, in order."""
+        by_bucket: dict[int, list[int]] = {}
+        for index, lease in enumerate(leases):
+            by_bucket.setdefault(_bucket(lease.group_id), []).append(index)
+        joined: list[Joined | None] = [None] * len(leases)
 
-    def _hold_together(self) -> None:
-        leases, held, self._to_hold, self._held = self._to_hold, self._held, [], None
-        assert held is not None
-        task = asyncio.ensure_future(self._hold_client(leases))
-        self._holding.add(task)
-        task.add_done_callback(functools.partial(self._hold_done, held))
+        async def take(indexes: list[int]) -> None:
+            for start in range(0, len(indexes), JOINS_PER_CALL):
+                batch = indexes[start : start + JOINS_PER_CALL]
+                answers = await self._join_batch([leases[index] for index in batch])
+                for index, (first, *members) in zip(batch, answers, strict=True):
+                    joined[index] = Joined(bool(first), sorted(member.decode() for member in members))
 
-    def _hold_done(self, held: asyncio.Future[None], task: asyncio.Task[None]) -> None:
-        self._holding.discard(task)
-        if task.cancelled():
-            held.cancel()
-        elif task.exception() is not None:
-            held.set_exception(task.exception())
-        else:
-            held.set_result(None)
+        await asyncio.gather(*map(take, by_bucket.values()))
+        return cast(list[Joined], joined)
+
+    async def _join_batch(self, batch: list[Lease]) -> list[list]:
+        bucket = _bucket(batch[0].group_id)
+        keys = [
+            self._leases_key(bucket),
+            self._groups_key(bucket),
+            *(self._group_key(lease.group_id) for lease in batch),
+        ]
+        args: list[str | int] = [self._lease_ms]
+        for lease in batch:
+            args += [_member(lease), lease.client_id, lease.group_id]
+        return await self._bounded(functools.partial(self._join, keys=keys, args=args))
+
+    async def _hold_leases(self, leases: list[Lease]) -> list[None]:
+        await self._hold_client(leases)
+        return [None] * len(leases)
 
     async def _hold_client(self, leases: list[Lease]) -> None:
         """Put leases in their clients' indexes, which say whether a client is present anywhere."""

@@ -1,21 +1,27 @@
--- Take a presence lease, and read who is present right after.
--- KEYS[1] the lease index of the group's bucket (sorted set: "group client key" scored by
--- expiry, ms), KEYS[2] the group's lease counts (hash: client -> number of live leases),
--- KEYS[3] the bucket's groups (set of group_ids with anyone present); all carry the bucket's
--- hash tag, so they live on one shard of a cluster
--- ARGV[1] the lease member, ARGV[2] the client_id, ARGV[3] the lease length in ms, ARGV[4]
--- the group_id
--- Returns 1 when the client just became present in the group, else 0; then the group's
--- present client_ids, unsorted.
+-- Take presence leases of one bucket, and read who is present right after each.
+-- KEYS[1] the bucket's lease index (sorted set: "group client key" scored by expiry, ms),
+-- KEYS[2] the bucket's groups (set of group_ids with anyone present), KEYS[3..n] the lease
+-- counts (hash: client -> number of live leases) of each lease's group; all carry the
+-- bucket's hash tag, so they live on one shard of a cluster
+-- ARGV[1] the lease length in ms; then for each lease i (1-based): ARGV[3i - 1] the member,
+-- ARGV[3i] the client_id, ARGV[3i + 1] the group_id
+-- Returns, for each lease, {1 when its client just became present in the group else 0, then
+-- the group's present client_ids, unsorted}.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local first = 0
-if redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1]) == 1 then
-  if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
-    redis.call('SADD', KEYS[3], ARGV[4])
-    first = 1
+local expiry = now + tonumber(ARGV[1])
+local joined = {}
+for i = 1, #KEYS - 2 do
+  local member, client, group = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local first = 0
+  if redis.call('ZADD', KEYS[1], expiry, member) == 1 then
+    if redis.call('HINCRBY', KEYS[i + 2], client, 1) == 1 then
+      redis.call('SADD', KEYS[2], group)
+      first = 1
+    end
   end
+  local present = redis.call('HKEYS', KEYS[i + 2])
+  table.insert(present, 1, first)
+  joined[i] = present
 end
-local joined = redis.call('HKEYS', KEYS[2])
-table.insert(joined, 1, first)
 return joined
