@@ -5,7 +5,8 @@ Groups are spread over ``BUCKETS`` buckets by their hash slot. A bucket has a le
 Redis's own clock), and each of its groups a hash ``{prefix}:presence:{pN}:group:{group}``
 (client -> live leases), listed in the bucket's set ``{prefix}:presence:{pN}:groups`` while
 anyone is present. The Lua scripts beside this file make join, leave and expiry atomic
-per bucket, so each presence span starts and ends exactly once however many processes race;
+per bucket, so each presence span starts and ends exactly once however many processes race
+(the joins of one loop iteration, a burst of handshakes, go together: one call per bucket);
 the braces put a bucket on one shard of a Redis Cluster, and the buckets spread over the
 shards. ``{prefix}:presence:{client:<id>}`` (the client's leases in every group, scored by
 expiry on the processes' clocks) answers whether a client is present anywhere; it is kept
