@@ -261,18 +261,11 @@ class RedisPresence:
 
     async def _refresh_batch(self, batch: list[Lease]) -> list[Lease]:
         """Extend leases of one bucket; those that made their client present again."""
-        bucket = _bucket(batch[0].group_id)
-        keys = [
-            self._leases_key(bucket),
-            self._groups_key(bucket),
-            *(self._group_key(lease.group_id) for lease in batch),
-        ]
         args: list[str | int] = [self._lease_ms]
         for lease in batch:
             args += [_member(lease), lease.client_id]
-        return [
-            batch[index - 1] for index in await self._bounded(functools.partial(self._refresh, keys=keys, args=args))
-        ]
+        back = await self._bounded(functools.partial(self._refresh, keys=self._bucket_keys(batch), args=args))
+        return [batch[index - 1] for index in back]
 
     async def _expire_bucket(self, bucket: int) -> list[tuple[str, str]]:
         ended = []
@@ -319,16 +312,20 @@ class RedisPresence:
         return cast(list[Joined], joined)
 
     async def _join_batch(self, batch: list[Lease]) -> list[list]:
+        args: list[str | int] = [self._lease_ms]
+        for lease in batch:
+            args += [_member(lease), lease.client_id, lease.group_id]
+        return await self._bounded(functools.partial(self._join, keys=self._bucket_keys(batch), args=args))
+
+    def _bucket_keys(self, batch: list[Lease]) -> list[str]:
+        """The keys of a script on leases of one bucket: its lease index, its groups, and each
+        lease's group."""
         bucket = _bucket(batch[0].group_id)
-        keys = [
+        return [
             self._leases_key(bucket),
             self._groups_key(bucket),
             *(self._group_key(lease.group_id) for lease in batch),
         ]
-        args: list[str | int] = [self._lease_ms]
-        for lease in batch:
-            args += [_member(lease), lease.client_id, lease.group_id]
-        return await self._bounded(functools.partial(self._join, keys=keys, args=args))
 
     async def _hold_leases(self, leases: list[Lease]) -> list[None]:
         await self._hold_client(leases)
