@@ -2,7 +2,7 @@
 processes are up (each announces itself, for the operator's view).
 
 Each open connection holds a lease, keyed by ``Lease.key``, refreshed while it is open.
-Guarantee: ``join`` returns True exactly once per presence span (the client's first
+Guarantee: ``join`` says ``first`` exactly once per presence span (the client's first
 lease in the group) and ``leave`` or ``expire`` reports its end exactly once, however
 many connections and processes take part.
 """
