@@ -205,12 +205,22 @@ async def test_nginx_keeps_the_backend_api_to_its_allow_list_and_tokens_out_of_i
     allowed = await fetch(f"{api}/publish", method="POST", body=body, headers=json, raise_error=False)
     assert allowed.code == 202
     assert allowed.headers["Server"] == "nginx"  # server_tokens off: no version
-    for path, method in (("/publish", "POST"), ("/groups/g_x/presence", "GET")):
+    backend_routes = [("/publish", "POST"), ("/groups/g_x/presence", "GET"), ("/groups", "GET"),
+                      ("/processes", "GET"), ("/clients/c_x/disconnect", "POST")]  # fmt: skip
+    for path, method in backend_routes:
         elsewhere = await fetch(
             f"{api}{path}", method=method, body=body if method == "POST" else None, headers=json,
             network_interface="127.0.0.2", raise_error=False,
         )  # fmt: skip
         assert elsewhere.code == 403, path  # from an address not on the allow-list
+    for path in ("/groups", "/processes"):  # the operator's page's data, from this machine
+        assert (await fetch(f"{api}{path}", raise_error=False)).code == 200, path
+    disconnect = await fetch(f"{api}/clients/c_x/disconnect", method="POST", body=b"{}", headers=json,
+                             raise_error=False)  # fmt: skip
+    assert disconnect.code == 404  # reached the app: nobody to disconnect
+    for page in ("/operator", "/console"):  # public pages, from anywhere
+        answer = await fetch(f"{api}{page}", network_interface="127.0.0.2", raise_error=False)
+        assert answer.code == 200, page
     refused = await fetch(f"{api}/ws/group/g_x/client/c_x?token=secret-in-a-query", raise_error=False)
     assert refused.code == 400  # no upgrade: the app answers, and nginx logs the request
     log = prefix / "aether-tornado.access.log"
