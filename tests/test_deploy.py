@@ -12,9 +12,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from playwright.async_api import expect
 from tornado.httpclient import AsyncHTTPClient
 
 from .bridges import until
+from .conftest import CHROMIUM_MISSING
 from .processes import ServerProcess, free_port
 from .wsclient import Client
 
@@ -135,11 +137,15 @@ def test_the_example_environment_file_is_valid_settings():
 
 
 @pytest.fixture
-def nginx(start_process):
-    """Real nginx with the repo's site config, rendered onto free ports, before two processes."""
+def nginx(request, start_process):
+    """Real nginx with the repo's site config, rendered onto free ports, before two processes.
+
+    A test may change the site's text first (``indirect`` parametrisation with a function).
+    """
     upstreams = [start_process(), start_process()]
     port = free_port()
     site = SITE.read_text().replace("listen 80;", f"listen 127.0.0.1:{port};")
+    site = getattr(request, "param", lambda text: text)(site)
     prefix = Path(tempfile.mkdtemp(prefix="aether-nginx-"))
     site = site.replace("/var/log/nginx/", f"{prefix}/")
     for default, process in zip(("8001", "8002"), upstreams, strict=True):
@@ -235,3 +241,25 @@ async def test_nginx_answers_a_handshake_flood_with_429(nginx):
     url = f"http://127.0.0.1:{port}/v3/ws/group/g_x/client/c_x"
     codes = await asyncio.gather(*(fetch(url, raise_error=False) for _ in range(80)))
     assert {response.code for response in codes} == {400, 429}  # a burst of 40 passes, the rest wait their turn
+
+
+def _healthz_for_nobody(site: str) -> str:
+    """The site as seen from a browser on another machine: /healthz refused."""
+    kept = "location = /healthz {\n        allow 127.0.0.1;\n"
+    assert kept in site
+    return site.replace(kept, "location = /healthz {\n")
+
+
+@CHROMIUM_MISSING
+@pytest.mark.parametrize("nginx", [_healthz_for_nobody], indirect=True)
+async def test_the_console_behind_nginx_shows_no_problem_when_healthz_is_kept_from_it(nginx, browser):
+    port, _, prefix = nginx
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    await page.goto(f"http://127.0.0.1:{port}/v3/console?group=g_nx&client=c_console")
+    await page.wait_for_selector("#state:text('open')")
+    log = prefix / "aether-tornado.access.log"
+    # Two health checks refused (the page checks every 5 s): the first one's answer was handled long ago.
+    await until(lambda: log.read_text().count('"GET /healthz HTTP/1.1" 403') >= 2, timeout=15)
+    await expect(page.locator("#banner")).to_be_hidden()
+    await page.close()
