@@ -164,9 +164,10 @@ class Groups(BackendHandler):
             return self.fail(
                 ProtocolError(INVALID_LIMIT if problems[0]["field"] == "limit" else INVALID_ID, text, problems)
             )
-        found, total = await self.node.presence.groups(prefix, int(limit) + 1)
-        groups = [{"group_id": group_id, "clients": clients} for group_id, clients in found[: int(limit)]]
-        self.reply(200, {"groups": groups, "total": total, "more": len(found) > int(limit)})
+        most = int(limit)
+        found, total = await self.node.presence.groups(prefix, most + 1)  # one more tells if there are more
+        groups = [{"group_id": group_id, "clients": clients} for group_id, clients in found[:most]]
+        self.reply(200, {"groups": groups, "total": total, "more": len(found) > most})
 
 
 class GroupPresence(BackendHandler):
