@@ -2,7 +2,8 @@
 
 The server lets Tornado answer the HTTP handshake and then serves the socket itself
 (websocket.py). Taking the socket over needs two things Tornado keeps private: the stream's
-socket and what it has already read from it. The server also accepts connections itself
+socket and what it has already read from it, and the handler's own way of breaking the
+reference cycle it is in. The server also accepts connections itself
 (accept.py), handing each to Tornado's HTTP server and counting those it holds. Masking
 borrows Tornado's C speedup.
 ``check_tornado`` refuses to start on a release these were not tested with.
@@ -49,6 +50,11 @@ def take_socket(handler: tornado.web.RequestHandler) -> tuple[socket.socket, byt
     stream = handler.detach()
     early = bytes(stream._read_buffer[: stream._read_buffer_size])
     stream.close()  # unwatches and closes Tornado's descriptor; no RST, the socket is still open
+    # As Tornado's own finish() does: the handler holds itself through its UI modules, and with
+    # it the request, its connection and stream. A detached handler never finishes, so the
+    # cyclic collector would have to free all that, late and at a cost that grows with every
+    # live connection (bench/RESULTS.md, "Garbage collection").
+    handler._break_cycles()
     return socket.socket(fileno=descriptor), early
 
 

@@ -1,10 +1,14 @@
 """The server's frame layer on the wire: split, batched, fragmented, malformed, closed, flooded."""
 
 import asyncio
+import gc
 import socket
 import struct
 
 import orjson
+import tornado.web
+from tornado.http1connection import HTTP1ServerConnection
+from tornado.httputil import HTTPServerRequest
 
 from aether_tornado import frames
 from aether_tornado.frames import CLOSE, PING, PONG, TEXT
@@ -40,6 +44,25 @@ async def test_many_frames_in_one_write_are_handled_in_order(server):
     for n in range(200):  # more than one turn's worth of frames
         raw.send_frame(TEXT, echo(f"m{n}"))  # buffered: one write on the wire
     assert await replies(raw, 200) == [f"m{n}" for n in range(200)]
+
+
+async def test_a_handshake_leaves_nothing_for_the_cycle_collector(server):
+    """The handler, its request and Tornado's connection go at the hand-over, by reference
+    counting: left in a cycle, each would cost a collection that also goes over every live
+    connection (bench/RESULTS.md, "Garbage collection")."""
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage, to be looked at
+    try:
+        sockets = [await opened(server, f"/v3/ws/group/g_gc/client/c_{n}") for n in range(10)]
+        gc.collect()
+        kinds = (tornado.web.RequestHandler, HTTPServerRequest, HTTP1ServerConnection)
+        left = [type(thing).__name__ for thing in gc.garbage if isinstance(thing, kinds)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
+    sockets[-1].send_frame(TEXT, echo("still here"))  # the last one: the others hear its join
+    assert await replies(sockets[-1], 1) == ["still here"]
 
 
 async def test_a_frame_split_across_reads_is_reassembled(server):
