@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from aether_tornado.__main__ import GC_YOUNG_ALLOCATIONS
 from aether_tornado.config import Settings, SettingsError, load_settings
 
 from .wsclient import Client
@@ -100,3 +101,15 @@ async def test_a_real_process_serves_and_shuts_down_gracefully_on_sigterm():
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_the_process_collects_cycles_less_often_and_never_looks_at_its_modules_again():
+    """The collector's settings of ``python -m aether_tornado`` (bench/RESULTS.md, "Garbage collection")."""
+    probe = (
+        "import gc; from aether_tornado.__main__ import tune_gc; "
+        "tune_gc(); print(gc.get_threshold()[0], gc.get_freeze_count())"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=20, check=True)
+    threshold, frozen = map(int, result.stdout.split())
+    assert threshold == GC_YOUNG_ALLOCATIONS
+    assert frozen > 10_000  # the imported modules' functions, classes and constants
