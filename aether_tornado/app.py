@@ -112,6 +112,9 @@ def make_app(node: Node) -> tornado.web.Application:
     console = [(r"/v3/console", Asset, {"name": "console"})] if settings.console else []
     return tornado.web.Application(
         [
+            # First: every handshake is matched against the rules in order, and handshakes are
+            # most of the requests (a deploy's reconnects).
+            (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node, "flusher": Flusher()}),
             (r"/", Asset, {"name": "index"}),
             (r"/v3/client/(aether-v3\.js|aether-v3\.d\.ts)", Asset, {"allowed_origins": settings.allowed_origins}),
             *console,
@@ -124,7 +127,6 @@ def make_app(node: Node) -> tornado.web.Application:
             (r"/v3/groups/([^/]+)/presence", GroupPresence, {"node": node}),
             (r"/v3/clients/([^/]+)/disconnect", ClientDisconnect, {"node": node}),
             (r"/v3/groups/([^/]+)/history", GroupHistory, {"node": node}),
-            (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node, "flusher": Flusher()}),
         ],
         default_handler_class=NotFound,
         log_function=_log_request,
