@@ -35,9 +35,14 @@ MAX_FIELD_SHOWN = 64
 MAX_DEPTH = 254
 
 
-@attrs.frozen(kw_only=True)
+@attrs.define(kw_only=True)
 class WSMessageV3:
-    """One frame in either direction; the server always sends all ten keys."""
+    """One frame in either direction; the server always sends all ten keys.
+
+    Never changed once built (the server stamps a copy), but not frozen: two are built for
+    every message a client sends, and a frozen class's constructor costs three times as
+    much, a tenth of an echo's CPU (bench/RESULTS.md, "Per message").
+    """
 
     version: Version = "3"
     msg_type: MsgType
@@ -218,13 +223,18 @@ def _encode(message: WSMessageV3) -> bytes:
     )
 
 
-_second = [-1, ""]  # the last whole second formatted, and its text: strftime once a second
+# The last millisecond and whole second formatted, with their texts: under load, many messages
+# are stamped within one millisecond, and strftime runs once a second.
+_millisecond: list = [-1, ""]
+_second: list = [-1, ""]
 
 
 def utc_timestamp() -> str:
     """Now as ISO 8601 UTC with milliseconds and ``Z``: the ``sent_at`` format."""
-    now = time.time()
-    seconds = int(now)
-    if seconds != _second[0]:
-        _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
-    return f"{_second[1]}.{int((now - seconds) * 1000):03d}Z"
+    millis = int(time.time() * 1000)
+    if millis != _millisecond[0]:
+        seconds, rest = divmod(millis, 1000)
+        if seconds != _second[0]:
+            _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+        _millisecond[:] = [millis, f"{_second[1]}.{rest:03d}Z"]
+    return _millisecond[1]
