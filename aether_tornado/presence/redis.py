@@ -6,7 +6,8 @@ Redis's own clock), and each of its groups a hash ``{prefix}:presence:{pN}:group
 (client -> live leases), listed in the bucket's set ``{prefix}:presence:{pN}:groups`` while
 anyone is present. The Lua scripts beside this file make join, leave and expiry atomic
 per bucket, so each presence span starts and ends exactly once however many processes race
-(the joins of one loop iteration, a burst of handshakes, go together: one call per bucket);
+(the joins of one loop iteration, a burst of handshakes, go together: one call on one Redis,
+one per bucket on a cluster);
 the braces put a bucket on one shard of a Redis Cluster, and the buckets spread over the
 shards. ``{prefix}:presence:{client:<id>}`` (the client's leases in every group, scored by
 expiry on the processes' clocks) answers whether a client is present anywhere; it is kept
@@ -68,6 +69,8 @@ class RedisPresence:
         """At most ``max_calls`` calls wait for Redis at once: a cluster client refuses, rather
         than waits, when its connections to a node are all busy."""
         self._redis = redis
+        # A script's keys must share a slot on a cluster; one Redis takes any together.
+        self._cluster = isinstance(redis, RedisCluster)
         self._calls = asyncio.Semaphore(max_calls)
         self._initializing = asyncio.Lock()
         self._initialized = False
@@ -294,11 +297,12 @@ class RedisPresence:
         return left
 
     async def _join_leases(self, leases: list[Lease]) -> list[Joined]:
-        """Take leases, in order, those of one bucket a few at a time in one script call (each
-        reads its group's members), the buckets at once; what each join tells, in order."""
-        by_bucket: dict[int, list[int]] = {}
+        """Take leases, in order, a few at a time in one script call (each reads its group's
+        members): on one Redis whatever their buckets, on a cluster those of one bucket, the
+        buckets at once. What each join tells, in order."""
+        together: dict[int, list[int]] = {}
         for index, lease in enumerate(leases):
-            by_bucket.setdefault(_bucket(lease.group_id), []).append(index)
+            together.setdefault(_bucket(lease.group_id) if self._cluster else 0, []).append(index)
         joined: list[Joined | None] = [None] * len(leases)
 
         async def take(indexes: list[int]) -> None:
@@ -308,17 +312,20 @@ class RedisPresence:
                 for index, (first, *members) in zip(batch, answers, strict=True):
                     joined[index] = Joined(bool(first), sorted(member.decode() for member in members))
 
-        await asyncio.gather(*map(take, by_bucket.values()))
+        await asyncio.gather(*map(take, together.values()))
         return cast(list[Joined], joined)
 
     async def _join_batch(self, batch: list[Lease]) -> list[list]:
+        keys: list[str] = []
         args: list[str | int] = [self._lease_ms]
         for lease in batch:
+            bucket = _bucket(lease.group_id)
+            keys += [self._leases_key(bucket), self._groups_key(bucket), self._group_key(lease.group_id)]
             args += [_member(lease), lease.client_id, lease.group_id]
-        return await self._bounded(functools.partial(self._join, keys=self._bucket_keys(batch), args=args))
+        return await self._bounded(functools.partial(self._join, keys=keys, args=args))
 
     def _bucket_keys(self, batch: list[Lease]) -> list[str]:
-        """The keys of a script on leases of one bucket: its lease index, its groups, and each
+        """The keys of a refresh of leases of one bucket: its lease index, its groups, and each
         lease's group."""
         bucket = _bucket(batch[0].group_id)
         return [
