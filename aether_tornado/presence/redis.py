@@ -10,8 +10,9 @@ per bucket, so each presence span starts and ends exactly once however many proc
 one per bucket on a cluster);
 the braces put a bucket on one shard of a Redis Cluster, and the buckets spread over the
 shards. ``{prefix}:presence:{client:<id>}`` (the client's leases in every group, scored by
-expiry on the processes' clocks) answers whether a client is present anywhere; it is kept
-beside the scripts, not in them, since it lives on the client's own shard.
+expiry on the processes' clocks) answers whether a client is present anywhere. On one Redis
+the join script writes it too; on a cluster it is written apart, since it lives on the
+client's own shard.
 
 Each process announces itself in ``{prefix}:presence:{processes}:announced`` (node_id ->
 JSON), with ``...:until`` saying when each announcement runs out: a process that died drops
@@ -96,7 +97,10 @@ class RedisPresence:
         if self.down:
             return here
         try:
-            joined, _ = await asyncio.gather(self._join_together(lease), self._hold_together(lease))
+            together = [self._join_together(lease)]
+            if self._cluster:  # the client's index is on the client's own shard: apart
+                together.append(self._hold_together(lease))
+            joined, *_ = await asyncio.gather(*together)
             return joined
         except (RedisError, OSError) as error:
             self._lost(error)
@@ -316,12 +320,16 @@ class RedisPresence:
         return cast(list[Joined], joined)
 
     async def _join_batch(self, batch: list[Lease]) -> list[list]:
+        """One join script call; on one Redis it puts the leases in their clients' indexes too."""
+        with_index = not self._cluster
         keys: list[str] = []
-        args: list[str | int] = [self._lease_ms]
+        args: list[str | int] = [self._lease_ms, 4 if with_index else 3, _now_ms() + self._lease_ms]
         for lease in batch:
             bucket = _bucket(lease.group_id)
             keys += [self._leases_key(bucket), self._groups_key(bucket), self._group_key(lease.group_id)]
-            args += [_member(lease), lease.client_id, lease.group_id]
+            if with_index:
+                keys.append(self._client_key(lease.client_id))
+            args += [_member(lease), lease.client_id, lease.group_id, lease.key]
         return await self._bounded(functools.partial(self._join, keys=keys, args=args))
 
     def _bucket_keys(self, batch: list[Lease]) -> list[str]:
