@@ -188,8 +188,9 @@ class ClientConnection(WebSocketProtocol):
             self._in_flight += 1
             if may_refuse:
                 self._answer_due = self.holding = True
-                rest.add_done_callback(self._refusal_settled)
-            rest.add_done_callback(self._landed)
+                rest.add_done_callback(self._settled)
+            else:
+                rest.add_done_callback(self._landed)
             if self._in_flight >= MAX_IN_FLIGHT:
                 self.holding = True
             return
@@ -212,8 +213,10 @@ class ClientConnection(WebSocketProtocol):
             self._routing = False
             self._read_on_unless_held()
 
-    def _refusal_settled(self, _: asyncio.Future) -> None:
+    def _settled(self, landed: asyncio.Future) -> None:
+        """A direct message in flight is settled: refused (the answer is queued) or not."""
         self._answer_due = False
+        self._landed(landed)
 
     def _landed(self, _: asyncio.Future) -> None:
         self._in_flight -= 1
