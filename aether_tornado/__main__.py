@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
 def tune_gc() -> None:
     """Collect cycles less often than CPython's default, and never look at the modules again.
 
-    Every handshake leaves a few dozen objects in reference cycles (Tornado's request and its
-    connection), so the collector must run; but at CPython's default pace a burst of connects
-    grows the heap fast enough for a full collection every few thousand, each going over every
-    live connection (bench/RESULTS.md, "Garbage collection").
+    The collector must run (asyncio and Tornado make a reference cycle now and then), but at
+    CPython's default pace a burst of connects grows the heap fast enough for a full
+    collection every few hundred connects, each going over every live connection while they
+    all wait (bench/RESULTS.md, "Garbage collection").
     """
     gc.freeze()  # what the imports made lives as long as the process
     gc.set_threshold(GC_YOUNG_ALLOCATIONS, *gc.get_threshold()[1:])
