@@ -113,10 +113,10 @@ class ClientConnection(WebSocketProtocol):
         # Only Redis makes routing wait; alone, a message is routed without a Task.
         self._eager = node.settings.redis_url is None
 
-    # The connection's life: attached to the node when the 101 is out, detached when the socket is gone.
+    # The connection's life: attached to the node as the 101 goes out, detached when the socket is gone.
 
     def on_open(self) -> None:
-        self._attached = asyncio.ensure_future(self.node.attach(self))
+        self._attached = self.node.attach(self)
         self._attached.add_done_callback(self._after_attach)
 
     def _after_attach(self, task: asyncio.Task) -> None:

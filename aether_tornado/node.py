@@ -42,7 +42,7 @@ from .errors import (
 )
 from .frames import text_frame
 from .history import STREAMS, Appended, History, Position, Recovery
-from .hub import Connection, Hub, Positioned
+from .hub import Added, Connection, Hub, Positioned
 from .metrics import Metrics
 from .presence import Lease, Presence
 from .schema import WSMessageV3, encode, utc_timestamp
@@ -203,14 +203,19 @@ class Node:
 
     # Connections coming and going.
 
-    async def attach(self, conn: Connection) -> None:
-        """Register a new connection: its snapshot first, then its join to the group.
+    def attach(self, conn: Connection) -> asyncio.Task[None]:
+        """Register a new connection now; the task sends its snapshot, then its join to the group.
 
-        The connection joins the hub (and its channels) before its lease is taken, which reads
-        presence in the same step; what arrives meanwhile is held back, so no event between
-        snapshot and join is lost.
+        Called in the same callback that writes the 101: once the client sees its connection
+        open, messages to its group reach it (held back until its snapshot is out), even one
+        sent that instant by another client that saw it open.
         """
-        added = self.hub.add(conn)
+        return asyncio.ensure_future(self._attach(conn, self.hub.add(conn)))
+
+    async def _attach(self, conn: Connection, added: Added) -> None:
+        """The connection joins its channels before its lease is taken, which reads presence in
+        the same step; what arrives meanwhile is held back, so no event between snapshot and
+        join is lost."""
         if added.first_in_group:
             await self.bridge.subscribe(group_channel(conn.group_id))
         if added.first_of_client:

@@ -14,7 +14,7 @@ from aether_tornado import frames
 from aether_tornado.frames import CLOSE, PING, PONG, TEXT
 
 from .conftest import ws_url
-from .wsclient import Client, RawSocket, upgrade_request
+from .wsclient import TIMEOUT, Client, RawSocket, upgrade_request
 
 PATH = "/v3/ws/group/g_wire/client/c_wire"
 
@@ -63,6 +63,36 @@ async def test_a_handshake_leaves_nothing_for_the_cycle_collector(server):
     assert left == []
     sockets[-1].send_frame(TEXT, echo("still here"))  # the last one: the others hear its join
     assert await replies(sockets[-1], 1) == ["still here"]
+
+
+async def test_a_connection_is_in_its_group_when_its_101_arrives(server):
+    """A client that sees another's connection open may send to the group that instant (a page
+    with two clients, say): the server registers a connection before its 101 goes out."""
+    sender = await opened(server, "/v3/ws/group/g_open/client/c_sender")
+    loop = asyncio.get_running_loop()
+    frames_of_b: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Receiver(asyncio.Protocol):
+        members_at_101: list[str] | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(upgrade_request(server.port, "/v3/ws/group/g_open/client/c_receiver"))
+
+        def data_received(self, data: bytes) -> None:
+            if self.members_at_101 is None:  # the 101: what the server holds, in this very turn
+                self.members_at_101 = sorted(conn.client_id for conn in server.node.hub.group("g_open"))
+                sender.send_frame(TEXT, orjson.dumps({"msg_type": "msg", "target": "group", "msg": "at once"}))
+            frames_of_b.put_nowait(data)
+
+    transport, receiver = await loop.create_connection(Receiver, "127.0.0.1", server.port)
+    try:
+        received = b""
+        async with asyncio.timeout(TIMEOUT):
+            while b"at once" not in received:
+                received += await frames_of_b.get()
+        assert receiver.members_at_101 == ["c_receiver", "c_sender"]
+    finally:
+        transport.close()
 
 
 async def test_a_frame_split_across_reads_is_reassembled(server):
