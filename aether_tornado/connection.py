@@ -288,8 +288,13 @@ class ClientConnection(WebSocketProtocol):
         self.positions[message.stream] = Position(message.epoch, message.offset)
         self.send(message.frame)
 
-    def release_recovered(self, first: bytes, missed: Sequence[Positioned], tops: Sequence[Position | None]) -> None:
+    def release_recovered(
+        self, first: bytes, missed: Sequence[Positioned], replayed: Sequence[Position | None]
+    ) -> None:
         """The snapshot, what the client missed, then what came meanwhile that it has not had.
+
+        ``replayed`` is where each stream's missed messages end: what came meanwhile up to there
+        was among them. A stream not replayed (None) skips nothing.
 
         The missed messages go out at once, not counted against the outbound buffer: recovery
         limits them to that size per stream already.
@@ -297,7 +302,7 @@ class ClientConnection(WebSocketProtocol):
         held, self._held, self._held_bytes = self._held or [], None, 0
         if self._closing:
             return
-        self.positions = list(tops)  # where the missed messages end
+        self.positions = list(replayed)
         self._write(b"".join([first, *(message.frame for message in missed)]))
         for frame in held:
             if isinstance(frame, Positioned):

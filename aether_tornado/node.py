@@ -230,9 +230,9 @@ class Node:
         if conn.since is None:
             conn.release(frame_of(messages.snapshot(conn.group_id, joined.members)))
         else:
-            missed, tops, recovery = await self._recover(conn, conn.since)
+            missed, replayed, recovery = await self._recover(conn, conn.since)
             snapshot = messages.snapshot(conn.group_id, joined.members, recovery)
-            conn.release_recovered(frame_of(snapshot), missed, tops)
+            conn.release_recovered(frame_of(snapshot), missed, replayed)
         if joined.first:
             self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
         log.debug("open %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
@@ -242,10 +242,12 @@ class Node:
     ) -> tuple[list[Positioned], list[Position | None], dict]:
         """What ``conn`` missed since the positions it presented, oldest first, all streams merged.
 
-        Returns the missed messages, each stream's position after them, and the snapshot's
-        ``recovery``. The connection is in the hub already and its channels subscribed: what
-        is published after the history is read reaches it live, and what it gets twice at the
-        seam it skips by position.
+        Returns the missed messages, where each stream's replay ends (None for a stream not
+        replayed), and the snapshot's ``recovery``. The connection is in the hub already and its
+        channels subscribed: what is published after the history is read reaches it live, and
+        what it gets twice at the seam it skips by position. A stream not replayed skips
+        nothing: what came live since the connection joined the hub is all it has of it, even
+        what was recorded before the history was read.
         """
         streams = (group_channel(conn.group_id), client_channel(conn.client_id), BROADCAST_CHANNEL)
         recoveries: list[Recovery] | None = None
@@ -267,14 +269,17 @@ class Node:
         # replaying a later message of one stream before an earlier one of another that comes
         # live would break a sender's order.
         cut = min(recovery.read_at for recovery in recoveries)
-        tops: list[Position | None] = []
+        tops: list[Position | None] = []  # each stream's position, for the snapshot
+        replayed: list[Position | None] = []
         missed = []
         for index, (recovery, presented) in enumerate(zip(recoveries, since, strict=True)):
             if recovery.missed is None or presented is None:
                 tops.append(recovery.top)
+                replayed.append(None)
                 continue
             kept = [entry for entry in recovery.missed if entry.time <= cut]
             tops.append(Position(recovery.top.epoch, kept[-1].offset if kept else presented.offset))
+            replayed.append(tops[-1])
             missed += [
                 (entry.time, index, Positioned(index, recovery.top.epoch, entry.offset, entry.payload))
                 for entry in kept
@@ -286,7 +291,7 @@ class Node:
         }
         recovered = all(recovery.missed is not None for recovery in recoveries)
         self.metrics.recoveries.inc("recovered" if recovered else "not_recovered")
-        return [message for *_, message in missed], tops, {"recovered": recovered, "streams": states}
+        return [message for *_, message in missed], replayed, {"recovered": recovered, "streams": states}
 
     async def detach(self, conn: Connection) -> None:
         """Forget a closed connection; the group hears ``leave`` if it was the client's last."""

@@ -15,12 +15,13 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from aether_tornado.frames import TEXT
 from aether_tornado.history import Position
 from aether_tornado.history.memory import MemoryHistory
 from aether_tornado.schema import FIELDS
 
 from .conftest import ws_url
-from .wsclient import Client
+from .wsclient import TIMEOUT, Client, RawSocket, upgrade_request
 
 STREAM_OF_TARGET = {"group": "group", "direct": "client", "broadcast": "broadcast"}
 # Settings that let one test sender go as fast as a test needs.
@@ -353,3 +354,46 @@ async def test_memory_history_forgets_a_stream_nobody_used_for_its_keep_time():
     assert len(history) == 0
     (fresh,) = await history.recover([("group:g", position)], 99)
     assert fresh.missed is None and fresh.top.epoch != position.epoch and fresh.top.offset == 0
+
+
+class Newcomer(asyncio.Protocol):
+    """A client that asks to recover with no position yet; the instant its 101 arrives, the
+    sender speaks to the group."""
+
+    def __init__(self, port: int, client_id: str, sender: RawSocket, said: str) -> None:
+        self.port, self.client_id, self.sender, self.said = port, client_id, sender, said
+        self.received: asyncio.Queue[bytes] = asyncio.Queue()
+        self.opened = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(upgrade_request(self.port, f"/v3/ws/group/g_seam/client/{self.client_id}?recover="))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.opened:
+            self.opened = True
+            message = {"msg_type": "msg", "target": "group", "msg": self.said}
+            self.sender.send_frame(TEXT, orjson.dumps(message))
+        self.received.put_nowait(data)
+
+
+async def test_a_message_recorded_while_a_newcomer_joins_reaches_it(start_process):
+    """A message sent to a group the instant a newcomer's connection opens is recorded before the
+    newcomer's history is read, so it is below the position its snapshot reports: it must
+    still come to it live, not be skipped as if it had been replayed."""
+    server = start_process()
+    sender = await RawSocket.open(server.port, "/v3/ws/group/g_seam/client/c_sender")
+    loop = asyncio.get_running_loop()
+    for n in range(10):
+        said = f"at once {n}"
+        transport, newcomer = await loop.create_connection(
+            lambda: Newcomer(server.port, f"c_new{n}", sender, said),  # noqa: B023 (called at once)
+            "127.0.0.1",
+            server.port,
+        )
+        try:
+            got = b""
+            async with asyncio.timeout(TIMEOUT):
+                while said.encode() not in got:
+                    got += await newcomer.received.get()
+        finally:
+            transport.close()
