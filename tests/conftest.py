@@ -1,5 +1,6 @@
 """Fixtures: in-process servers on free ports, with settings per test."""
 
+import asyncio
 import itertools
 import os
 import shutil
@@ -70,6 +71,12 @@ async def browser() -> AsyncIterator[Any]:
         browser = await driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_FLAGS)
         yield browser
         await browser.close()
+
+
+async def evaluate(page: Any, script: str, *arg: Any, timeout: float = 10) -> Any:
+    """``page.evaluate`` within ``timeout`` seconds: Playwright gives a page's script all the
+    time it takes, and one that awaits an event that never comes would hang the suite."""
+    return await asyncio.wait_for(page.evaluate(script, *arg), timeout)
 
 
 async def watched_page(browser: Any, **options: Any) -> Any:

@@ -4,7 +4,7 @@ import pytest
 
 from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
 
-from .conftest import CHROMIUM_MISSING
+from .conftest import CHROMIUM_MISSING, evaluate
 from .processes import free_port
 
 pytestmark = CHROMIUM_MISSING
@@ -20,14 +20,15 @@ async def page(browser, server):
 
 
 async def test_the_index_page_connects_sends_to_its_group_and_sees_presence(page):
-    received = await page.evaluate(
+    received = await evaluate(
+        page,
         """() => new Promise((resolve, reject) => {
           const got = [];
           const ws = new WebSocket(`ws://${location.host}/v3/ws/group/g_demo/client/c_demo`);
           ws.onopen = () => ws.send(JSON.stringify({msg_type: "msg", target: "group", msg: "Hello team!"}));
           ws.onmessage = (event) => { got.push(JSON.parse(event.data)); if (got.length === 3) resolve(got); };
           ws.onclose = (event) => reject(new Error(`closed ${event.code}`));
-        })"""
+        })""",
     )
     assert [message["payload"] and message["payload"]["event"] for message in received[:2]] == ["snapshot", "join"]
     assert received[0]["payload"]["clients"] == ["c_demo"]
@@ -36,7 +37,8 @@ async def test_the_index_page_connects_sends_to_its_group_and_sees_presence(page
 
 async def test_the_readme_s_connect_then_send_reaches_the_group_every_time(page):
     """``client.connect(); client.sendGroup(...)``: the queued message is the first frame after the 101."""
-    echoed = await page.evaluate(
+    echoed = await evaluate(
+        page,
         """async () => {
           const { AetherClient } = await import("/v3/client/aether-v3.js");
           const echoed = [];
@@ -52,7 +54,7 @@ async def test_the_readme_s_connect_then_send_reaches_the_group_every_time(page)
             client.close();
           }
           return echoed;
-        }"""
+        }""",
     )
     assert echoed == [f"hello {n}" for n in range(30)]
 
@@ -64,14 +66,15 @@ async def test_the_browser_client_diagnoses_a_refusal_without_the_token_in_a_url
     requests = []
     page.on("request", lambda request: requests.append((request.url, request.headers.get("authorization"))))
     await page.goto(f"http://127.0.0.1:{server.port}/")
-    refusal = await page.evaluate(
+    refusal = await evaluate(
+        page,
         """async () => {
           const { AetherClient } = await import("/v3/client/aether-v3.js");
           const client = new AetherClient({ groupId: "g_tok", clientId: "c_tok", token: "not.a.valid-token" });
           const refused = new Promise((resolve) => client.on("error", (error) => resolve(error.code)));
           client.connect();
           return await refused;
-        }"""
+        }""",
     )
     assert refusal == "unauthorized"
     diagnoses = [(url, auth) for url, auth in requests if url.startswith("http://") and "/v3/ws/" in url]
@@ -80,7 +83,8 @@ async def test_the_browser_client_diagnoses_a_refusal_without_the_token_in_a_url
 
 
 async def test_the_browser_client_recovers_what_it_missed_and_marks_it(page, server):
-    await page.evaluate(
+    await evaluate(
+        page,
         """async () => {
           const { AetherClient } = await import("/v3/client/aether-v3.js");
           const options = { groupId: "g_br", clientId: "c_br", backoffInitialMs: 50, backoffMaxMs: 200 };
@@ -100,30 +104,30 @@ async def test_the_browser_client_recovers_what_it_missed_and_marks_it(page, ser
           const open = new Promise((resolve) => client.on("open", resolve));
           client.connect();
           await open;
-        }"""
+        }""",
     )
 
     async def publish(text: str) -> None:
         await server.node.publish(WSMessageV3(msg_type="msg", target="group", group_id="g_br", msg=text))
 
     await publish("0")
-    await page.evaluate("() => until(() => got.length === 1)")
+    await evaluate(page, "() => until(() => got.length === 1)")
     (conn,) = server.node.hub.client("c_br")
     conn._transport.abort()  # the connection is lost without a close, as on a network change
     for text in ("1", "2", "3"):
         await publish(text)  # recorded at once, before the loop even sees the loss
-    await page.evaluate("() => until(() => reports.length === 1)")
+    await evaluate(page, "() => until(() => reports.length === 1)")
     await publish("4")
-    got = await page.evaluate("() => until(() => got.length === 5)")
+    got = await evaluate(page, "() => until(() => got.length === 5)")
     assert got == [["0", False], ["1", True], ["2", True], ["3", True], ["4", False]]
-    assert await page.evaluate("() => reports") == [True]
+    assert await evaluate(page, "() => reports") == [True]
     # A message recorded but never delivered (lost between processes): the next one shows the gap.
     lost = WSMessageV3(msg_type="msg", target="group", group_id="g_br", msg="5", sent_at=utc_timestamp())
     server.node.history.append("group:g_br", encode(lost), lambda recorded: None)
     await publish("6")
-    got = await page.evaluate("() => until(() => got.length === 7)")
+    got = await evaluate(page, "() => until(() => got.length === 7)")
     assert got[5:] == [["5", True], ["6", True]]
-    assert await page.evaluate("() => reports") == [True, True]
+    assert await evaluate(page, "() => reports") == [True, True]
 
 
 async def test_a_page_of_an_allowed_origin_imports_the_client_whose_events_come_once_each(browser, start_server):
@@ -132,7 +136,8 @@ async def test_a_page_of_an_allowed_origin_imports_the_client_whose_events_come_
     page = await browser.new_page(bypass_csp=True)  # the frontend's own policy is its business
     page.set_default_timeout(10_000)
     await page.goto(f"http://127.0.0.1:{frontend.port}/")
-    seen = await page.evaluate(
+    seen = await evaluate(
+        page,
         """async (port) => {
           const { AetherClient } = await import(`http://127.0.0.1:${port}/v3/client/aether-v3.js`);
           const client = new AetherClient({ groupId: "g_x", clientId: "c_x", url: `ws://127.0.0.1:${port}` });
@@ -159,7 +164,8 @@ async def test_a_client_that_cannot_connect_says_reconnecting_once_with_why_and_
     page = await browser.new_page(bypass_csp=True)  # the page's policy would refuse another port itself
     page.set_default_timeout(10_000)
     await page.goto(f"http://127.0.0.1:{server.port}/")
-    states = await page.evaluate(
+    states = await evaluate(
+        page,
         """async (port) => {
           const { AetherClient } = await import("/v3/client/aether-v3.js");
           const client = new AetherClient({

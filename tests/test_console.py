@@ -8,7 +8,7 @@ from playwright.async_api import expect
 
 from aether_tornado.schema import WSMessageV3
 
-from .conftest import CHROMIUM_MISSING, watched_page
+from .conftest import CHROMIUM_MISSING, evaluate, watched_page
 from .processes import ServerProcess
 from .wsclient import Client
 
@@ -86,14 +86,15 @@ async def test_the_client_module_stops_on_a_refusal_it_cannot_fix(browser):
     try:
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{server.port}/")
-        outcome = await page.evaluate(
+        outcome = await evaluate(
+            page,
             """async () => {
               const { AetherClient } = await import("/v3/client/aether-v3.js");
               const client = new AetherClient({ groupId: "g_x", clientId: "c_x", token: "bad" });
               const error = new Promise((resolve) => client.on("error", (e) => resolve(e.code)));
               client.connect();
               return [await error, await new Promise((r) => setTimeout(() => r(client.state), 200))];
-            }"""
+            }""",
         )
         assert outcome == ["unauthorized", "closed"]
     finally:
@@ -111,7 +112,8 @@ async def test_the_types_and_the_module_are_served(server):
 async def test_a_peers_error_command_is_a_command_and_close_stays_closed(browser, server):
     page = await browser.new_page()
     await page.goto(f"http://127.0.0.1:{server.port}/")
-    outcome = await page.evaluate(
+    outcome = await evaluate(
+        page,
         """async () => {
           const { AetherClient } = await import("/v3/client/aether-v3.js");
           const a = new AetherClient({ groupId: "g_js", clientId: "c_a" });
@@ -129,7 +131,7 @@ async def test_a_peers_error_command_is_a_command_and_close_stays_closed(browser
           gone.close();
           await new Promise((resolve) => setTimeout(resolve, 500));
           return [got, errors, a.state, gone.state, gone.socket];
-        }"""
+        }""",
     )
     assert outcome == ["ERROR", 0, "closed", "closed", None]
 
@@ -171,13 +173,14 @@ async def test_the_console_fits_a_phone_follows_dark_mode_and_names_its_parts(br
     page = await browser.new_page(viewport={"width": 390, "height": 844}, color_scheme="dark")
     page.set_default_timeout(10_000)
     await page.goto(f"http://127.0.0.1:{server.port}/v3/console")
-    layout = await page.evaluate(
+    layout = await evaluate(
+        page,
         """() => ({
           overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
           logFont: parseFloat(getComputedStyle(document.getElementById("log")).fontSize),
           asideWidth: document.querySelector("aside").getBoundingClientRect().width,
           canvas: getComputedStyle(document.documentElement).colorScheme,
-        })"""
+        })""",
     )
     assert layout["overflow"] <= 0 and layout["logFont"] >= 12  # no sideways scrolling, readable text
     assert layout["asideWidth"] >= 380  # the connection stacks above the messages, full width
@@ -290,7 +293,7 @@ async def test_the_console_adds_nothing_to_messages_and_tells_which_message_each
     line = page.locator("#log div:has-text('recipient_offline')").first
     await line.locator("button.copy").click()
     await expect(line.locator("button.copy")).to_have_text("Copied")
-    copied = await page.evaluate("() => navigator.clipboard.readText()")
+    copied = await evaluate(page, "() => navigator.clipboard.readText()")
     assert '"code": "recipient_offline"' in copied  # the error frame, pretty-printed
     await page.close()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
-from .conftest import CHROMIUM_MISSING, watched_page
+from .conftest import CHROMIUM_MISSING, evaluate, watched_page
 from .processes import ServerProcess
 from .wsclient import Client
 
@@ -134,11 +134,12 @@ async def test_the_operator_sees_every_process_and_is_told_when_the_server_is_go
 async def test_the_operator_page_fits_a_phone_in_dark_mode(browser, server):
     page = await open_operator(browser, server.port, viewport={"width": 390, "height": 844}, color_scheme="dark")
     await expect(page.locator("#status")).to_contain_text("Updated")
-    layout = await page.evaluate(
+    layout = await evaluate(
+        page,
         """() => ({
           overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
           canvas: getComputedStyle(document.documentElement).colorScheme,
-        })"""
+        })""",
     )
     assert layout["overflow"] <= 0  # wide tables scroll inside their own region, not the page
     assert layout["canvas"] == "light dark"  # the browser's dark canvas and controls

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CHROMIUM_MISSING
+from .conftest import CHROMIUM_MISSING, evaluate
 from .wsclient import Client
 
 AXE = Path(__file__).parent / "node" / "node_modules" / "axe-core" / "axe.min.js"
@@ -16,7 +16,7 @@ pytestmark = CHROMIUM_MISSING
 async def violations(page) -> list[str]:
     """What axe-core finds wrong on the page as it is now: rule, impact and the elements."""
     await page.add_script_tag(path=str(AXE))
-    found = await page.evaluate(f"async () => (await axe.run(document, {{runOnly: {RULES}}})).violations")
+    found = await evaluate(page, f"async () => (await axe.run(document, {{runOnly: {RULES}}})).violations")
     return [
         f"{item['id']} ({item['impact']}): {item['help']} at {[node['target'] for node in item['nodes']]}"
         for item in found
