@@ -288,6 +288,10 @@ class ClientConnection(WebSocketProtocol):
         self.positions[message.stream] = Position(message.epoch, message.offset)
         self.send(message.frame)
 
+    def first_held(self, stream: int) -> Positioned | None:
+        held = self._held or ()
+        return next((item for item in held if isinstance(item, Positioned) and item.stream == stream), None)
+
     def release_recovered(
         self, first: bytes, missed: Sequence[Positioned], replayed: Sequence[Position | None]
     ) -> None:

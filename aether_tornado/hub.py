@@ -68,8 +68,14 @@ class Connection(Protocol):
     def release(self, first: bytes) -> None:
         """Write ``first`` (the presence snapshot), then every frame held back so far."""
 
-    def release_recovered(self, first: bytes, missed: Sequence[Positioned], tops: Sequence[Position | None]) -> None:
-        """Like ``release``, with what the client missed after ``first``; ``tops`` are the streams' positions."""
+    def first_held(self, stream: int) -> Positioned | None:
+        """The first recorded message of ``stream`` held back until ``release_recovered``, if any."""
+
+    def release_recovered(
+        self, first: bytes, missed: Sequence[Positioned], replayed: Sequence[Position | None]
+    ) -> None:
+        """Like ``release``, with what the client missed after ``first``; ``replayed`` is where
+        each stream's missed messages end (None for a stream not replayed)."""
 
     def close(self, code: int, reason: str) -> None:
         """Start a clean close with this code and reason."""

@@ -247,7 +247,8 @@ class Node:
         channels subscribed: what is published after the history is read reaches it live, and
         what it gets twice at the seam it skips by position. A stream not replayed skips
         nothing: what came live since the connection joined the hub is all it has of it, even
-        what was recorded before the history was read.
+        what was recorded before the history was read, so its position in the snapshot is
+        the one before the first of those.
         """
         streams = (group_channel(conn.group_id), client_channel(conn.client_id), BROADCAST_CHANNEL)
         recoveries: list[Recovery] | None = None
@@ -274,7 +275,11 @@ class Node:
         missed = []
         for index, (recovery, presented) in enumerate(zip(recoveries, since, strict=True)):
             if recovery.missed is None or presented is None:
-                tops.append(recovery.top)
+                first = conn.first_held(index)
+                if first is not None and first.epoch == recovery.top.epoch:
+                    tops.append(Position(first.epoch, min(recovery.top.offset, first.offset - 1)))
+                else:
+                    tops.append(recovery.top)
                 replayed.append(None)
                 continue
             kept = [entry for entry in recovery.missed if entry.time <= cut]

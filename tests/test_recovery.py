@@ -15,7 +15,7 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from aether_tornado.frames import TEXT
+from aether_tornado.frames import TEXT, FrameReader
 from aether_tornado.history import Position
 from aether_tornado.history.memory import MemoryHistory
 from aether_tornado.schema import FIELDS
@@ -377,9 +377,10 @@ class Newcomer(asyncio.Protocol):
 
 
 async def test_a_message_recorded_while_a_newcomer_joins_reaches_it(start_process):
-    """A message sent to a group the instant a newcomer's connection opens is recorded before the
-    newcomer's history is read, so it is below the position its snapshot reports: it must
-    still come to it live, not be skipped as if it had been replayed."""
+    """A message sent to a group the instant a newcomer's connection opens may be recorded before
+    the newcomer's history is read. It must still come to it live, not be skipped as if it had
+    been replayed, and the snapshot's position must be the one just before it, so that a
+    client that skips what it had already takes it."""
     server = start_process()
     sender = await RawSocket.open(server.port, "/v3/ws/group/g_seam/client/c_sender")
     loop = asyncio.get_running_loop()
@@ -397,3 +398,9 @@ async def test_a_message_recorded_while_a_newcomer_joins_reaches_it(start_proces
                     got += await newcomer.received.get()
         finally:
             transport.close()
+        reader = FrameReader(from_client=False)
+        reader.feed(got.partition(b"\r\n\r\n")[2])
+        messages = [orjson.loads(payload) for _, payload in iter(reader.next, None)]
+        snapshot, message = messages[0], next(message for message in messages if message["msg"] == said)
+        before = Position.parse(snapshot["payload"]["recovery"]["streams"]["group"]["position"])
+        assert Position.parse(message["position"]) == Position(before.epoch, before.offset + 1)
