@@ -271,7 +271,13 @@ class RedisPresence:
         args: list[str | int] = [self._lease_ms]
         for lease in batch:
             args += [_member(lease), lease.client_id]
-        back = await self._bounded(functools.partial(self._refresh, keys=self._bucket_keys(batch), args=args))
+        bucket = _bucket(batch[0].group_id)
+        keys = [
+            self._leases_key(bucket),
+            self._groups_key(bucket),
+            *(self._group_key_prefix(bucket) + lease.group_id for lease in batch),  # one bucket
+        ]
+        back = await self._bounded(functools.partial(self._refresh, keys=keys, args=args))
         return [batch[index - 1] for index in back]
 
     async def _expire_bucket(self, bucket: int) -> list[tuple[str, str]]:
@@ -326,21 +332,15 @@ class RedisPresence:
         args: list[str | int] = [self._lease_ms, 4 if with_index else 3, _now_ms() + self._lease_ms]
         for lease in batch:
             bucket = _bucket(lease.group_id)
-            keys += [self._leases_key(bucket), self._groups_key(bucket), self._group_key(lease.group_id)]
+            keys += [
+                self._leases_key(bucket),
+                self._groups_key(bucket),
+                self._group_key_prefix(bucket) + lease.group_id,
+            ]
             if with_index:
                 keys.append(self._client_key(lease.client_id))
             args += [_member(lease), lease.client_id, lease.group_id, lease.key]
         return await self._bounded(functools.partial(self._join, keys=keys, args=args))
-
-    def _bucket_keys(self, batch: list[Lease]) -> list[str]:
-        """The keys of a refresh of leases of one bucket: its lease index, its groups, and each
-        lease's group."""
-        bucket = _bucket(batch[0].group_id)
-        return [
-            self._leases_key(bucket),
-            self._groups_key(bucket),
-            *(self._group_key(lease.group_id) for lease in batch),
-        ]
 
     async def _hold_leases(self, leases: list[Lease]) -> list[None]:
         await self._hold_client(leases, prune=False)
