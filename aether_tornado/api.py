@@ -55,8 +55,9 @@ class BackendHandler(JSONHandler):
     """A ``/v3/`` route for backends: needs ``Authorization: Bearer <api key>`` when one is set."""
 
     def prepare(self) -> None:
+        super().prepare()
         key = self.node.settings.api_key
-        if key is None:
+        if key is None or self._finished:
             return
         given = self.request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):

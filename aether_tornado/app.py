@@ -21,7 +21,7 @@ from .api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Groups, H
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .bridge.resp import Address
-from .config import Settings
+from .config import Settings, answered_hosts
 from .connection import Flusher
 from .handlers import ClientSocket, NotFound
 from .history.memory import MemoryHistory
@@ -130,6 +130,7 @@ def make_app(node: Node) -> tornado.web.Application:
         ],
         default_handler_class=NotFound,
         log_function=_log_request,
+        answered_hosts=answered_hosts(settings),
     )
 
 

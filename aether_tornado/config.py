@@ -6,6 +6,7 @@ Precedence, lowest first: defaults, the ``--config`` file, the environment, the 
 import argparse
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,30 @@ def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
 def _origin(origin: str) -> str:
     """Origins are compared lower-case and without a trailing slash, however they were written."""
     return origin.strip().rstrip("/").lower()
+
+
+def _host(host: str) -> str:
+    """Host names are compared lower-case and without a trailing dot, however they were written."""
+    return host.strip().rstrip(".").lower()
+
+
+def _check_host(host: str) -> None:
+    """A host name or address as a Host header names it, without a port, or * for any."""
+    if host == "*" or (host_name(host) == host and re.fullmatch(r"[a-z0-9._-]+|\[[0-9a-f:.]+\]", host)):
+        return
+    raise SettingsError(
+        f"allowed_hosts: {host!r} is not a host name; write it as a Host header names it, without a port, "
+        "such as ws.example.com or [2001:db8::1] (* alone answers any)"
+    )
+
+
+def host_name(header: str) -> str:
+    """The host a Host header names, lower-case, without its port: ``[::1]:8888`` is ``[::1]``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    name, colon, port = header.rpartition(":")
+    return (name if colon and port.isdigit() else header).rstrip(".")
 
 
 def _check_origin(origin: str) -> None:
@@ -165,6 +190,15 @@ class Settings:
     history_seconds: float = _setting(
         300.0, "how long a message stays recoverable; a client away longer is told it did not recover", _positive
     )
+    allowed_hosts: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=lambda hosts: tuple(_host(host) for host in hosts if host.strip()),
+        validator=lambda instance, attribute, hosts: [_check_host(host) for host in hosts],
+        metadata={
+            "help": "host names the server answers for (the Host header, any port), comma-separated; on a loopback "
+            "address localhost, 127.0.0.1 and [::1] unless set, elsewhere required (* answers any)"
+        },
+    )
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(),
         converter=lambda origins: tuple(_origin(origin) for origin in origins if origin.strip()),
@@ -204,6 +238,20 @@ def _check_together(settings: "Settings") -> None:
             f"listening on {settings.host!r} without an API key would open the backend API (POST /v3/publish) "
             "to everyone: set --api-key or --api-key-file, or --api-open true if that is meant"
         )
+    if not settings.allowed_hosts and not is_loopback(settings.host):
+        raise SettingsError(
+            f"listening on {settings.host!r}, the server must know its own host names, so that a page on another "
+            "site cannot reach it through a name of its own (DNS rebinding): set --allowed-hosts, "
+            "such as ws.example.com (or * if a proxy in front checks them)"
+        )
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def answered_hosts(settings: Settings) -> frozenset[str]:
+    """The host names whose requests the server answers; ``*`` among them answers any."""
+    return frozenset(settings.allowed_hosts or LOOPBACK_HOSTS)
 
 
 def is_loopback(host: str) -> bool:

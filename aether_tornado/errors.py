@@ -21,6 +21,8 @@ NOT_WEBSOCKET: Final = "not_websocket"
 INVALID_POSITION: Final = "invalid_position"
 HISTORY_OFF: Final = "history_off"
 INVALID_LIMIT: Final = "invalid_limit"
+# A request for a host the server does not answer for (allowed_hosts): HTTP 421.
+MISDIRECTED: Final = "misdirected_request"
 
 # WebSocket close codes (RFC 6455 section 7.4.1) and the reasons sent with them.
 CLOSE_NORMAL: Final = 1000

@@ -38,7 +38,9 @@ class JSONErrorMixin:
 
 class NotFound(JSONErrorMixin, SecureHandler):
     def prepare(self) -> None:
-        self.refuse(404, NOT_FOUND, f"No route for {self.request.path}.")
+        super().prepare()
+        if not self._finished:
+            self.refuse(404, NOT_FOUND, f"No route for {self.request.path}.")
 
 
 class ClientSocket(JSONErrorMixin, SecureHandler):

@@ -145,6 +145,8 @@ def nginx(request, start_process):
     upstreams = [start_process(), start_process()]
     port = free_port()
     site = SITE.read_text().replace("listen 80;", f"listen 127.0.0.1:{port};")
+    site = site.replace("listen 80 default_server;", f"listen 127.0.0.1:{port} default_server;")
+    site = site.replace("server_name ws.example.com;", "server_name 127.0.0.1;")  # the name the tests use
     site = getattr(request, "param", lambda text: text)(site)
     prefix = Path(tempfile.mkdtemp(prefix="aether-nginx-"))
     site = site.replace("/var/log/nginx/", f"{prefix}/")
@@ -233,6 +235,17 @@ async def test_nginx_keeps_the_backend_api_to_its_allow_list_and_tokens_out_of_i
     # nginx writes its log line after the answer has gone: the file is read until it holds it.
     await until(lambda: "/v3/ws/group/g_x/client/c_x " in log.read_text())
     assert "secret-in-a-query" not in log.read_text()
+
+
+async def test_nginx_closes_a_request_for_another_name_unanswered(nginx):
+    port, _, _ = nginx
+    for host in ("rebind.attacker.example", f"localhost:{port}"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /v3/operator HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert await asyncio.wait_for(reader.read(), 5) == b"", host  # 444: the connection ends, no answer
+        writer.close()
+    named = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/v3/operator", raise_error=False)
+    assert named.code == 200
 
 
 async def test_nginx_answers_a_handshake_flood_with_429(nginx):

@@ -11,12 +11,34 @@ from aether_tornado.config import SettingsError, is_loopback, load_settings
 KEY = "k" * 24
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.org", ""])
+BEYOND_LOOPBACK = ["0.0.0.0", "::", "10.1.2.3", "example.org", ""]
+HOSTS = ["--allowed-hosts", "ws.example.com"]
+
+
+@pytest.mark.parametrize("host", BEYOND_LOOPBACK)
 def test_listening_beyond_loopback_without_an_api_key_is_refused(host):
     with pytest.raises(SettingsError, match="--api-key"):
-        load_settings(["--host", host], {})
-    assert load_settings(["--host", host, "--api-key", KEY], {}).api_key == KEY
-    assert load_settings(["--host", host, "--api-open", "true"], {}).api_key is None
+        load_settings(["--host", host, *HOSTS], {})
+    assert load_settings(["--host", host, "--api-key", KEY, *HOSTS], {}).api_key == KEY
+    assert load_settings(["--host", host, "--api-open", "true", *HOSTS], {}).api_key is None
+
+
+@pytest.mark.parametrize("host", BEYOND_LOOPBACK)
+def test_listening_beyond_loopback_without_the_server_s_host_names_is_refused(host):
+    with pytest.raises(SettingsError, match="--allowed-hosts"):
+        load_settings(["--host", host, "--api-key", KEY], {})
+    assert load_settings(["--host", host, "--api-key", KEY, *HOSTS], {}).allowed_hosts == ("ws.example.com",)
+
+
+@pytest.mark.parametrize("name", ["ws.example.com:443", "https://ws.example.com", "*.example.com", "a b", "[::1"])
+def test_an_allowed_host_that_could_never_match_is_refused(name):
+    with pytest.raises(SettingsError, match="is not a host name"):
+        load_settings(["--allowed-hosts", f"ok.example,{name}"], {})
+
+
+def test_host_names_are_kept_as_host_headers_name_them():
+    settings = load_settings(["--allowed-hosts", "WS.Example.COM., [2001:DB8::1], *"], {})
+    assert settings.allowed_hosts == ("ws.example.com", "[2001:db8::1]", "*")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost"])

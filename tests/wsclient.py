@@ -99,15 +99,21 @@ class RawSocket:
     @classmethod
     async def open(cls, port: int, path: str, recv_buffer: int | None = None, with_request: bytes = b"") -> "RawSocket":
         """Connect and upgrade; ``with_request`` goes in the same write as the request (pipelined frames)."""
+        raw = await cls.connected(port, recv_buffer)
+        raw.writer.write(upgrade_request(port, path) + with_request)
+        response = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert response.startswith(b"HTTP/1.1 101"), response
+        return raw
+
+    @classmethod
+    async def connected(cls, port: int, recv_buffer: int | None = None) -> "RawSocket":
+        """A TCP connection to the server, nothing sent yet."""
         sock = socket.socket()
         if recv_buffer:  # set before connecting, so the TCP window stays small
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
         sock.setblocking(False)
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), TIMEOUT)
         reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
-        writer.write(upgrade_request(port, path) + with_request)
-        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-        assert response.startswith(b"HTTP/1.1 101"), response
         return cls(reader, writer)
 
     def send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
