@@ -13,11 +13,13 @@ from .errors import (
     INVALID_JSON,
     INVALID_LIMIT,
     INVALID_MESSAGE,
+    INVALID_POSITION,
     RECIPIENT_OFFLINE,
     UNAUTHORIZED,
     UNAVAILABLE,
     ProtocolError,
 )
+from .history import Position
 from .ids import id_problem, is_id_prefix
 from .node import Node
 from .schema import decode
@@ -27,6 +29,8 @@ from .web_headers import SecureHandler, page_policy
 DEFAULT_LIMIT = 100
 # Groups GET /v3/groups may list at once.
 MAX_GROUPS = 1000
+# Bytes of messages one page of GET /v3/groups/{id}/history holds at most (one message always).
+HISTORY_PAGE_BYTES = 1 << 20
 # What POST /v3/clients/{id}/disconnect closes with unless told: an application's close code.
 DISCONNECT_CODE, DISCONNECT_REASON = 4001, "disconnected by the server"
 # A close frame's reason is at most 123 bytes of UTF-8.
@@ -186,10 +190,12 @@ class GroupPresence(BackendHandler):
 
 
 class GroupHistory(BackendHandler):
-    """``GET /v3/groups/{group_id}/history?limit=N``: a group's recent messages, oldest first.
+    """``GET /v3/groups/{group_id}/history?limit=N&before=POSITION``: a group's recent messages, oldest first.
 
     Each message is as a recovering client gets it, with its ``position``. ``limit`` defaults
-    to 100 and may be up to ``history_size``.
+    to 100 and may be up to ``history_size``; a page holds at most HISTORY_PAGE_BYTES of
+    messages, and ``more`` says whether older ones are left: ask again with ``before`` set to
+    the first message's position.
     """
 
     async def get(self, group_id: str) -> None:
@@ -208,15 +214,23 @@ class GroupHistory(BackendHandler):
             return self.fail(
                 ProtocolError(INVALID_LIMIT, f"limit is {problem}.", [{"field": "limit", "problem": problem}])
             )
+        before = None
+        if (cursor := self.get_query_argument("before", None)) is not None:
+            try:
+                before = Position.parse(cursor)
+            except ValueError as error:
+                problem = [{"field": "before", "problem": f"not a position: {error}"}]
+                return self.fail(ProtocolError(INVALID_POSITION, f"before is not a position: {error}", problem))
         try:
-            recent = await history.latest(group_channel(group_id), int(text))
+            page = await history.latest(group_channel(group_id), int(text), HISTORY_PAGE_BYTES, before)
         except BridgeDown:
             return self.fail(ProtocolError(UNAVAILABLE, "Redis cannot be reached now; retry later."))
         messages = b",".join(
-            b'%s,"position":"%s"}' % (payload[:-1], str(position).encode()) for position, payload in recent
+            b'%s,"position":"%s"}' % (payload[:-1], str(position).encode()) for position, payload in page.messages
         )
         self.set_header("Content-Type", "application/json")
-        self.finish(b'{"group_id":%s,"messages":[%s]}' % (orjson.dumps(group_id), messages))
+        more = b"true" if page.more else b"false"
+        self.finish(b'{"group_id":%s,"messages":[%s],"more":%s}' % (orjson.dumps(group_id), messages, more))
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         return value.decode("utf-8", "replace")

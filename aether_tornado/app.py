@@ -40,6 +40,8 @@ HTTP_IDLE_TIMEOUT = 10.0
 # Open files a process needs besides its WebSockets: listening sockets, Redis, logs, and a
 # descriptor or two for each handshake under way.
 FILES_RESERVED = PRESENCE_CONNECTIONS + 100
+# What the server adds to a client's message before recording it (from_id, group_id, sent_at...).
+ENTRY_OVERHEAD = 1024
 
 
 def build_node(settings: Settings) -> Node:
@@ -48,10 +50,15 @@ def build_node(settings: Settings) -> Node:
     # A stream's counter outlives the last connection on it by the window, and by a refresh.
     keep_seconds = settings.history_seconds + settings.lease_seconds
     if settings.redis_url is None:
-        history = None
+        hub, history = Hub(), None
         if settings.history_size:
-            history = MemoryHistory(settings.history_size, settings.history_seconds, keep_seconds)
-        return Node(settings, node_id, Hub(), MemoryBridge(), MemoryPresence(settings.lease_seconds), history)
+            history = MemoryHistory(
+                settings.history_size,
+                settings.history_seconds,
+                keep_seconds,
+                present=lambda client_id: bool(hub.client(client_id)),
+            )
+        return Node(settings, node_id, hub, MemoryBridge(), MemoryPresence(settings.lease_seconds), history)
     redis = _presence_client(settings.redis_url, settings.redis_cluster)
     # One outage for both: presence tells the bridge when it loses Redis, and the other way round.
     bridge = RedisBridge(
@@ -68,7 +75,12 @@ def build_node(settings: Settings) -> Node:
     redis_history = None
     if settings.history_size:
         redis_history = RedisHistory(
-            bridge, settings.redis_prefix, settings.history_size, settings.history_seconds, keep_seconds
+            bridge,
+            settings.redis_prefix,
+            settings.history_size,
+            settings.history_seconds,
+            keep_seconds,
+            entry_bytes=settings.max_message_bytes + ENTRY_OVERHEAD,
         )
     return Node(settings, node_id, Hub(), bridge, presence, redis_history)
 

@@ -1,7 +1,8 @@
 """Client tokens: HS256 JWTs that bind a connection to its client_id and group_id.
 
 Claims: ``sub`` (the client_id), ``group`` (the group_id), ``exp`` (required), and an
-optional ``broadcast: true`` that grants the right to send target ``broadcast``.
+optional ``broadcast: true`` that grants the right to send target ``broadcast``. A connection
+lives no longer than its token: it is closed at ``exp`` (connection.py).
 """
 
 import attrs
@@ -15,6 +16,7 @@ class AuthError(Exception):
 @attrs.frozen
 class Grant:
     may_broadcast: bool
+    expires: float  # the token's exp, in seconds since the epoch
 
 
 def verify_token(secret: str, token: str | None, group_id: str, client_id: str) -> Grant:
@@ -28,4 +30,4 @@ def verify_token(secret: str, token: str | None, group_id: str, client_id: str) 
         raise AuthError(f"The token is invalid: {error}.") from None
     if claims["sub"] != client_id or claims["group"] != group_id:
         raise AuthError("The token was issued for another client_id or group_id.")
-    return Grant(may_broadcast=claims.get("broadcast") is True)
+    return Grant(may_broadcast=claims.get("broadcast") is True, expires=float(claims["exp"]))

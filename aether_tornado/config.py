@@ -142,6 +142,12 @@ class Settings:
     jwt_secret: str | None = _setting(
         None, "HS256 secret of client tokens (?token=), 32 bytes or more; set, every WebSocket needs a token", _secret
     )
+    recovery_secret: str | None = _setting(
+        None,
+        "secret (32 bytes or more) that signs the recovery proofs clients present; unset, the processes share "
+        "one they keep in Redis (or, alone, one of their own)",
+        _secret,
+    )
     max_message_bytes: int = _setting(
         65536, "largest message a client may send, all its fragments together; a larger one closes with 1009", _positive
     )
@@ -174,6 +180,15 @@ class Settings:
         1000, "HTTP connections open at once (handshakes under way, API calls, silent ones); more are closed", _positive
     )
     allow_client_broadcast: bool = _setting(True, "whether clients may send target 'broadcast'")
+    record_byte_rate: float = _setting(
+        32768.0,
+        "bytes a second of messages a connection may have recorded for recovery, each costing its size and 64, "
+        "sustained (past it: rate_limited)",
+        _positive,
+    )
+    record_byte_burst: int = _setting(
+        1048576, "bytes of messages a connection may have recorded in one burst (at least max_message_bytes)", _positive
+    )
     broadcast_rate: float = _setting(1.0, "broadcasts a second a client may send, sustained", _positive)
     broadcast_burst: int = _setting(10, "broadcasts a client may send in one burst; more get rate_limited", _positive)
     broadcast_requires_grant: bool = _setting(
@@ -227,7 +242,7 @@ class Settings:
 
 # Secrets may also come from a file (--api-key-file) or a systemd credential of the same name
 # (LoadCredential=api_key:/etc/...), so that they never stand in a command line or environment.
-SECRETS = ("api_key", "jwt_secret")
+SECRETS = ("api_key", "jwt_secret", "recovery_secret")
 
 
 def _check_together(settings: "Settings") -> None:
@@ -238,6 +253,8 @@ def _check_together(settings: "Settings") -> None:
             f"listening on {settings.host!r} without an API key would open the backend API (POST /v3/publish) "
             "to everyone: set --api-key or --api-key-file, or --api-open true if that is meant"
         )
+    if settings.record_byte_burst < settings.max_message_bytes:
+        raise SettingsError("record_byte_burst must be at least max_message_bytes, or the largest messages never pass")
     if not settings.allowed_hosts and not is_loopback(settings.host):
         raise SettingsError(
             f"listening on {settings.host!r}, the server must know its own host names, so that a page on another "

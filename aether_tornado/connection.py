@@ -16,9 +16,11 @@ from typing import Any, NamedTuple
 from .errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_TOKEN_EXPIRED,
     RATE_LIMITED,
     REASON_INTERNAL,
     REASON_RATE,
+    REASON_TOKEN_EXPIRED,
     UNSUPPORTED_FRAME,
     ProtocolError,
 )
@@ -37,16 +39,20 @@ MAX_IN_FLIGHT = 64
 
 
 class Handshake(NamedTuple):
-    """What the handshake settled: who connects, whether it may broadcast, what it recovers from.
+    """What the handshake settled: who connects, whether it may broadcast, what it recovers
+    from, and until when it may stay.
 
     ``since`` is None for a client that does not recover, else its last position per stream
-    (history.STREAMS), None where it has none.
+    (history.STREAMS), None where it has none; ``proof`` is the recovery proof it presents
+    with them (history/proof.py). ``expires`` is its token's expiry (seconds since the epoch).
     """
 
     group_id: str
     client_id: str
     may_broadcast: bool
     since: tuple[Position | None, ...] | None = None
+    proof: str | None = None
+    expires: float | None = None
 
 
 class ClientConnection(WebSocketProtocol):
@@ -58,6 +64,7 @@ class ClientConnection(WebSocketProtocol):
         "_bucket",
         "_deferred",
         "_eager",
+        "_expires",
         "_flight_shard",
         "_in_flight",
         "_routing",
@@ -71,6 +78,8 @@ class ClientConnection(WebSocketProtocol):
         "may_broadcast",
         "node",
         "positions",
+        "proof",
+        "record_budget",
         "sender",
         "since",
     )
@@ -94,7 +103,8 @@ class ClientConnection(WebSocketProtocol):
             handshake.client_id,
             handshake.may_broadcast,
         )
-        self.since = handshake.since
+        self.since, self.proof = handshake.since, handshake.proof
+        self._expires: float | asyncio.TimerHandle | None = handshake.expires  # the close at expiry, once open
         self.positions: list[Position | None] | None = None if handshake.since is None else [None] * len(STREAMS)
         self.lease_key = node.new_lease_key()
         self.sender = node.new_sender()
@@ -102,6 +112,7 @@ class ClientConnection(WebSocketProtocol):
         self.last_seen = now
         self._bucket = TokenBucket(self.settings.rate_limit, self.settings.rate_burst, now)
         self.broadcast_budget = TokenBucket(self.settings.broadcast_rate, self.settings.broadcast_burst, now)
+        self.record_budget = TokenBucket(self.settings.record_byte_rate, self.settings.record_byte_burst, now)
         self._strikes = 0
         self._attached: asyncio.Task | None = None
         self._in_flight = 0  # messages routed whose recording or count is not in yet
@@ -116,8 +127,16 @@ class ClientConnection(WebSocketProtocol):
     # The connection's life: attached to the node as the 101 goes out, detached when the socket is gone.
 
     def on_open(self) -> None:
+        if isinstance(self._expires, float):
+            self._expires = asyncio.get_running_loop().call_later(
+                max(0.0, self._expires - time.time()), self._token_expired
+            )
         self._attached = self.node.attach(self)
         self._attached.add_done_callback(self._after_attach)
+
+    def _token_expired(self) -> None:
+        log.info("closing %s/%s: its token expired", self.group_id, self.client_id, extra={"conn": self.lease_key})
+        self.close(CLOSE_TOKEN_EXPIRED, REASON_TOKEN_EXPIRED)
 
     def _after_attach(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -127,6 +146,8 @@ class ClientConnection(WebSocketProtocol):
         self.resume()
 
     def on_lost(self) -> None:
+        if isinstance(self._expires, asyncio.TimerHandle):
+            self._expires.cancel()
         self.node.sockets -= 1
         self.node.spawn(self._detach())
 
@@ -275,6 +296,8 @@ class ClientConnection(WebSocketProtocol):
     # Recorded messages, for a client that recovers
 
     def send_at(self, message: Positioned) -> None:
+        if self._closing:
+            return
         if self._held is not None:
             self._held.append(message)  # sorted out by release_recovered
             self._held_bytes += len(message.payload)
@@ -292,22 +315,26 @@ class ClientConnection(WebSocketProtocol):
         held = self._held or ()
         return next((item for item in held if isinstance(item, Positioned) and item.stream == stream), None)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held back until the snapshot goes out: they count against the outbound buffer."""
+        return self._held_bytes
+
     def release_recovered(
         self, first: bytes, missed: Sequence[Positioned], replayed: Sequence[Position | None]
     ) -> None:
         """The snapshot, what the client missed, then what came meanwhile that it has not had.
 
         ``replayed`` is where each stream's missed messages end: what came meanwhile up to there
-        was among them. A stream not replayed (None) skips nothing.
-
-        The missed messages go out at once, not counted against the outbound buffer: recovery
-        limits them to that size per stream already.
+        was among them. A stream not replayed (None) skips nothing. Everything goes out like any
+        other output, within the outbound buffer: recovery sized the replay to fit beside what
+        was held.
         """
         held, self._held, self._held_bytes = self._held or [], None, 0
-        if self._closing:
-            return
         self.positions = list(replayed)
-        self._write(b"".join([first, *(message.frame for message in missed)]))
+        self.send(first)
+        for message in missed:
+            self.send(message.frame)
         for frame in held:
             if isinstance(frame, Positioned):
                 self.send_at(frame)

@@ -32,6 +32,8 @@ CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_TRY_AGAIN_LATER: Final = 1013
+# The client's token expired (IANA's 3000, "Unauthorized"): it gets a fresh one and reconnects at once.
+CLOSE_TOKEN_EXPIRED: Final = 3000
 
 REASON_IDLE: Final = "idle timeout"
 REASON_SHUTDOWN: Final = "server shutdown"
@@ -39,6 +41,7 @@ REASON_RATE: Final = "rate limit exceeded"
 REASON_BACKLOG: Final = "outbound buffer full"
 REASON_PING: Final = "ping timed out"
 REASON_INTERNAL: Final = "internal error"
+REASON_TOKEN_EXPIRED: Final = "token expired"
 
 
 class ProtocolError(Exception):

@@ -71,13 +71,13 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
         origin = self.request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin):
             return self.refuse(403, FORBIDDEN_ORIGIN, f"Origin {origin} is not allowed to connect.")
-        may_broadcast = True
+        may_broadcast, expires = True, None
         if self.config.jwt_secret is not None:
             try:
                 grant = verify_token(self.config.jwt_secret, self._token(), group_id, client_id)
             except AuthError as error:
                 return self.refuse(401, UNAUTHORIZED, str(error))
-            may_broadcast = grant.may_broadcast
+            may_broadcast, expires = grant.may_broadcast, grant.expires
         try:
             since = recover_positions(self.get_query_argument("recover", None))
         except ValueError as error:
@@ -96,9 +96,9 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
             log.warning("refused %s/%s: out of file descriptors (%s)", group_id, client_id, error.strerror)
             return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
         response = handshake_response(key)
-        conn = ClientConnection(
-            self.node, self._flusher, Handshake(group_id, client_id, may_broadcast, since), response, early
-        )
+        proof = self.get_query_argument("proof", None) if since is not None else None
+        handshake = Handshake(group_id, client_id, may_broadcast, since, proof, expires)
+        conn = ClientConnection(self.node, self._flusher, handshake, response, early)
         self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
         try:
             await serve_socket(sock, conn)

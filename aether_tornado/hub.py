@@ -44,10 +44,16 @@ class Connection(Protocol):
     last_seen: float
     may_broadcast: bool
     broadcast_budget: TokenBucket
+    record_budget: TokenBucket  # bytes of its messages that may be recorded for recovery
     # For a client that recovers: the last position it was sent per stream (history.STREAMS),
-    # and those it presented on connecting. None for the others.
+    # those it presented on connecting, and the proof it presented with them. None for the others.
     positions: list[Position | None] | None
     since: Sequence[Position | None] | None
+    proof: str | None
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held back until the snapshot goes out."""
 
     def send(self, frame: bytes) -> None:
         """Queue one ready-made WebSocket frame; never blocks, never raises.

@@ -12,12 +12,12 @@ class TokenBucket:
         self.tokens = float(burst)
         self.updated = now
 
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one; refill by the time elapsed first."""
+    def take(self, now: float, amount: float = 1.0) -> bool:
+        """Spend ``amount`` tokens if there are as many; refill by the time elapsed first."""
         self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= amount:
+            self.tokens -= amount
             return True
         return False
 

@@ -12,8 +12,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
+from typing import Any, cast
 
 import orjson
 
@@ -41,7 +41,8 @@ from .errors import (
     ProtocolError,
 )
 from .frames import text_frame
-from .history import STREAMS, Appended, History, Position, Recovery
+from .history import REPLAY_ORDER, STREAMS, Appended, History, Position, Recovery
+from .history.proof import Proofs
 from .hub import Added, Connection, Hub, Positioned
 from .metrics import Metrics
 from .presence import Lease, Presence
@@ -51,8 +52,18 @@ log = logging.getLogger(__name__)
 
 # How long a presence query may take when deciding between recipient_offline and unavailable.
 PRESENCE_DEADLINE = 1.0
+# A client whose last connection just closed is unsubscribed a moment before its lease is
+# dropped: a direct message that nobody took while presence still shows the client asks
+# presence again after SETTLE_FIRST seconds, then twice as long each time, up to SETTLE_LAST.
+SETTLE_FIRST = 0.002
+SETTLE_LAST = 0.128
 # How long a connecting client's recovery may wait for Redis before it is told it did not recover.
 RECOVERY_DEADLINE = 2.0
+# Bytes of the outbound buffer kept for a snapshot's recovery report (positions and proof).
+REPORT_BYTES = 1024
+# What recording a message costs from its sender's record budget besides its size: about what
+# Redis keeps for a stream entry besides the message (49 bytes measured), so small ones count too.
+RECORD_COST = 64
 # How often, at most, a process announces itself for the operator's view (and its rates are
 # read); an announcement holds for three times that: a process that died drops out after it.
 ANNOUNCE_SECONDS = 5.0
@@ -97,10 +108,22 @@ class Node:
         self._spawned: set[asyncio.Task] = set()
         self._detached = asyncio.Event()
         self._bridge_was_up = False
+        # This process's recorded messages on their way back from its subscriber, by (channel,
+        # "epoch:offset"): with what to deliver if the subscriber is lost before it brings one
+        # (its reply came first), or None (it came back before its reply).
+        self._echoes: dict[tuple[str, str], Positioned | None] = {}
+        # The other processes, by node_id: when each was last seen announced. After Redis comes
+        # back (``_restored_at``), one not announced again may not have put its leases back.
+        self._peers: dict[str, float] = {}
+        self._restored_at: float | None = None
+        secret = settings.recovery_secret
+        self.proofs = Proofs(None if secret is None else secret.encode())
         # WebSockets this process holds or is opening: what the connection limit counts.
         self.sockets = 0
         self.started_at = utc_timestamp()
         self._announce_every = min(ANNOUNCE_SECONDS, settings.lease_seconds / 3)
+        # How long an announcement holds: a process not seen announced for that long is gone.
+        self._announcement_life = 3 * self._announce_every
         self.metrics = Metrics(
             connections=lambda: len(hub),
             bridge_up=lambda: float(bridge.up),
@@ -199,7 +222,19 @@ class Node:
 
     async def _announce(self) -> None:
         self.metrics.rates.read()
-        await self.presence.announce(self.node_id, orjson.dumps(self.announcement()), 3 * self._announce_every)
+        up = await self.presence.announce(self.node_id, orjson.dumps(self.announcement()), self._announcement_life)
+        now = time.monotonic()
+        self._peers.update(dict.fromkeys(up, now))
+        if not self.presence.down:  # while Redis is away, nobody is seen: nobody is forgotten
+            self._peers = {node: seen for node, seen in self._peers.items() if seen > now - self._announcement_life}
+
+    async def _peers_missing(self) -> bool:
+        """Whether, shortly after Redis came back, a process this one knew has not announced itself
+        again: it may hold clients whose leases it has not put back yet."""
+        if self._restored_at is None or time.monotonic() - self._restored_at > self._announcement_life:
+            return False
+        up = {orjson.loads(announcement)["node_id"] for announcement in await self.presence.processes()}
+        return bool(self._peers.keys() - up - {self.node_id})
 
     # Connections coming and going.
 
@@ -230,73 +265,128 @@ class Node:
         if conn.since is None:
             conn.release(frame_of(messages.snapshot(conn.group_id, joined.members)))
         else:
-            missed, replayed, recovery = await self._recover(conn, conn.since)
-            snapshot = messages.snapshot(conn.group_id, joined.members, recovery)
-            conn.release_recovered(frame_of(snapshot), missed, replayed)
+            self._release_recovered(conn, joined.members, *await self._recover(conn, conn.since, joined.members))
         if joined.first:
             self._to_group(conn.group_id, messages.joined(conn.group_id, conn.client_id))
         log.debug("open %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
 
     async def _recover(
-        self, conn: Connection, since: Sequence[Position | None]
-    ) -> tuple[list[Positioned], list[Position | None], dict]:
-        """What ``conn`` missed since the positions it presented, oldest first, all streams merged.
+        self, conn: Connection, presented: Sequence[Position | None], members: list[str]
+    ) -> tuple[list[Position | None], list[Position | None], list[Recovery] | None]:
+        """Read what ``conn`` missed since the positions it presented that its proof vouches for.
 
-        Returns the missed messages, where each stream's replay ends (None for a stream not
-        replayed), and the snapshot's ``recovery``. The connection is in the hub already and its
-        channels subscribed: what is published after the history is read reaches it live, and
-        what it gets twice at the seam it skips by position. A stream not replayed skips
-        nothing: what came live since the connection joined the hub is all it has of it, even
-        what was recorded before the history was read, so its position in the snapshot is
-        the one before the first of those.
+        Returns those positions (None where the proof does not vouch: the client cannot show it
+        received the stream from there), the floors of its proof, and each stream's recovery
+        (None when history is off or Redis could not be reached in time). What is replayed fits
+        the outbound buffer beside the snapshot and what was held back so far.
         """
+        floors: list[Position | None] = [None] * len(STREAMS)
+        if conn.proof is not None:
+            floors = self.proofs.floors(conn.proof, conn.group_id, conn.client_id, len(STREAMS)) or floors
+        since = [
+            position if position is not None and _at_or_after(position, floor) else None
+            for position, floor in zip(presented, floors, strict=True)
+        ]
+        if self.history is None:
+            return since, floors, None
+        budget = (
+            self.settings.outbound_buffer_bytes
+            - len(frame_of(messages.snapshot(conn.group_id, members)))
+            - REPORT_BYTES
+            - conn.held_bytes
+        )
         streams = (group_channel(conn.group_id), client_channel(conn.client_id), BROADCAST_CHANNEL)
-        recoveries: list[Recovery] | None = None
-        if self.history is not None:
-            try:
-                async with asyncio.timeout(RECOVERY_DEADLINE):
-                    await self.bridge.synced()
-                    recoveries = await self.history.recover(
-                        list(zip(streams, since, strict=True)), self.settings.outbound_buffer_bytes
-                    )
-            except (BridgeDown, TimeoutError):
-                log.debug("%s/%s could not recover: Redis is unreachable", conn.group_id, conn.client_id)
+        try:
+            async with asyncio.timeout(RECOVERY_DEADLINE):
+                await self.bridge.synced()
+                recoveries = await self.history.recover(list(zip(streams, since, strict=True)), max(0, budget))
+        except (BridgeDown, TimeoutError):
+            log.debug("%s/%s could not recover: Redis is unreachable", conn.group_id, conn.client_id)
+            return since, floors, None
+        return since, floors, recoveries
+
+    def _release_recovered(
+        self,
+        conn: Connection,
+        members: list[str],
+        since: list[Position | None],
+        floors: list[Position | None],
+        recoveries: list[Recovery] | None,
+    ) -> None:
+        """Send ``conn`` its snapshot with the recovery report, what it missed, all streams merged
+        oldest first, and then what came live meanwhile.
+
+        The connection is in the hub already and its channels subscribed: what is published
+        after the history is read reaches it live, and what it gets twice at the seam it skips
+        by position. A stream not replayed skips nothing: what came live since the connection
+        joined the hub is all it has of it, even what was recorded before the history was read,
+        so its position in the snapshot is the one before the first of those.
+        """
         if recoveries is None:
             self.metrics.recoveries.inc("not_recovered")
             state = {"position": None, "recovered": False}
-            return [], [None] * len(STREAMS), {"recovered": False, "streams": dict.fromkeys(STREAMS, state)}
+            report = {"recovered": False, "streams": dict.fromkeys(STREAMS, state), "proof": None}
+            conn.release_recovered(
+                frame_of(messages.snapshot(conn.group_id, members, report)), [], [None] * len(STREAMS)
+            )
+            return
         # The streams may be read at different moments (on different shards of a cluster). What
         # was recorded after the first read comes live, in the order it arrives, not replayed:
         # replaying a later message of one stream before an earlier one of another that comes
         # live would break a sender's order.
         cut = min(recovery.read_at for recovery in recoveries)
-        tops: list[Position | None] = []  # each stream's position, for the snapshot
+        kept: list[list[tuple[float, Positioned]] | None] = [
+            None
+            if recovery.missed is None or position is None
+            else [
+                (entry.time, Positioned(index, recovery.top.epoch, entry.offset, entry.payload))
+                for entry in recovery.missed
+                if entry.time <= cut
+            ]
+            for index, (recovery, position) in enumerate(zip(recoveries, since, strict=True))
+        ]
+        # What came live meanwhile may have grown: streams are dropped, last replayed first,
+        # until the replay fits beside it.
+        room = self.settings.outbound_buffer_bytes - conn.held_bytes - REPORT_BYTES
+        room -= len(frame_of(messages.snapshot(conn.group_id, members)))
+        for index in reversed(REPLAY_ORDER):
+            if sum(len(message.frame) for missed in kept if missed for _, message in missed) <= room:
+                break
+            if kept[index]:
+                kept[index] = None
+        tops: list[Position] = []  # each stream's position, for the snapshot
         replayed: list[Position | None] = []
-        missed = []
-        for index, (recovery, presented) in enumerate(zip(recoveries, since, strict=True)):
-            if recovery.missed is None or presented is None:
+        for index, (recovery, missed) in enumerate(zip(recoveries, kept, strict=True)):
+            if missed is None:
                 first = conn.first_held(index)
                 if first is not None and first.epoch == recovery.top.epoch:
                     tops.append(Position(first.epoch, min(recovery.top.offset, first.offset - 1)))
                 else:
                     tops.append(recovery.top)
                 replayed.append(None)
-                continue
-            kept = [entry for entry in recovery.missed if entry.time <= cut]
-            tops.append(Position(recovery.top.epoch, kept[-1].offset if kept else presented.offset))
-            replayed.append(tops[-1])
-            missed += [
-                (entry.time, index, Positioned(index, recovery.top.epoch, entry.offset, entry.payload))
-                for entry in kept
-            ]
-        missed.sort(key=lambda item: item[:2])
-        states = {
-            name: {"position": str(top), "recovered": recovery.missed is not None}
-            for name, recovery, top in zip(STREAMS, recoveries, tops, strict=True)
+            else:
+                position = since[index]
+                assert position is not None
+                tops.append(Position(recovery.top.epoch, missed[-1][1].offset if missed else position.offset))
+                replayed.append(tops[-1])
+        recovered = [missed is not None for missed in kept]
+        self.metrics.recoveries.inc("recovered" if all(recovered) else "not_recovered")
+        # A stream replayed keeps the floor the client showed; any other starts where it is now.
+        floors = [floor if done else top for floor, done, top in zip(floors, recovered, tops, strict=True)]
+        report = {
+            "recovered": all(recovered),
+            "streams": {
+                name: {"position": str(top), "recovered": done}
+                for name, top, done in zip(STREAMS, tops, recovered, strict=True)
+            },
+            "proof": self.proofs.issue(conn.group_id, conn.client_id, floors),
         }
-        recovered = all(recovery.missed is not None for recovery in recoveries)
-        self.metrics.recoveries.inc("recovered" if recovered else "not_recovered")
-        return [message for *_, message in missed], replayed, {"recovered": recovered, "streams": states}
+        missed = sorted(
+            ((time, index, message) for index, stream in enumerate(kept) for time, message in stream or ()),
+            key=lambda item: item[:2],
+        )
+        snapshot = frame_of(messages.snapshot(conn.group_id, members, report))
+        conn.release_recovered(snapshot, [message for *_, message in missed], replayed)
 
     async def detach(self, conn: Connection) -> None:
         """Forget a closed connection; the group hears ``leave`` if it was the client's last."""
@@ -329,10 +419,18 @@ class Node:
             return self._answer_heartbeat(conn, message)
         if message.msg_type == "presence":
             return self._answer_presence(conn)
+        stamped = _stamped(message, conn.client_id, conn.group_id)
         if message.target == "echo":
-            self._send_one(conn, _stamped(message, conn.client_id, conn.group_id))
+            self._send_one(conn, stamped)
             return None
-        receivers = self._route(_stamped(message, conn.client_id, conn.group_id), conn.sender)
+        payload = encode(stamped)
+        if self.history is not None and not conn.record_budget.take(time.monotonic(), len(payload) + RECORD_COST):
+            rate = self.settings.record_byte_rate
+            raise ProtocolError(
+                RATE_LIMITED,
+                f"Too many bytes to record for recovery: at most {rate:g} a second; this message was dropped.",
+            )
+        receivers = self._route(stamped, payload, conn.sender)
         if receivers is None or message.target != "direct":
             return receivers  # in flight until recorded and delivered here
         answered = asyncio.get_running_loop().create_future()
@@ -363,16 +461,27 @@ class Node:
             answered.set_result(None)
 
     async def _nobody_took(self, to_id: str) -> ProtocolError:
-        """No process took a direct message: ``recipient_offline`` only if presence agrees.
+        """No process took a direct message: ``recipient_offline`` once presence agrees.
 
-        Right after a Redis outage, processes resubscribe at different times: a recipient may
-        hold a lease while its process is not subscribed yet. That is ``unavailable``.
+        The processes' subscriptions and presence are two views of where a client is. When a
+        connection closes they disagree for an instant (its process unsubscribes, then drops
+        the lease): that is waited out, asking presence again until SETTLE_LAST. A lease that
+        stays without a subscription belongs to a process putting itself back after a Redis
+        outage, and so may a client of a process that has not announced itself since Redis
+        came back (it would have lost its leases with Redis): both are ``unavailable``, as is a
+        presence that does not answer within PRESENCE_DEADLINE.
         """
         try:
-            present = await asyncio.wait_for(self.presence.present_anywhere(to_id), PRESENCE_DEADLINE)
+            async with asyncio.timeout(PRESENCE_DEADLINE):
+                wait = SETTLE_FIRST
+                while await self.presence.present_anywhere(to_id):
+                    if wait > SETTLE_LAST:
+                        return _unavailable(to_id)
+                    await asyncio.sleep(wait)
+                    wait *= 2
+                if await self._peers_missing():
+                    return _unavailable(to_id)
         except TimeoutError:
-            return _unavailable(to_id)
-        if present:
             return _unavailable(to_id)
         return ProtocolError(
             RECIPIENT_OFFLINE,
@@ -402,7 +511,7 @@ class Node:
             raise ProtocolError(INVALID_MESSAGE, text, problems)
         self.metrics.messages_in.inc(message.msg_type, message.target)
         stamped = _stamped(message, message.from_id, message.group_id)
-        receivers = await self._route_for_the_api(stamped)
+        receivers = await self._route_for_the_api(stamped, encode(stamped))
         if receivers is not None:
             with contextlib.suppress(BridgeDown):
                 await receivers
@@ -443,7 +552,7 @@ class Node:
             conn.close(code, reason)
         log.info("disconnected %s on an operator's order (%d %s)", client_id, code, reason)
 
-    async def _route_for_the_api(self, message: WSMessageV3) -> asyncio.Future[int] | None:
+    async def _route_for_the_api(self, message: WSMessageV3, payload: bytes) -> asyncio.Future[int] | None:
         """Route a backend's message as this process's one API sender, which keeps its order as a
         connection does: a backend that waits for each answer sees its messages arrive in order,
         on a cluster too. One for another shard than those in flight waits until they are taken."""
@@ -452,7 +561,7 @@ class Node:
             shard = None if channel is None else self.bridge.shard_of(channel)
             if self._api_in_flight and shard != self._api_shard:
                 await asyncio.wait(self._api_in_flight)
-            receivers = self._route(message, self._api_sender)
+            receivers = self._route(message, payload, self._api_sender)
             if receivers is not None:
                 self._api_in_flight.add(receivers)
                 receivers.add_done_callback(self._api_in_flight.discard)
@@ -477,63 +586,69 @@ class Node:
 
     # Delivery: local sockets first, then one copy for the other processes.
 
-    def _route(self, message: WSMessageV3, sender: Sender | None = None) -> asyncio.Future[int] | None:
-        """Deliver a stamped group, direct or broadcast message; None once done.
+    def _route(self, message: WSMessageV3, payload: bytes, sender: Sender | None) -> asyncio.Future[int] | None:
+        """Deliver a stamped group, direct or broadcast message (``payload`` is it encoded); None once done.
 
         A direct message that no connection of this process took returns how many other
         processes received it, to be checked by the caller. A message being recorded returns
         a future that is done once it is (and delivered here), and so does, on a cluster, a
         connection's message until Redis has taken it. ``sender`` is the sending connection's.
         """
-        assert message.group_id is not None or message.target != "group"
         if message.target == "direct":
-            return self._to_client(message, sender)
+            return self._to_client(message, payload, sender)
+        channel = BROADCAST_CHANNEL if message.target == "broadcast" else group_channel(cast(str, message.group_id))
         if self.history is not None:
-            if message.target == "group":
-                assert message.group_id is not None
-                recorded = self._record(group_channel(message.group_id), message, sender)
-            else:
-                recorded = self._record(BROADCAST_CHANNEL, message, sender)
+            recorded = self._record(channel, message, payload, sender)
             return None if recorded.done() else recorded
-        if message.target == "group":
-            return self._send(group_channel(message.group_id), self.hub.group(message.group_id), message, sender)
-        return self._send(BROADCAST_CHANNEL, self.hub.all(), message, sender)
+        return self._send(channel, self._local(channel), message, sender, payload)
 
     def _send_one(self, conn: Connection, message: WSMessageV3) -> None:
         conn.reply(frame_of(message))
         self.metrics.deliveries.inc()
 
-    def _to_client(self, message: WSMessageV3, sender: Sender | None) -> asyncio.Future[int] | None:
-        assert message.to_id is not None  # the schema requires it for target 'direct'
+    def _local(self, channel: str) -> Collection[Connection]:
+        """This process's connections that receive what is published to ``channel``."""
+        kind, _, name = channel.partition(":")
+        if kind == "group":
+            return self.hub.group(name)
+        if kind == "client":
+            return self.hub.client(name)
+        return self.hub.all()
+
+    def _to_client(self, message: WSMessageV3, payload: bytes, sender: Sender | None) -> asyncio.Future[int] | None:
+        to_id = cast(str, message.to_id)  # the schema requires it for target 'direct'
+        channel = client_channel(to_id)
+        local = self.hub.client(to_id)
         if self.history is not None:
-            recorded = self._record(client_channel(message.to_id), message, sender)
+            # Recorded for a client connected here; for another, only if it is known anywhere.
+            recorded = self._record(channel, message, payload, sender, None if local else to_id)
             if recorded.done() and recorded.exception() is None and recorded.result():
                 return None
             return recorded
-        local = list(self.hub.client(message.to_id))
         if local:
-            return self._send(client_channel(message.to_id), local, message, sender)
+            return self._send(channel, local, message, sender, payload)
         try:
-            return self.bridge.publish(client_channel(message.to_id), self._deliver(local, message), sender)
+            return self.bridge.publish(channel, self._deliver(local, message, payload), sender)
         except BridgeDown:
-            raise _unavailable(message.to_id) from None
+            raise _unavailable(to_id) from None
 
-    def _record(self, channel: str, message: WSMessageV3, sender: Sender | None) -> asyncio.Future[int]:
+    def _record(
+        self, channel: str, message: WSMessageV3, payload: bytes, sender: Sender | None, recipient: str | None = None
+    ) -> asyncio.Future[int]:
         """Record a message in its channel's history, then deliver it here, with its position.
 
         The future gets how many connections here and processes elsewhere received it; for a
         direct message that reached nobody while Redis is away, it fails with BridgeDown. In
         memory it is done before this returns. Messages are delivered in the order recorded,
-        and a sender's are recorded in the order it sent them.
+        and a sender's are recorded in the order it sent them. ``recipient``: see History.append.
         """
         assert self.history is not None
-        payload = encode(message)
         self.metrics.messages_out.inc(message.msg_type, message.target)
         recorded: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         to_sender = message.target != "direct" or message.to_id == message.from_id
         then = functools.partial(self._recorded, channel, payload, to_sender, recorded)
         try:
-            self.history.append(channel, payload, then, sender)
+            self.history.append(channel, payload, then, sender, recipient)
         except BridgeDown as error:
             then(error)
         return recorded
@@ -546,39 +661,56 @@ class Node:
         In Redis, the message comes back on this process's subscriber, where it is delivered in
         the order recorded among everyone's: if the sender receives it (``to_sender``),
         ``recorded`` is settled once it has been delivered, so an answer to the sender (an echo,
-        say) cannot overtake it. Not recorded (Redis away), it is delivered here without a
-        position.
+        say) cannot overtake it. Should the subscriber be lost before it brings the message, it
+        is delivered from here. Not recorded (Redis away, or a direct message to a client
+        nobody knows), it is delivered here without a position.
         """
         assert self.history is not None
-        kind, _, name = channel.partition(":")
-        local = (
-            self.hub.group(name) if kind == "group" else self.hub.client(name) if kind == "client" else self.hub.all()
-        )
-        if isinstance(outcome, Appended) and self.history.echoes:
+        local = self._local(channel)
+        position = outcome.position if isinstance(outcome, Appended) else None
+        if position is not None:
+            kind = channel.partition(":")[0]
+            positioned = Positioned(STREAM_OF_KIND[kind], position.epoch, position.offset, payload)
+        if isinstance(outcome, Appended) and position is not None and self.history.echoes:
             receivers = len(local) + outcome.receivers
-            if to_sender and self.bridge.holds(channel):
-                self.bridge.after_pushes(channel, functools.partial(recorded.set_result, receivers))
-            else:
-                recorded.set_result(receivers)
+            key = (channel, str(position))
+            if self._echoes.pop(key, positioned) is positioned and self.bridge.holds(channel):
+                self._echoes[key] = positioned  # not back yet
+                settle = recorded if to_sender else None
+                self.bridge.after_pushes(channel, functools.partial(self._echoed, channel, key, settle, receivers))
+                if to_sender:
+                    return
+            recorded.set_result(receivers)
             return
-        positioned = None
-        if isinstance(outcome, Appended):
-            epoch, offset = outcome.position
-            positioned = Positioned(STREAM_OF_KIND[kind], epoch, offset, payload)
-        count = self.hub.deliver(local, text_frame(payload), positioned)
+        count = self.hub.deliver(local, text_frame(payload), positioned if position is not None else None)
         self.metrics.deliveries.inc(amount=count)
         if isinstance(outcome, Appended):
             recorded.set_result(count + outcome.receivers)
-        elif count or kind != "client":
+        elif count or not channel.startswith("client:"):
             recorded.set_result(count)
         else:
             recorded.set_exception(BridgeDown())
+
+    def _echoed(self, channel: str, key: tuple[str, str], settle: asyncio.Future[int] | None, receivers: int) -> None:
+        """Whatever the subscriber brought before this point has been delivered: a recorded message
+        of this process's it did not bring (it was lost meanwhile) is delivered from here."""
+        positioned = self._echoes.pop(key, None)
+        if positioned is not None:
+            count = self.hub.deliver(self._local(channel), text_frame(positioned.payload), positioned)
+            self.metrics.deliveries.inc(amount=count)
+        if settle is not None:
+            settle.set_result(receivers)
 
     def _to_group(self, group_id: str, message: WSMessageV3) -> None:
         self._send(group_channel(group_id), self.hub.group(group_id), message)
 
     def _send(
-        self, channel: str, local: Iterable[Connection], message: WSMessageV3, sender: Sender | None = None
+        self,
+        channel: str,
+        local: Iterable[Connection],
+        message: WSMessageV3,
+        sender: Sender | None = None,
+        payload: bytes | None = None,
     ) -> asyncio.Future[int] | None:
         """Deliver to local receivers now, then one copy to the other processes, not waiting.
 
@@ -586,7 +718,7 @@ class Node:
         count once Redis has taken it: the connection's next message to another shard waits.
         """
         receivers = tuple(local)
-        payload = self._deliver(receivers, message)
+        payload = self._deliver(receivers, message, payload)
         with contextlib.suppress(BridgeDown):  # at most once: local receivers already have it
             if sender is None or not self.bridge.sharded:
                 self.bridge.send(channel, payload)
@@ -597,16 +729,19 @@ class Node:
             return taken
         return None
 
-    def _deliver(self, local: Iterable[Connection], message: WSMessageV3) -> bytes:
-        """Encode once, frame once for the local receivers if any; return the other processes' copy."""
-        payload = encode(message)
+    def _deliver(self, local: Iterable[Connection], message: WSMessageV3, payload: bytes | None = None) -> bytes:
+        """Encode once (unless ``payload`` is it encoded), frame once for the local receivers if
+        any; return the other processes' copy."""
+        payload = encode(message) if payload is None else payload
         self.metrics.messages_out.inc(message.msg_type, message.target)
         receivers = tuple(local)
         if receivers:
             self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload)))
         return payload
 
-    def _on_bridge_message(self, channel: str, payload: bytes, published_at: float, position: str | None) -> None:
+    def _on_bridge_message(
+        self, channel: str, payload: bytes, published_at: float, position: str | None, own: bool
+    ) -> None:
         kind, _, name = channel.partition(":")
         if kind == "group":
             receivers = self.hub.group(name)
@@ -624,6 +759,8 @@ class Node:
             log.warning("message on unknown bridge channel %s dropped", channel)
             return
         positioned = None
+        if own and self._echoes.pop((channel, position), False) is False:  # back before its reply
+            self._echoes[(channel, position)] = None
         if position is not None:
             epoch, _, offset = position.rpartition(":")
             positioned = Positioned(STREAM_OF_KIND[kind], epoch, int(offset), payload)
@@ -642,12 +779,20 @@ class Node:
         """After (re)connecting: re-register presence silently, then have everyone resync.
 
         A clean start (first connection, no clients yet) has no snapshots to repair, and a
-        resync notice would send every client of every other process a needless one.
+        resync notice would send every client of every other process a needless one. The
+        announcement that follows tells the others that this process's leases are back.
         """
         clean_start = not self._bridge_was_up and not len(self.hub)
+        if self._bridge_was_up:  # the others seen before may be putting themselves back too
+            self._restored_at = time.monotonic()
+            self._peers = dict.fromkeys(self._peers, self._restored_at)
         self._bridge_was_up = True
+        self._echoes.clear()  # what the lost connections left: their replies are not coming
+        if self.history is not None and self.settings.recovery_secret is None:
+            self.proofs.secret = await self.history.share_secret(self.proofs.secret)
         if not clean_start or self.presence.down:
             await self.presence.resync()
+        await self._announce()
         if clean_start:
             return
         with contextlib.suppress(BridgeDown):
@@ -730,6 +875,11 @@ def _log_fields(conn: Connection) -> dict[str, str]:
 
 def _lease(conn: Connection) -> Lease:
     return Lease(conn.group_id, conn.client_id, conn.lease_key)
+
+
+def _at_or_after(position: Position, floor: Position | None) -> bool:
+    """Whether a client that has received a stream since ``floor`` may have got to ``position``."""
+    return floor is not None and position.epoch == floor.epoch and position.offset >= floor.offset
 
 
 def _check_identity(conn: Connection, message: WSMessageV3) -> None:

@@ -161,6 +161,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self._out_bytes = 0
 
     @property
+    def queued_bytes(self) -> int:
+        """What this process holds for the peer: queued, held back, and not yet taken by the socket."""
+        buffered = self._transport.get_write_buffer_size() if self._transport is not None else 0
+        return self._out_bytes + self._held_bytes + buffered
+
+    @property
     def made(self) -> bool:
         """The protocol has its transport: its ``on_lost`` will run."""
         return self._transport is not None
@@ -356,7 +362,7 @@ class WebSocketProtocol(asyncio.Protocol):
             )
 
     def _overflow(self) -> None:
-        self._held, self._held_bytes, self._out, self._out_bytes = [], 0, [], 0
+        self._held, self._held_bytes, self._out, self._out_bytes = None, 0, [], 0
         self.overflowed()
         self.close(CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG)
 

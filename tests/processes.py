@@ -227,3 +227,38 @@ class RedisClusterServers:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+# Pings Redis every 2 ms over a socket of its own until its standard input closes, then prints
+# the longest answer time in ms and the number of pings.
+_PINGER = """
+import socket, sys, threading, time
+redis = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+longest, count = 0.0, 0
+while not done.is_set():
+    start = time.perf_counter()
+    redis.sendall(b"PING\\r\\n")
+    reply = b""
+    while not reply.endswith(b"\\r\\n"):
+        reply += redis.recv(64)
+    longest, count = max(longest, time.perf_counter() - start), count + 1
+    time.sleep(0.002)
+print(f"{longest * 1000:.2f} {count}")
+"""
+
+
+class RedisLatency:
+    """The longest time Redis took to answer a PING while this ran, measured from another process."""
+
+    def __init__(self, port: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _PINGER, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def stop(self) -> tuple[float, int]:
+        """(the longest answer in ms, how many pings were answered)."""
+        out, _ = self.process.communicate("", timeout=10)
+        longest, count = out.split()
+        return float(longest), int(count)

@@ -205,7 +205,10 @@ async def test_group_history_is_the_latest_messages_oldest_first_with_positions(
     assert all(message["group_id"] == "g_h" and message["sent_at"] for message in body["messages"])
     status, body = await http(backend, "GET", "/v3/groups/g_h/history")
     assert len(body["messages"]) == 5
-    assert await http(backend, "GET", "/v3/groups/g_empty/history") == (200, {"group_id": "g_empty", "messages": []})
+    assert await http(backend, "GET", "/v3/groups/g_empty/history") == (
+        200,
+        {"group_id": "g_empty", "messages": [], "more": False},
+    )
 
 
 @pytest.mark.parametrize("limit", ["0", "-1", "x", "1001", "1.5"])

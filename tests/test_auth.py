@@ -1,11 +1,13 @@
 """Client tokens (HS256 JWT in ?token=) and the right to broadcast."""
 
+import asyncio
 import time
 
 import jwt
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from aether_tornado.client import AetherClient
 from aether_tornado.config import SettingsError, load_settings
 
 from .conftest import ws_url
@@ -71,3 +73,40 @@ def test_broadcast_grant_needs_a_jwt_secret_and_the_secret_a_safe_length():
         load_settings(["--broadcast-requires-grant", "true"], {})
     with pytest.raises(SettingsError, match="at least 32 bytes"):
         load_settings([], {"AETHER_JWT_SECRET": "short"})
+
+
+async def test_a_connection_is_closed_within_a_second_of_its_token_s_expiry(secured):
+    expires = int(time.time()) + 2
+    client = await Client.joined(
+        ws_url(secured, "g_auth", "c_alice") + f"?token={token(expires_in=expires - int(time.time()))}"
+    )
+    assert await client.closed(timeout=5) == (3000, "token expired")
+    assert expires <= time.time() < expires + 1
+
+
+async def test_the_python_client_renews_its_token_and_misses_nothing(secured):
+    issued = []
+
+    async def fresh_token() -> str:
+        issued.append(time.time())
+        return token(expires_in=2)
+
+    sender = await Client.joined(ws_url(secured, "g_auth", "c_bob") + f"?token={token(client_id='c_bob')}")
+    base = f"ws://127.0.0.1:{secured.port}"
+    async with AetherClient(base, "g_auth", "c_alice", token_provider=fresh_token, backoff_max=0.2) as alice:
+        await sender.recv_where(event="join", client_id="c_alice")
+        received: list[int] = []
+
+        async def receive() -> None:
+            while len(received) < 60:
+                message = await alice.recv(timeout=5)
+                if message["msg_type"] == "msg":
+                    received.append(message["payload"]["n"])
+
+        receiving = asyncio.create_task(receive())
+        for n in range(60):  # over 3 s: the first token expires on the way
+            await sender.send(msg_type="msg", target="group", payload={"n": n})
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(receiving, 10)
+    assert received == list(range(60))
+    assert len(issued) >= 2  # asked for one more once the first expired

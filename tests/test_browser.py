@@ -1,11 +1,16 @@
 """A real browser (Debian's Chromium, driven by Playwright) uses the server from its pages."""
 
+import asyncio
+import time
+
+import jwt
 import pytest
 
 from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
 
-from .conftest import CHROMIUM_MISSING, evaluate
+from .conftest import CHROMIUM_MISSING, evaluate, ws_url
 from .processes import free_port
+from .wsclient import Client
 
 pytestmark = CHROMIUM_MISSING
 
@@ -189,3 +194,44 @@ async def test_a_client_that_cannot_connect_says_reconnecting_once_with_why_and_
     assert [state for state, _ in states] == ["connecting", "reconnecting", "closed"]
     why = states[1][1]
     assert why["code"] == 1006 and why["reason"] == "" and 0 <= why["retryInMs"] <= 20
+
+
+async def test_the_browser_client_renews_its_token_with_get_token_and_misses_nothing(browser, start_server):
+    secret = "s" * 32
+    server = await start_server(jwt_secret=secret)
+    page = await browser.new_page()
+    page.set_default_timeout(10_000)
+    issued = []
+
+    def fresh_token(client_id: str) -> str:
+        issued.append(client_id)
+        return jwt.encode({"sub": client_id, "group": "g_renew", "exp": int(time.time()) + 2}, secret)
+
+    await page.expose_function("freshToken", fresh_token)
+    await page.goto(f"http://127.0.0.1:{server.port}/")
+    await evaluate(
+        page,
+        """async () => {
+          const { AetherClient } = await import("/v3/client/aether-v3.js");
+          const getToken = async () => await window.freshToken("c_renew");
+          const client = new AetherClient({ groupId: "g_renew", clientId: "c_renew", getToken });
+          window.got = [];
+          window.closes = [];
+          client.on("msg", (message) => got.push(message.payload.n));
+          window.allIn = new Promise((resolve) => client.on("msg", () => got.length >= 60 && resolve()));
+          client.on("close", (event) => closes.push(event.code));
+          const open = new Promise((resolve) => client.on("open", resolve));
+          client.connect();
+          await open;
+        }""",
+    )
+    sender_token = jwt.encode({"sub": "c_send", "group": "g_renew", "exp": int(time.time()) + 60}, secret)
+    sender = await Client.joined(ws_url(server, "g_renew", "c_send") + f"?token={sender_token}")
+    for n in range(60):  # over 3 s: the page's first token expires on the way
+        await sender.send(msg_type="msg", target="group", payload={"n": n})
+        await asyncio.sleep(0.05)
+    await evaluate(page, "() => allIn")
+    assert await evaluate(page, "() => got") == list(range(60))
+    assert 3000 in await evaluate(page, "() => closes")  # the server closed it at expiry
+    assert len(issued) >= 2
+    await page.close()

@@ -281,8 +281,9 @@ async def test_a_message_lost_between_processes_is_noticed_and_recovered(redis_s
         redis = Redis.from_url(redis_server.url)
         try:  # recorded like any message, but published where nobody listens
             master = (await redis.info("replication"))["master_replid"]
-            keys_and_args = (stream, stream + ":meta", "nowhere", b"", lost, 100, 60_000, 60_000, "unused", "PUBLISH")
-            await redis.eval(script, 2, *keys_and_args, master)
+            keys = (stream, stream + ":meta", stream + ":meta")
+            args = ("nowhere", b"", lost, 100, 60_000, 60_000, "unused", "PUBLISH", master, 300)
+            await redis.eval(script, 3, *keys, *args)
         finally:
             await redis.aclose()
         client.send_group("2")

@@ -53,7 +53,14 @@ async def test_rate_limit_refills(start_server):
 
 
 async def test_a_client_that_stops_reading_is_closed_1013_and_others_keep_receiving(start_server):
-    server = await start_server(outbound_buffer_bytes=256 * 1024, rate_limit=100000, rate_burst=100000, byte_rate=1e12)
+    server = await start_server(
+        outbound_buffer_bytes=256 * 1024,
+        rate_limit=100000,
+        rate_burst=100000,
+        byte_rate=1e12,
+        record_byte_rate=1e12,
+        record_byte_burst=10**12,
+    )
     sender = await Client.joined(ws_url(server, "g_slow", "c_sender"))
     fast = await Client.joined(ws_url(server, "g_slow", "c_fast"))
     slow = await RawSocket.open(server.port, "/v3/ws/group/g_slow/client/c_slow", recv_buffer=4096)

@@ -34,6 +34,8 @@ UNLIMITED = {
     "byte_burst": 10_000_000,
     "broadcast_rate": 100_000,
     "broadcast_burst": 100_000,
+    "record_byte_rate": 1e12,
+    "record_byte_burst": 10**12,
 }
 
 MakeUrl = Callable[[str, str], str]
@@ -66,17 +68,21 @@ async def servers(request, start_server) -> Callable[..., Awaitable[tuple[MakeUr
 
 
 class Recovering:
-    """A client that opts in, keeps each stream's last position and presents it when it returns."""
+    """A client that opts in, keeps each stream's last position and its proof, and presents them
+    when it returns."""
 
-    def __init__(self, group_id: str, client_id: str) -> None:
-        self.group_id, self.client_id = group_id, client_id
+    def __init__(self, group_id: str, client_id: str, token: str | None = None) -> None:
+        self.group_id, self.client_id, self.token = group_id, client_id, token
         self.positions: dict[str, str] = {}
+        self.proof: str | None = None
         self.client: Client | None = None
         self.snapshot: dict[str, Any] = {}
         self.received: list[dict[str, Any]] = []
 
     def query(self) -> str:
-        return "?recover=" + ",".join(f"{stream}:{position}" for stream, position in self.positions.items())
+        positions = ",".join(f"{stream}:{position}" for stream, position in self.positions.items())
+        proof = f"&proof={self.proof}" if self.proof else ""
+        return f"?recover={positions}{proof}" + (f"&token={self.token}" if self.token else "")
 
     async def connect(self, make_url: MakeUrl) -> dict[str, Any]:
         """Connect (again); returns the snapshot's recovery report, having taken its positions."""
@@ -84,6 +90,7 @@ class Recovering:
         self.snapshot = await self.client.recv()
         assert self.snapshot["payload"]["event"] == "snapshot", self.snapshot
         recovery = self.snapshot["payload"]["recovery"]
+        self.proof = recovery["proof"]
         for stream, state in recovery["streams"].items():
             if not state["recovered"]:  # a fresh start: from the stream's present position
                 self.positions.pop(stream, None)
@@ -284,6 +291,7 @@ async def test_with_history_off_recovery_is_reported_impossible(start_server):
     assert recovery == {
         "recovered": False,
         "streams": {stream: {"position": None, "recovered": False} for stream in ("group", "client", "broadcast")},
+        "proof": None,
     }
     await away.client.send(msg_type="msg", target="group", msg="plain")
     assert "position" not in await away.client.recv_where(msg="plain")
@@ -336,7 +344,7 @@ async def test_messages_a_backend_published_are_recovered_too(servers):
 
 async def test_memory_history_forgets_a_stream_nobody_used_for_its_keep_time():
     now = [1000.0]
-    history = MemoryHistory(size=3, seconds=10, keep_seconds=60, clock=lambda: now[0])
+    history = MemoryHistory(size=3, seconds=10, keep_seconds=60, present=lambda client_id: False, clock=lambda: now[0])
     appended = []
     for text in (b'{"n":1}', b'{"n":2}'):
         history.append("group:g", text, appended.append)

@@ -15,10 +15,11 @@ from typing import Protocol
 
 from .order import Sender
 
-# Called with (channel, payload, published_at, position) for every message another process
-# published; published_at is the publisher's wall clock, for latency metrics; position is a
-# recorded message's "epoch:offset" in its channel's history (history/), else None.
-OnMessage = Callable[[str, bytes, float, str | None], None]
+# Called with (channel, payload, published_at, position, own) for every message another process
+# published, and every recorded one (own: this process published it); published_at is the
+# publisher's wall clock, for latency metrics; position is a recorded message's "epoch:offset"
+# in its channel's history (history/), else None.
+OnMessage = Callable[[str, bytes, float, str | None, bool], None]
 # Called each time the transport (re)connects, after it has resubscribed.
 OnUp = Callable[[], Awaitable[None]]
 # The channels this process needs now: the hub's own list, the source of truth.

@@ -448,19 +448,20 @@ class RedisBridge:
         if kind == self._commands.message:
             _, channel, data = reply
             start, position = self._payload_start, None
+            own = data.startswith(self._origin)
             if data.startswith(b"@", start):  # recorded: "@epoch:offset " comes before the message
                 end = data.index(b" ", start)
                 position, start = data[start + 1 : end].decode(), end + 1
-            elif data.startswith(self._origin):
-                return  # our own, delivered here already (our recorded ones are delivered from here)
+            elif own:
+                return  # delivered here already (recorded ones are delivered from here)
             name = channel[self._prefix_length + 1 : -1].decode()
             published_at = _STAMP.unpack_from(data, len(self._origin))[0]
             if self._reorder is None:
-                self._deliver(name, data[start:], published_at, position)
+                self._deliver(name, data[start:], published_at, position, own)
                 return
             number, run = MARK.unpack_from(data, self._mark_start)
             sender = data[: len(self._origin)] + data[self._mark_start : self._mark_start + 8] if number else None
-            deliver = functools.partial(self._deliver, name, data[start:], published_at, position)
+            deliver = functools.partial(self._deliver, name, data[start:], published_at, position, own)
             self._reorder.arrive(shard.index, sender, run, deliver)
         elif kind == b"pong" and shard.pongs:
             waiting = shard.pongs.popleft()
@@ -479,9 +480,9 @@ class RedisBridge:
         if isinstance(reply, bytes) and _field(reply, b"master_replid") != shard.replication_id:
             self._lost(ConnectionError("a master's replication ID changed: it failed over"))
 
-    def _deliver(self, name: str, payload: bytes, published_at: float, position: str | None) -> None:
+    def _deliver(self, name: str, payload: bytes, published_at: float, position: str | None, own: bool) -> None:
         try:
-            self._on_message(name, payload, published_at, position)
+            self._on_message(name, payload, published_at, position, own)
         except Exception:
             log.exception("delivering a message from channel %s failed", name)
 
@@ -493,7 +494,11 @@ class RedisBridge:
             self._lost(error)
 
     def _lost(self, error: BaseException) -> None:
-        """Down until the supervisor has reconnected; closing the connections wakes it."""
+        """Down until the supervisor has reconnected; dropping the connections wakes it.
+
+        They are aborted, not closed: a close would wait to write what a frozen Redis does not
+        read, and what waits for a reply would wait with it; aborted, it is told at once.
+        """
         log.debug("Redis bridge: %r", error)  # every failed attempt, where _report logs the first
         if self.up and self._on_down is not None:
             self._on_down()
@@ -501,7 +506,7 @@ class RedisBridge:
         self._report(False, str(error) or type(error).__name__)
         for shard in self._shards:
             for connection in shard.connections:
-                connection.close()
+                connection.abort()
 
     def _report(self, up: bool, detail: str) -> None:
         """One log line per change of state, not one per failed attempt."""

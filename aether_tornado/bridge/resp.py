@@ -146,6 +146,13 @@ class RespConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        """Drop the connection now, with whatever the socket has not taken; ``connection_lost``
+        tells every waiting command."""
+        self._outgoing, self._outgoing_bytes = [], 0
+        if self._transport is not None:
+            self._transport.abort()
+
     def _send(self, args: tuple[str | bytes, ...]) -> bool:
         if self._transport is None or self._transport.is_closing():
             return False

@@ -11,10 +11,16 @@ forbidden origin), sends a heartbeat every 30 s, keeps the presence roster, and 
 messages while reconnecting, up to a bound.
 
 It recovers what it missed while away (``recover=True``, the default): it keeps the
-position of the last group, direct and broadcast message and presents them when it
-reconnects, so the application sees every message once and in order, the missed ones
-(marked ``"recovered": True``) before the new ones. When that is impossible,
-``on_recovery`` gets the snapshot's report with ``recovered`` false: reload the state.
+position of the last group, direct and broadcast message, and the server's proof that they
+are its own, and presents them when it reconnects, so the application sees every message
+once and in order, the missed ones (marked ``"recovered": True``) before the new ones. When
+that is impossible, ``on_recovery`` gets the snapshot's report with ``recovered`` false:
+reload the state.
+
+With a ``token_provider`` (an async function that returns a fresh token), it asks for one
+before connecting without a token, when the server closes the connection because the token
+expired (close code 3000), and once when a handshake is refused as unauthorized; it then
+reconnects at once and recovers, so nothing is missed.
 """
 
 import asyncio
@@ -22,7 +28,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 FINAL_REFUSALS = {"invalid_id", "unauthorized", "forbidden_origin"}
 # The stream a recorded message belongs to, by its target.
 STREAM_OF_TARGET = {"group": "group", "direct": "client", "broadcast": "broadcast"}
+# The server closes a connection with this code when its token expires.
+TOKEN_EXPIRED = 3000
 
 
 class Refused(Exception):
@@ -65,6 +73,7 @@ class AetherClient:
         group_id: str,
         client_id: str,
         token: str | None = None,
+        token_provider: Callable[[], Awaitable[str]] | None = None,
         heartbeat: float = 30.0,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
@@ -82,10 +91,12 @@ class AetherClient:
             if why is not None:
                 raise Refused("invalid_id", f"{field} is not a Vision ID: {why}")
         self._path = f"{url.rstrip('/')}/v3/ws/group/{quote(group_id)}/client/{quote(client_id)}"
-        self._token = token
+        self._token, self._token_provider = token, token_provider
+        self._token_wanted = token is None  # a fresh token is to be asked for before the next connection
         self.recover, self.on_recovery = recover, on_recovery
         self._fail_fast = fail_fast
         self.positions: dict[str, str] = {}  # stream -> "epoch:offset" of the last message received
+        self.proof: str | None = None  # the server's proof that these positions are this client's own
         self._recovered_up_to: dict[str, int] = {}  # stream -> offset: missed up to it, now recovered
         self._presented = False
         self.group_id, self.client_id = group_id, client_id
@@ -108,6 +119,8 @@ class AetherClient:
         if self.recover:
             positions = ",".join(f"{stream}:{position}" for stream, position in self.positions.items())
             query.append(f"recover={quote(positions)}")
+            if self.proof:
+                query.append(f"proof={quote(self.proof)}")
         return self._path + (f"?{'&'.join(query)}" if query else "")
 
     async def __aenter__(self) -> "AetherClient":
@@ -203,13 +216,18 @@ class AetherClient:
         try:
             while self.state != "closed":
                 self.state = "reconnecting" if attempt else "connecting"
+                fresh = self._token_provider is not None and self._token_wanted
+                if fresh:
+                    self._token, self._token_wanted = await self._token_provider(), False
                 self._presented = bool(self.positions)
                 request = HTTPRequest(self.endpoint, connect_timeout=10, request_timeout=10)
                 try:
                     self._conn = await websocket_connect(request)
                 except HTTPClientError as error:
                     refusal = _refusal(error)
-                    if refusal is not None:
+                    if refusal is not None and refusal.code == "unauthorized" and self._token_provider and not fresh:
+                        self._token_wanted = True  # the token is stale: one fresh one is worth a try
+                    elif refusal is not None:
                         self.state = "closed"
                         self._deliver(refusal)
                         raise refusal from None
@@ -221,6 +239,9 @@ class AetherClient:
                     opened = time.monotonic()
                     await self._serve(self._conn)
                     self.state = "reconnecting"
+                    if self._conn.close_code == TOKEN_EXPIRED and self._token_provider is not None:
+                        self._token_wanted, attempt = True, 0  # a fresh token, and back at once
+                        continue
                     if time.monotonic() - opened > self.backoff_max:  # it lasted: start backoff again
                         attempt = 0
                 await asyncio.sleep(random.uniform(0, min(self.backoff_max, self.backoff_initial * 2**attempt)))
@@ -292,6 +313,7 @@ class AetherClient:
     def _take_recovery(self, report: dict[str, Any]) -> None:
         """Streams not recovered start again from where they are now."""
         self._recovered_up_to = {}
+        self.proof = report.get("proof")
         for stream, state in (report.get("streams") or {}).items():
             if state["recovered"]:
                 if state["position"]:

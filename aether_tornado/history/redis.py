@@ -1,15 +1,19 @@
 """History in Redis: a stream and a counter per channel, shared by every process.
 
 Keys: ``{prefix}:history:{<channel>}`` (a Redis stream whose entry IDs are the offsets, each
-with its time ``t`` in microseconds and its message ``m``) and
-``{prefix}:history:{<channel>}:meta`` (a hash: ``epoch``, the last ``offset``, and ``replid``,
-the replication ID of the master that counted); the braces keep both in one Redis Cluster slot.
-A counter another master kept starts a new epoch: after a failover the promoted replica may
-lack the last few messages, and counting on from its copy would reuse their offsets.
+with its time ``t`` in microseconds, ``c`` the bytes recorded in the stream before it, and its
+message ``m``) and ``{prefix}:history:{<channel>}:meta`` (a hash: ``epoch``, the last
+``offset``, the ``bytes`` recorded, ``replid``, the replication ID of the master that counted,
+and two age marks); the braces keep both in one Redis Cluster slot, with the channel and, for a
+client's stream, that client's presence index. A counter another master kept starts a new epoch:
+after a failover the promoted replica may lack the last few messages, and counting on from its
+copy would reuse their offsets.
 
 The scripts beside this file run on the bridge's publishing connection: an append records and
 publishes in one step, in the order of every other publish of this process, and its reply says
-where the message was recorded.
+where the message was recorded. A recovery first probes each stream (its top, and the bytes
+missed, from the counters: no script reads more than one message), then reads only the streams
+that fit the budget, in pages of plain ``XRANGE``s.
 """
 
 import asyncio
@@ -24,11 +28,14 @@ from ..bridge import BridgeDown
 from ..bridge.order import Sender
 from ..bridge.redis import RedisBridge
 from ..bridge.resp import ReplyError
-from . import Appended, Entry, OnAppended, Position, Recovery
+from ..presence.redis import client_index_key
+from . import Appended, Entry, OnAppended, Page, Position, Probe, Recovery, replay_plan
 
-SCRIPTS = {
-    name: (Path(__file__).parent / "lua" / f"{name}.lua").read_bytes() for name in ("append", "recover", "latest")
-}
+SCRIPTS = {name: (Path(__file__).parent / "lua" / f"{name}.lua").read_bytes() for name in ("append", "probe", "latest")}
+# The most bytes one read of a recovery asks Redis for: a longer replay is read in pages.
+PAGE_BYTES = 1 << 20
+# Where the secret of recovery proofs is kept: the channel names the shard, the key the value.
+SECRET_CHANNEL = "recovery"
 
 
 def _sha(body: bytes) -> bytes:
@@ -40,14 +47,20 @@ class RedisHistory:
     # What the bridge loads on each connection, so that EVALSHA finds them after a Redis restart.
     scripts = tuple(SCRIPTS.values())
 
-    def __init__(self, bridge: RedisBridge, prefix: str, size: int, seconds: float, keep_seconds: float) -> None:
+    def __init__(
+        self, bridge: RedisBridge, prefix: str, size: int, seconds: float, keep_seconds: float, entry_bytes: int
+    ) -> None:
+        """``entry_bytes``: the most one recorded message may weigh, which sizes a page of reads."""
         self._bridge = bridge
+        self._redis_prefix = prefix
         self._prefix = f"{prefix}:history:"
         self._size = str(size).encode()
         self._seconds = seconds
+        self._window = str(seconds).encode()
         self._ttl = str(max(1, round(seconds * 1000))).encode()  # milliseconds, for PEXPIRE
         self._keep_ttl = str(max(1, round(keep_seconds * 1000))).encode()
-        self._append, self._recover, self._latest = (_sha(SCRIPTS[name]) for name in ("append", "recover", "latest"))
+        self._per_page = max(1, PAGE_BYTES // entry_bytes)
+        self._append, self._probe, self._latest = (_sha(SCRIPTS[name]) for name in ("append", "probe", "latest"))
         # A new counter's epoch: this process's id and a number, never the same twice.
         self._epochs = (f"{bridge.node_id}{number:x}".encode() for number in itertools.count(1))
 
@@ -55,16 +68,21 @@ class RedisHistory:
         key = f"{self._prefix}{{{stream}}}"
         return key, key + ":meta"
 
-    def append(self, stream: str, payload: bytes, then: OnAppended, sender: Sender | None = None) -> None:
+    def append(
+        self, stream: str, payload: bytes, then: OnAppended, sender: Sender | None = None, recipient: str | None = None
+    ) -> None:
         bridge = self._bridge
         subscribed_here = bridge.holds(stream)
+        stream_key, meta_key = self._keys(stream)
         bridge.call_then(
             stream,
             functools.partial(self._appended, then, subscribed_here),
             b"EVALSHA",
             self._append,
-            b"2",
-            *self._keys(stream),
+            b"3",
+            stream_key,
+            meta_key,
+            meta_key if recipient is None else client_index_key(self._redis_prefix, recipient),
             bridge.channel_key(stream),
             bridge.envelope_head(stream, sender),
             payload,
@@ -74,6 +92,7 @@ class RedisHistory:
             next(self._epochs),
             bridge.publish_command,
             bridge.replication_id(stream),
+            self._window,
         )
 
     def _appended(self, then: OnAppended, subscribed_here: bool, reply: Any) -> None:
@@ -83,60 +102,103 @@ class RedisHistory:
             then(reply)
             return
         epoch, offset, receivers = reply
-        then(Appended(Position(epoch.decode(), offset), max(0, receivers - subscribed_here)))
+        position = Position(epoch.decode(), offset) if epoch else None
+        then(Appended(position, max(0, receivers - subscribed_here)))
 
-    async def recover(self, wanted: Sequence[tuple[str, Position | None]], max_bytes: int) -> list[Recovery]:
+    async def recover(self, wanted: Sequence[tuple[str, Position | None]], budget: int) -> list[Recovery]:
+        since = [position for _, position in wanted]
         calls = [
             self._bridge.call(
                 stream,
                 b"EVALSHA",
-                self._recover,
+                self._probe,
                 b"2",
                 *self._keys(stream),
-                since.epoch if since else b"",
-                str(since.offset if since else 0),
-                str(self._seconds),
-                str(max_bytes),
+                position.epoch if position else b"",
+                str(position.offset if position else 0),
+                self._window,
                 self._keep_ttl,
                 next(self._epochs),
                 self._bridge.replication_id(stream),
             )
-            for stream, since in wanted
+            for stream, position in wanted
         ]
-        replies = await asyncio.gather(*(self._reply(call) for call in calls))  # sent together: one round trip
-        return [_recovery(reply) for reply in replies]
+        probes = [_probe(reply) for reply in await asyncio.gather(*map(self._reply, calls))]  # one round trip
+        plan = replay_plan(probes, since, budget)
+        reads = [
+            self._read(stream, probe, presented) if planned and presented is not None else _nothing()
+            for (stream, presented), probe, planned in zip(wanted, probes, plan, strict=True)
+        ]
+        missed = await asyncio.gather(*reads)
+        return [Recovery(probe.top, entries, probe.read_at) for probe, entries in zip(probes, missed, strict=True)]
 
-    async def _reply(self, call: asyncio.Future) -> Any:
-        """A script's reply; BridgeDown, after reconnecting, if Redis refused it (a script flushed, say)."""
+    async def _read(self, stream: str, probe: Probe, since: Position) -> tuple[Entry, ...] | None:
+        """The messages after ``since`` up to the probe's top, in pages of at most PAGE_BYTES;
+        None if some were trimmed since the probe."""
+        first, last = since.offset + 1, probe.top.offset
+        assert probe.missed_bytes is not None
+        if first > last:
+            return ()
+        per_page = last - first + 1 if probe.missed_bytes <= PAGE_BYTES else self._per_page
+        key = self._keys(stream)[0]
+        pages = [
+            self._reply(self._bridge.call(stream, b"XRANGE", key, f"{start}-0", f"{min(start + per_page - 1, last)}-0"))
+            for start in range(first, last + 1, per_page)
+        ]
+        entries = tuple(_entry(entry) for page in await asyncio.gather(*pages) for entry in page)
+        if len(entries) != last - first + 1 or entries[0].offset != first:
+            return None
+        return entries
+
+    async def _reply(self, call: asyncio.Future[Any]) -> Any:
+        """A command's reply; BridgeDown, after reconnecting, if Redis refused it (a script flushed, say)."""
         try:
             return await call
         except ReplyError as error:
             self._bridge.mark_lost(error)
             raise BridgeDown(str(error)) from None
 
-    async def latest(self, stream: str, limit: int) -> list[tuple[Position, bytes]]:
+    async def latest(self, stream: str, limit: int, max_bytes: int, before: Position | None = None) -> Page:
         reply = await self._reply(
-            self._bridge.call(stream, b"EVALSHA", self._latest, b"2", *self._keys(stream), str(limit))
+            self._bridge.call(
+                stream,
+                b"EVALSHA",
+                self._latest,
+                b"2",
+                *self._keys(stream),
+                str(limit),
+                str(max_bytes),
+                str(min(limit, self._per_page)),
+                str(before.offset) if before else b"",
+                before.epoch if before else b"",
+                self._window,
+            )
         )
         if not reply:
-            return []
-        epoch, now, entries = reply[0].decode(), int(reply[1]) / 1e6, [_entry(entry) for entry in reversed(reply[2])]
-        oldest = now - self._seconds
-        return [(Position(epoch, entry.offset), entry.payload) for entry in entries if entry.time >= oldest]
+            return Page([], False)
+        epoch, more, entries = reply[0].decode(), reply[1], [_entry(entry) for entry in reversed(reply[2])]
+        return Page([(Position(epoch, entry.offset), entry.payload) for entry in entries], bool(more))
 
     async def keep(self, streams: Iterable[str]) -> None:
         for stream in streams:
             self._bridge.command(stream, b"PEXPIRE", self._keys(stream)[1], self._keep_ttl)
 
+    async def share_secret(self, mine: bytes) -> bytes:
+        key = self._bridge.channel_key(SECRET_CHANNEL) + ":secret"
+        theirs = await self._reply(self._bridge.call(SECRET_CHANNEL, b"SET", key, mine, b"NX", b"GET"))
+        return mine if theirs is None else theirs
 
-def _entry(entry: list) -> Entry:
-    """``[b"17-0", [b"t", micros, b"m", message]]`` as an Entry."""
+
+async def _nothing() -> None:
+    return None
+
+
+def _entry(entry: list[Any]) -> Entry:
+    """``[b"17-0", [b"t", micros, b"c", bytes before, b"m", message]]`` as an Entry."""
     entry_id, fields = entry
-    return Entry(int(entry_id.partition(b"-")[0]), int(fields[1]) / 1e6, fields[3])
+    return Entry(int(entry_id.partition(b"-")[0]), int(fields[1]) / 1e6, fields[-1])
 
 
-def _recovery(reply: list) -> Recovery:
-    top, read_at = Position(reply[0].decode(), reply[1]), int(reply[2]) / 1e6
-    if len(reply) < 4:
-        return Recovery(top, None, read_at)
-    return Recovery(top, tuple(_entry(entry) for entry in reply[3]), read_at)
+def _probe(reply: list[Any]) -> Probe:
+    epoch, top, read_at, missed_bytes = reply
+    return Probe(Position(epoch.decode(), top), int(read_at) / 1e6, None if missed_bytes < 0 else missed_bytes)

@@ -51,8 +51,9 @@ class Presence(Protocol):
         """Up to ``limit`` groups whose id starts with ``prefix``, sorted, each with how many
         clients are present; and how many groups have anyone present in all."""
 
-    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> None:
-        """Tell every process that this one is up, and what it holds, for the next ``seconds``."""
+    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> list[str]:
+        """Tell every process that this one is up, and what it holds, for the next ``seconds``;
+        return the node_ids of the processes up now (only this one while the store is away)."""
 
     async def withdraw(self, node_id: str) -> None:
         """Take back this process's announcement: it is stopping."""

@@ -65,8 +65,9 @@ class MemoryPresence:
         )
         return found[:limit], len(self._groups)
 
-    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> None:
+    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> list[str]:
         self._announced[node_id] = (announcement, self._clock() + seconds)
+        return [node_id]
 
     async def withdraw(self, node_id: str) -> None:
         self._announced.pop(node_id, None)

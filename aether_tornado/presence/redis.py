@@ -76,6 +76,7 @@ class RedisPresence:
         self._initializing = asyncio.Lock()
         self._initialized = False
         self._on_lost = on_lost
+        self._redis_prefix = prefix
         self._prefix = f"{prefix}:presence:"
         self._lease_ms = int(lease_seconds * 1000)
         self._local = MemoryPresence(lease_seconds)
@@ -180,18 +181,20 @@ class RedisPresence:
                 self._lost(error)
         return await self._local.groups(prefix, limit)
 
-    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> None:
-        await self._local.announce(node_id, announcement, seconds)
+    async def announce(self, node_id: str, announcement: bytes, seconds: float) -> list[str]:
+        here = await self._local.announce(node_id, announcement, seconds)
         if self.down:
-            return
+            return here
         try:
-            await self._bounded(
+            up = await self._bounded(
                 functools.partial(
                     self._announce, keys=self._process_keys(), args=[node_id, announcement, int(seconds * 1000)]
                 )
             )
+            return [node.decode() for node in up]
         except (RedisError, OSError) as error:
             self._lost(error)
+            return here
 
     async def withdraw(self, node_id: str) -> None:
         await self._local.withdraw(node_id)
@@ -393,7 +396,7 @@ class RedisPresence:
         return self._group_key_prefix(_bucket(group_id)) + group_id
 
     def _client_key(self, client_id: str) -> str:
-        return f"{self._prefix}{{client:{client_id}}}"
+        return client_index_key(self._redis_prefix, client_id)
 
     def mark_down(self) -> None:
         """The bridge lost Redis: answer locally until ``resync``, and so use no connection from before."""
@@ -422,6 +425,12 @@ async def _at_most(limit: int, calls: list[Callable[[], Awaitable[T]]]) -> list[
             return await call()
 
     return await asyncio.gather(*map(one, calls))
+
+
+def client_index_key(prefix: str, client_id: str) -> str:
+    """The key of a client's leases in every group: it shares its hash tag, so its slot, with the
+    client's bridge channel and history stream."""
+    return f"{prefix}:presence:{{client:{client_id}}}"
 
 
 def _bucket(group_id: str) -> int:

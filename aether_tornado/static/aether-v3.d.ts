@@ -70,6 +70,8 @@ export interface RecoveryReport {
   /** Every stream's missed messages follow, in order; if false, reload what the page shows. */
   recovered: boolean;
   streams: Record<Stream, { position: string | null; recovered: boolean }>;
+  /** Signed by the server: these positions are this client's own. Presented with them (?proof=). */
+  proof: string | null;
 }
 
 export interface ProblemField {
@@ -88,6 +90,12 @@ export interface AetherClientOptions {
   clientId: string;
   /** A token for servers that require one (sent as ?token=). */
   token?: string | null;
+  /**
+   * Returns a fresh token from your application. Called before connecting without a token,
+   * after the server closed the connection because the token expired (close code 3000), and
+   * once after a handshake refused as unauthorized; the client then reconnects and recovers.
+   */
+  getToken?: () => Promise<string>;
   /** ws:// or wss:// base URL; defaults to the page's own host. */
   url?: string;
   heartbeatMs?: number;

@@ -13,14 +13,22 @@
 // snapshot and join/leave events, and queues messages while reconnecting, up to a bound.
 //
 // It recovers what it missed while away (recover: true, the default): it keeps the position
-// of the last group, direct and broadcast message it got and presents them when it
-// reconnects, so handlers see every message once and in order, the missed ones (marked
-// `recovered: true`) before the new ones. When that is impossible (away too long, the server
-// lost its history) the "recovery" event says so: reload what the page shows.
+// of the last group, direct and broadcast message it got, and the proof the server gave it
+// that they are its own, and presents them when it reconnects, so handlers see every message
+// once and in order, the missed ones (marked `recovered: true`) before the new ones. When that
+// is impossible (away too long, the server lost its history) the "recovery" event says so:
+// reload what the page shows.
+//
+// Tokens: with `getToken` (an async function that returns a fresh token from your
+// application), it asks for one before connecting without a token, when the server closes
+// the connection because the token expired (close code 3000), and once when a handshake is
+// refused as unauthorized; then it reconnects at once and recovers, so no message is missed.
 
 const VISION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 // Handshake refusals that no retry can fix: the client stops and reports them.
 const FINAL_REFUSALS = new Set(["invalid_id", "unauthorized", "forbidden_origin"]);
+// The server closes a connection with this code when its token expires.
+const TOKEN_EXPIRED = 3000;
 // The stream a recorded message belongs to, by its target.
 const STREAM_OF_TARGET = { group: "group", direct: "client", broadcast: "broadcast" };
 
@@ -49,6 +57,7 @@ export class AetherClient {
     groupId,
     clientId,
     token = null,
+    getToken = null,
     url = defaultBaseUrl(),
     heartbeatMs = 30000,
     backoffInitialMs = 500,
@@ -60,7 +69,8 @@ export class AetherClient {
       const problem = visionIdProblem(value);
       if (problem) throw new AetherError("invalid_id", `${field} ${problem}`);
     }
-    Object.assign(this, { groupId, clientId, token, heartbeatMs, backoffInitialMs, backoffMaxMs, maxQueue, recover });
+    Object.assign(this, { groupId, clientId, token, getToken, heartbeatMs, backoffInitialMs, backoffMaxMs, maxQueue });
+    this.recover = recover;
     this.url = url.replace(/\/+$/, "");
     this.state = "idle"; // idle, connecting, open, reconnecting, closed
     this.roster = [];
@@ -70,7 +80,10 @@ export class AetherClient {
     this.socket = null;
     this.timers = { retry: null };
     this.positions = {}; // stream -> "epoch:offset" of the last message received
+    this.proof = null; // the server's proof that these positions are this client's own
     this.recoveredUpTo = {}; // stream -> offset: messages up to it were missed, now recovered
+    this.tokenWanted = !token; // a fresh token is to be asked for before the next connection
+    this.tokenFresh = false; // the token came from getToken and no connection has opened with it yet
   }
 
   get endpoint() {
@@ -80,6 +93,7 @@ export class AetherClient {
     if (this.recover) {
       const positions = Object.entries(this.positions).map(([stream, position]) => `${stream}:${position}`);
       query.push(`recover=${encodeURIComponent(positions.join(","))}`);
+      if (this.proof) query.push(`proof=${encodeURIComponent(this.proof)}`);
     }
     return this.url + path + (query.length ? `?${query.join("&")}` : "");
   }
@@ -116,9 +130,31 @@ export class AetherClient {
   }
 
   connect() {
-    if (this.socket || this.state === "open") return this;
+    if (this.socket || this.state === "open" || this.fetchingToken) return this;
     clearTimeout(this.timers.retry);
     if (!this.attempt) this.setState("connecting"); // a retry is "reconnecting" already
+    if (this.getToken && this.tokenWanted) {
+      this.fetchingToken = true;
+      Promise.resolve()
+        .then(() => this.getToken())
+        .then(
+          (token) => {
+            Object.assign(this, { token, tokenWanted: false, tokenFresh: true, fetchingToken: false });
+            if (this.state !== "closed") this.open();
+          },
+          (error) => {
+            this.fetchingToken = false;
+            this.emit("error", new AetherError("token_unavailable", `aether: getToken failed: ${error}`));
+            this.retry({ code: 1006, reason: "getToken failed" });
+          },
+        );
+      return this;
+    }
+    this.open();
+    return this;
+  }
+
+  open() {
     this.presented = Object.keys(this.positions).length > 0;
     const socket = new WebSocket(this.endpoint);
     let openedAt = null;
@@ -127,6 +163,7 @@ export class AetherClient {
     socket.onopen = () => {
       if (this.socket !== socket) return;
       openedAt = Date.now();
+      this.tokenFresh = false;
       this.setState("open");
       heartbeat = setInterval(() => this.heartbeat(), this.heartbeatMs);
       for (const message of this.queue.splice(0)) socket.send(JSON.stringify(message));
@@ -142,17 +179,25 @@ export class AetherClient {
       const ended = { code: event.code, reason: event.reason };
       this.emit("close", ended);
       if (this.state === "closed") return;
+      if (event.code === TOKEN_EXPIRED && this.getToken) {
+        this.tokenWanted = true; // a fresh token, and back at once: recovery fills the gap
+        this.attempt = 0;
+        this.retry(ended, 0);
+        return;
+      }
       // Backoff starts again only after a connection that lasted: a flapping one keeps growing it.
       if (openedAt !== null && Date.now() - openedAt > this.backoffMaxMs) this.attempt = 0;
       if (openedAt !== null) this.retry(ended);
       else
         this.diagnose().then((refusal) => {
           if (this.state === "closed" || this.socket) return;
-          if (refusal) this.stop(refusal);
+          if (refusal?.code === "unauthorized" && this.getToken && !this.tokenFresh) {
+            this.tokenWanted = true; // the token is stale: one fresh one is worth a try
+            this.retry(ended);
+          } else if (refusal) this.stop(refusal);
           else this.retry(ended);
         });
     };
-    return this;
   }
 
   // A browser hides why a handshake failed; the same path over plain HTTP tells (same origin
@@ -176,13 +221,16 @@ export class AetherClient {
     this.emit("error", new AetherError(refusal.code, refusal.msg));
   }
 
-  retry(ended) {
+  // Connects again after retryInMs: by default, capped exponential backoff with full jitter.
+  retry(ended, retryInMs = this.backoffMs()) {
     if (this.state === "closed") return;
-    const cap = Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** this.attempt);
-    const retryInMs = Math.round(Math.random() * cap); // full jitter
     this.attempt += 1;
     this.setState("reconnecting", { ...ended, retryInMs });
     this.timers.retry = setTimeout(() => this.connect(), retryInMs);
+  }
+
+  backoffMs() {
+    return Math.round(Math.random() * Math.min(this.backoffMaxMs, this.backoffInitialMs * 2 ** this.attempt));
   }
 
   // Closes for good: "close" fires once (if a connection was open or opening), then the
@@ -251,6 +299,7 @@ export class AetherClient {
   // The snapshot's recovery report: streams not recovered start again from where they are.
   takeRecovery(report, presented) {
     this.recoveredUpTo = {};
+    this.proof = report.proof ?? null;
     for (const [stream, state] of Object.entries(report.streams ?? {})) {
       if (state.recovered) {
         if (state.position) this.recoveredUpTo[stream] = splitPosition(state.position)[1];
