@@ -109,9 +109,9 @@ class Node:
         self._detached = asyncio.Event()
         self._bridge_was_up = False
         # This process's recorded messages on their way back from its subscriber, by (channel,
-        # "epoch:offset"): with what to deliver if the subscriber is lost before it brings one
-        # (its reply came first), or None (it came back before its reply).
-        self._echoes: dict[tuple[str, str], Positioned | None] = {}
+        # "epoch:offset"): the message, to deliver from here if the subscriber is lost before it
+        # brings it (its reply came first), or None (it came back before its reply).
+        self._echoes: dict[tuple[str, str], bytes | None] = {}
         # The other processes, by node_id: when each was last seen announced. After Redis comes
         # back (``_restored_at``), one not announced again may not have put its leases back.
         self._peers: dict[str, float] = {}
@@ -668,21 +668,21 @@ class Node:
         assert self.history is not None
         local = self._local(channel)
         position = outcome.position if isinstance(outcome, Appended) else None
-        if position is not None:
-            kind = channel.partition(":")[0]
-            positioned = Positioned(STREAM_OF_KIND[kind], position.epoch, position.offset, payload)
         if isinstance(outcome, Appended) and position is not None and self.history.echoes:
             receivers = len(local) + outcome.receivers
             key = (channel, str(position))
-            if self._echoes.pop(key, positioned) is positioned and self.bridge.holds(channel):
-                self._echoes[key] = positioned  # not back yet
+            if key in self._echoes:  # back before its reply: delivered already
+                del self._echoes[key]
+            elif self.bridge.holds(channel):
+                self._echoes[key] = payload  # not back yet
                 settle = recorded if to_sender else None
-                self.bridge.after_pushes(channel, functools.partial(self._echoed, channel, key, settle, receivers))
+                self.bridge.after_pushes(channel, functools.partial(self._echoed, key, settle, receivers))
                 if to_sender:
                     return
             recorded.set_result(receivers)
             return
-        count = self.hub.deliver(local, text_frame(payload), positioned if position is not None else None)
+        positioned = None if position is None else _positioned(channel, str(position), payload)
+        count = self.hub.deliver(local, text_frame(payload), positioned)
         self.metrics.deliveries.inc(amount=count)
         if isinstance(outcome, Appended):
             recorded.set_result(count + outcome.receivers)
@@ -691,12 +691,13 @@ class Node:
         else:
             recorded.set_exception(BridgeDown())
 
-    def _echoed(self, channel: str, key: tuple[str, str], settle: asyncio.Future[int] | None, receivers: int) -> None:
+    def _echoed(self, key: tuple[str, str], settle: asyncio.Future[int] | None, receivers: int) -> None:
         """Whatever the subscriber brought before this point has been delivered: a recorded message
         of this process's it did not bring (it was lost meanwhile) is delivered from here."""
-        positioned = self._echoes.pop(key, None)
-        if positioned is not None:
-            count = self.hub.deliver(self._local(channel), text_frame(positioned.payload), positioned)
+        payload = self._echoes.pop(key, None)
+        if payload is not None:
+            channel, position = key
+            count = self.hub.deliver(self._local(channel), text_frame(payload), _positioned(channel, position, payload))
             self.metrics.deliveries.inc(amount=count)
         if settle is not None:
             settle.set_result(receivers)
@@ -759,11 +760,14 @@ class Node:
             log.warning("message on unknown bridge channel %s dropped", channel)
             return
         positioned = None
-        if own and self._echoes.pop((channel, position), False) is False:  # back before its reply
-            self._echoes[(channel, position)] = None
         if position is not None:
-            epoch, _, offset = position.rpartition(":")
-            positioned = Positioned(STREAM_OF_KIND[kind], epoch, int(offset), payload)
+            if own:  # one of this process's, back after its reply (expected) or before it (noted)
+                key = (channel, position)
+                if key in self._echoes:
+                    del self._echoes[key]
+                else:
+                    self._echoes[key] = None
+            positioned = _positioned(channel, position, payload)
         self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload), positioned))
         self.metrics.bridge_latency.observe(max(0.0, time.time() - published_at))
 
@@ -875,6 +879,12 @@ def _log_fields(conn: Connection) -> dict[str, str]:
 
 def _lease(conn: Connection) -> Lease:
     return Lease(conn.group_id, conn.client_id, conn.lease_key)
+
+
+def _positioned(channel: str, position: str, payload: bytes) -> Positioned:
+    """A recorded message of ``channel`` at ``position`` ("epoch:offset") as recovering clients get it."""
+    epoch, _, offset = position.rpartition(":")
+    return Positioned(STREAM_OF_KIND[channel.partition(":")[0]], epoch, int(offset), payload)
 
 
 def _at_or_after(position: Position, floor: Position | None) -> bool:

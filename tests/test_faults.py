@@ -53,6 +53,19 @@ async def test_a_recorded_message_redis_does_not_bring_back_reaches_its_sender_s
         assert (await client.recv_where(msg_type="msg"))["msg"] == "after"
 
 
+async def test_a_group_message_sent_while_redis_is_frozen_reaches_its_sender_s_process(redis_server, start_process):
+    process = start_process()
+    members = [await Client.joined(process.url("g_ice", f"c_m{n}")) for n in range(4)]
+    talker = await Client.joined(process.url("g_ice", "c_talk"))
+    redis_server.process.send_signal(signal.SIGSTOP)  # its sockets stay open: it just never answers
+    try:
+        await talker.send(msg_type="msg", target="group", msg="frozen")
+        for client in [*members, talker]:  # once the bridge gives up on Redis (0.9 s), from here
+            assert (await client.recv_where(msg_type="msg", timeout=5))["msg"] == "frozen"
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+
+
 async def answer_to_direct(sender: Client, to_id: str, receiver: Client, text: str) -> str:
     """``delivered`` if ``receiver`` got the direct message, else the code of the error its sender got."""
     await sender.send(msg_type="msg", target="direct", to_id=to_id, msg=text)

@@ -44,6 +44,12 @@ async def send_big(client: Client, group_id: str, count: int, **fields: Any) -> 
             seen += 1
 
 
+async def settled(client: Client) -> None:
+    """Until the server has handled everything ``client`` sent: it answers an echo after that."""
+    await client.send(msg_type="msg", target="echo", msg="settled?")
+    await client.recv_where(msg="settled?", timeout=30)
+
+
 async def history_page(port: int, group_id: str, query: str) -> tuple[dict[str, Any], int]:
     response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/v3/groups/{group_id}/history{query}")
     return orjson.loads(response.body), len(response.body)
@@ -145,6 +151,7 @@ async def test_forty_silent_recovering_sockets_hold_no_more_than_their_outbound_
     await send_big(talker, "g_silent", 15, target="broadcast")
     for client in clients:
         await send_big(talker, "g_silent", 15, target="direct", to_id=client.client_id)
+    await settled(talker)
     silent = [silent_socket(server.port, client) for client in clients]
     recoveries = server.node.metrics.recoveries.values
     async with asyncio.timeout(10):
@@ -180,6 +187,7 @@ async def test_a_replay_goes_out_within_the_outbound_buffer_the_direct_messages_
     talker = await sender(url, "g_budget", "c_talk")
     await send_big(talker, "g_budget", 10)  # 0.6 MB in the group
     await send_big(talker, "g_budget", 10, target="direct", to_id="c_away")  # and 0.6 MB to the client
+    await settled(talker)
     report = await away.connect(url)
     assert report["streams"]["client"]["recovered"] is True
     assert report["streams"]["group"]["recovered"] is False  # 1.2 MB do not fit: the group is left out
