@@ -1,13 +1,17 @@
 """Production set-up: graceful shutdown, JSON logs, the systemd unit, and nginx in front."""
 
 import asyncio
+import contextlib
+import itertools
 import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -15,9 +19,11 @@ import pytest
 from playwright.async_api import expect
 from tornado.httpclient import AsyncHTTPClient
 
+from aether_tornado.client import AetherClient
+
 from .bridges import until
 from .conftest import CHROMIUM_MISSING
-from .processes import ServerProcess, free_port
+from .processes import ServerProcess, free_port, free_ports
 from .wsclient import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,22 +142,20 @@ def test_the_example_environment_file_is_valid_settings():
     assert settings.redis_url and settings.log_format == "json"
 
 
-@pytest.fixture
-def nginx(request, start_process):
-    """Real nginx with the repo's site config, rendered onto free ports, before two processes.
-
-    A test may change the site's text first (``indirect`` parametrisation with a function).
-    """
-    upstreams = [start_process(), start_process()]
+@contextlib.contextmanager
+def running_nginx(
+    upstream_ports: list[int], change: Callable[[str], str] = lambda text: text
+) -> Iterator[tuple[int, Path]]:
+    """Real nginx with the repo's site config, rendered onto free ports, before these upstream ports."""
     port = free_port()
     site = SITE.read_text().replace("listen 80;", f"listen 127.0.0.1:{port};")
     site = site.replace("listen 80 default_server;", f"listen 127.0.0.1:{port} default_server;")
     site = site.replace("server_name ws.example.com;", "server_name 127.0.0.1;")  # the name the tests use
-    site = getattr(request, "param", lambda text: text)(site)
+    site = change(site)
     prefix = Path(tempfile.mkdtemp(prefix="aether-nginx-"))
     site = site.replace("/var/log/nginx/", f"{prefix}/")
-    for default, process in zip(("8001", "8002"), upstreams, strict=True):
-        site = site.replace(f"server 127.0.0.1:{default};", f"server 127.0.0.1:{process.port};")
+    for default, upstream in zip(("8001", "8002"), upstream_ports, strict=True):
+        site = site.replace(f"server 127.0.0.1:{default} ", f"server 127.0.0.1:{upstream} ")
     (prefix / "site.conf").write_text(site)
     (prefix / "nginx.conf").write_text(
         f"worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\n"
@@ -168,10 +172,22 @@ def nginx(request, start_process):
             except OSError:
                 assert process.poll() is None, (prefix / "error.log").read_text()
                 time.sleep(0.05)
-        yield port, upstreams, prefix
+        yield port, prefix
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def nginx(request, start_process):
+    """Real nginx before two processes. A test may change the site's text first (``indirect``
+    parametrisation with a function)."""
+    upstreams = [start_process(), start_process()]
+    with running_nginx([process.port for process in upstreams], getattr(request, "param", lambda text: text)) as (
+        port,
+        prefix,
+    ):
+        yield port, upstreams, prefix
 
 
 async def test_traffic_and_presence_through_nginx(nginx):
@@ -276,3 +292,89 @@ async def test_the_console_behind_nginx_shows_no_problem_when_healthz_is_kept_fr
     await until(lambda: log.read_text().count('"GET /healthz HTTP/1.1" 403') >= 2, timeout=15)
     await expect(page.locator("#banner")).to_be_hidden()
     await page.close()
+
+
+ROLLING_RESTART = ROOT / "scripts" / "rolling-restart"
+
+
+async def test_a_rolling_restart_through_nginx_refuses_no_handshake_and_loses_nothing(redis_server, tmp_path):
+    # Two processes started from a shell, so that the script's restart command can stop one with
+    # SIGTERM, wait for it to exit and start it again on its port, as systemd would.
+    ports = free_ports(2)
+    start = (
+        f"cd {ROOT} && {sys.executable} -m aether_tornado --port {{port}} --redis-url {redis_server.url} "
+        f"--shutdown-timeout 2 >> {tmp_path}/{{port}}.log 2>&1 & echo $! > {tmp_path}/{{port}}.pid"
+    )
+    stop = f"kill -TERM $(cat {tmp_path}/{{port}}.pid) && tail --pid=$(cat {tmp_path}/{{port}}.pid) -f /dev/null"
+    try:
+        for port in ports:
+            subprocess.run(["sh", "-c", start.replace("{port}", str(port))], check=True, timeout=10)
+        healthy = " && ".join(f"curl -fs 127.0.0.1:{port}/healthz" for port in ports)
+        wait = ["sh", "-c", f"until {healthy}; do sleep 0.1; done"]  # nothing announces it: asked again
+        await asyncio.to_thread(subprocess.run, wait, check=True, timeout=20, capture_output=True)
+        with running_nginx(ports) as (port, prefix):
+            base = f"ws://127.0.0.1:{port}"
+            quick = {"backoff_initial": 0.05, "backoff_max": 0.5}
+            recoveries: list[bool] = []
+
+            def note(report: dict) -> None:
+                recoveries.append(report["recovered"])
+
+            receivers = [AetherClient(base, "g_roll", f"c_r{n}", on_recovery=note, **quick) for n in range(10)]
+            sender = AetherClient(base, "g_roll", "c_sender", **quick)
+            for client in [*receivers, sender]:
+                client.start()
+                await client.wait_open()
+            received: dict[str, list[tuple[int, float]]] = {client.client_id: [] for client in [*receivers, sender]}
+
+            async def receive(client: AetherClient) -> None:
+                with contextlib.suppress(Exception):  # ended by close()
+                    async for message in client:
+                        if message["msg_type"] == "msg":
+                            received[client.client_id].append((message["payload"]["n"], time.monotonic()))
+
+            receiving = [asyncio.create_task(receive(client)) for client in [*receivers, sender]]
+            sending = True
+
+            async def send() -> None:
+                n = 0
+                while sending:
+                    with contextlib.suppress(Exception):  # QueueFull while away: that message is not sent
+                        sender.send_group(payload={"n": n})
+                        n += 1
+                    await asyncio.sleep(0.01)
+
+            sent = asyncio.create_task(send())
+            restart = f"{stop}; {start}"
+            environment = {**os.environ, "AETHER_RESTART": restart, "AETHER_HEALTH_TIMEOUT": "20"}
+            script = await asyncio.to_thread(
+                subprocess.run, [str(ROLLING_RESTART), *map(str, ports)], env=environment, capture_output=True,
+                text=True, timeout=60,
+            )  # fmt: skip
+            assert script.returncode == 0, script.stdout + script.stderr
+            await asyncio.sleep(1)  # traffic goes on after the last restart: that is what is measured
+            sending = False
+            await sent
+            acked = [n for n, _ in received["c_sender"]]  # the sender's own copies: recorded, then delivered
+            async with asyncio.timeout(15):
+                while any(not received[client.client_id] or received[client.client_id][-1][0] < acked[-1]
+                          for client in receivers):  # fmt: skip
+                    await asyncio.sleep(0.05)  # the receivers catch up: their lists are watched
+            for client in [*receivers, sender]:
+                await client.close()
+            await asyncio.gather(*receiving)
+            log = (prefix / "aether-tornado.access.log").read_text()
+        first = [n for n, _ in received["c_r0"]]
+        for client in receivers:
+            got = [n for n, _ in received[client.client_id]]
+            assert got == first, client.client_id  # the same messages, once each, in the same order
+        assert first == sorted(set(first)) and set(acked) <= set(first)
+        assert '" 502 ' not in log and " 502 " not in log
+        away = max(b - a for client in receivers for (_, a), (_, b) in itertools.pairwise(received[client.client_id]))
+        print(f"rolling restart: {len(first)} messages, {len(recoveries)} recoveries "
+              f"({recoveries.count(True)} recovered), longest gap at a receiver {away:.2f} s, 0 refused")  # fmt: skip
+        assert recoveries and all(recoveries)
+    finally:
+        for port in ports:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int((tmp_path / f"{port}.pid").read_text()), signal.SIGKILL)
