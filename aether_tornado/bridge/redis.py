@@ -279,7 +279,8 @@ class RedisBridge:
         waiting = asyncio.gather(*pongs)
         done, _ = await asyncio.wait((waiting, *closed), timeout=REPLY_DEADLINE, return_when=asyncio.FIRST_COMPLETED)
         if waiting not in done:
-            waiting.cancel()
+            # Not cancelled: a cancelled gather keeps its CancelledError as an exception nobody
+            # reads. The pongs still come, or the subscriber's loss answers them.
             raise BridgeDown
 
     def after_pushes(self, channel: str, then: Callable[[], None]) -> None:
