@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    serve one in-memory process on 127.0.0.1:8888 (ARGS="--port 9000" to change)
-#   make test   lint and run the whole test suite
+#   make test   lint, run the whole test suite, and report its branch coverage
 VENV := .venv
 PY := $(VENV)/bin/python
 # The Node tools of the tests: tsc checks the browser client's declarations, axe-core the pages.
@@ -26,7 +26,12 @@ $(NODE_TOOLS): tests/node/package-lock.json
 	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Every test under coverage, the server processes the tests start included (pyproject.toml):
+# the report lists what no test reached, and the run fails under its floor.
 test: $(VENV)/.installed lint
 	scripts/system-packages.sh
 	$(MAKE) --no-print-directory $(NODE_TOOLS)
-	$(PY) -m pytest
+	rm -f .coverage .coverage.*
+	$(PY) -m coverage run -m pytest
+	$(PY) -m coverage combine -q
+	$(PY) -m coverage report
