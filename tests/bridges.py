@@ -2,10 +2,11 @@
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from aether_tornado.bridge.redis import RedisBridge
 from aether_tornado.bridge.resp import Address
+
+from .timing import scaled
 
 TIMEOUT = 5.0
 
@@ -39,10 +40,10 @@ class Process:
         await self.bridge.unsubscribe(channel)
 
     async def next(self) -> tuple[str, bytes]:
-        return await asyncio.wait_for(self.received.get(), TIMEOUT)
+        return await asyncio.wait_for(self.received.get(), scaled(TIMEOUT))
 
     async def wait_up(self) -> None:
-        await asyncio.wait_for(self.ups.get(), TIMEOUT * 2)
+        await asyncio.wait_for(self.ups.get(), scaled(TIMEOUT * 2))
 
 
 def redis_bridge(
@@ -52,12 +53,5 @@ def redis_bridge(
     return RedisBridge(Address.from_url(url or redis_server.url), prefix, node_id, cluster=cluster)
 
 
-async def until(condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Wait for a state no event announces (a bridge going down), checking every 10 ms."""
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
 async def stop(process: Process) -> None:
-    await asyncio.wait_for(process.bridge.close(), TIMEOUT)
+    await asyncio.wait_for(process.bridge.close(), scaled(TIMEOUT))

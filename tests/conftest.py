@@ -1,8 +1,11 @@
 """Fixtures: in-process servers on free ports, with settings per test."""
 
 import asyncio
+import concurrent.futures
 import itertools
+import logging
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -13,7 +16,8 @@ import uvloop
 from aether_tornado.app import Server
 from aether_tornado.config import Settings
 
-from .processes import RedisClusterServers, RedisServer, ServerProcess
+from .processes import LoggedProcess, RedisClusterServers, RedisServer, ServerProcess
+from .timing import scaled
 
 StartServer = Callable[..., Awaitable[Server]]
 
@@ -24,6 +28,55 @@ BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 CHROMIUM_MISSING = pytest.mark.skipif(
     CHROMIUM is None and os.environ.get("CI") != "true", reason="chromium is not installed (make test installs it)"
 )
+
+
+# Seconds a test may take before it fails (scaled): a hang is a failure, not a stuck run.
+TEST_TIMEOUT = 120
+# A line of a server's output that says something failed.
+FAILURE = re.compile(r" ERROR |\"level\": ?\"error\"|^Traceback")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(scaled(TEST_TIMEOUT)))
+
+
+@pytest.fixture(autouse=True)
+def servers_log_no_failure(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail a test during which a server logged an error or a traceback it did not say it expects.
+
+    A test that provokes one says so with ``@pytest.mark.expect_errors("regex", ...)``; each
+    failure must match one of them. In-process servers log through ``logging``; server
+    processes are stopped first, so what they log on the way out counts too.
+    """
+    LoggedProcess.started.clear()
+    yield
+    for process in LoggedProcess.started:
+        if isinstance(process, ServerProcess):
+            process.stop()
+    failures = [
+        f"{record.levelname} {record.name}: {record.getMessage()}"
+        for phase in ("setup", "call", "teardown")
+        for record in caplog.get_records(phase)  # type: ignore[arg-type]
+        if record.levelno >= logging.ERROR
+    ]
+    for process in LoggedProcess.started:
+        if isinstance(process, ServerProcess):
+            failures += _failures(process.log)
+    expected = [re.compile(pattern) for marker in request.node.iter_markers("expect_errors") for pattern in marker.args]
+    unexpected = [failure for failure in failures if not any(pattern.search(failure) for pattern in expected)]
+    if unexpected:
+        pytest.fail("servers logged failures the test did not expect:\n" + "\n".join(unexpected[:10]), pytrace=False)
+
+
+def _failures(log: list[str]) -> list[str]:
+    """The lines of a server's output that say something failed; a traceback belongs to the error line before it."""
+    failures = []
+    for index, line in enumerate(log):
+        if FAILURE.search(line) and not (line.startswith("Traceback") and index and " ERROR " in log[index - 1]):
+            failures.append(line.rstrip())
+    return failures
 
 
 def ws_url(server: Server, group_id: str, client_id: str) -> str:
@@ -83,7 +136,7 @@ async def watched_page(browser: Any, **options: Any) -> Any:
     """A new page whose Content-Security-Policy violations are collected in ``csp_violations``:
     a page's own inline code must run under its strict policy."""
     page = await browser.new_page(**options)
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     page.csp_violations = []
     page.on(
         "console",
@@ -100,19 +153,38 @@ def redis_server() -> Iterator[RedisServer]:
     redis.kill()
 
 
-@pytest.fixture
-def start_process(redis_server: RedisServer) -> Iterator[Callable[..., ServerProcess]]:
-    """Start ``python -m aether_tornado`` processes on the test's Redis; all are stopped after."""
-    processes: list[ServerProcess] = []
+def stop_all(processes: list[ServerProcess]) -> None:
+    """Stop these servers together (SIGTERM), each in a thread."""
+    with concurrent.futures.ThreadPoolExecutor() as threads:
+        list(threads.map(ServerProcess.stop, processes))
 
-    def start(*args: str, ready: str = "Redis bridge up") -> ServerProcess:
-        process = ServerProcess("--redis-url", redis_server.url, *args, ready=ready)
-        processes.append(process)
+
+class StartProcess:
+    """Starts ``python -m aether_tornado`` processes with the same first flags; stops them all after.
+
+    ``await start(...)`` in a test waits for the process in a thread, so the test's event loop
+    goes on; ``start.now(...)`` in a plain fixture, which runs before the loop does.
+    """
+
+    def __init__(self, *flags: str) -> None:
+        self.flags = flags
+        self.processes: list[ServerProcess] = []
+
+    async def __call__(self, *args: str, ready: str = "Redis bridge up") -> ServerProcess:
+        return await asyncio.to_thread(self.now, *args, ready=ready)
+
+    def now(self, *args: str, ready: str = "Redis bridge up") -> ServerProcess:
+        process = ServerProcess(*self.flags, *args, ready=ready)
+        self.processes.append(process)
         return process
 
+
+@pytest.fixture
+def start_process(redis_server: RedisServer) -> Iterator[StartProcess]:
+    """Start processes on the test's Redis; all are stopped after."""
+    start = StartProcess("--redis-url", redis_server.url)
     yield start
-    for process in processes:
-        process.kill()
+    stop_all(start.processes)
 
 
 @pytest.fixture(scope="session")
@@ -124,27 +196,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 
 @pytest.fixture
-def start_cluster_process(redis_cluster: RedisClusterServers) -> Iterator[Callable[..., ServerProcess]]:
+def start_cluster_process(redis_cluster: RedisClusterServers) -> Iterator[StartProcess]:
     """Like ``start_process``, on the shared cluster, under a prefix of the test's own."""
-    processes: list[ServerProcess] = []
     prefix = f"t{next(_prefixes)}"  # not the fixture: a test may use both
-
-    def start(*args: str) -> ServerProcess:
-        cluster = ("--redis-url", redis_cluster.url, "--redis-cluster", "true", "--redis-prefix", prefix)
-        process = ServerProcess(*cluster, *args, ready="Redis bridge up")
-        processes.append(process)
-        return process
-
+    start = StartProcess("--redis-url", redis_cluster.url, "--redis-cluster", "true", "--redis-prefix", prefix)
     yield start
-    for process in processes:
-        process.kill()
+    stop_all(start.processes)
 
 
 _prefixes = itertools.count()
 
 
 @pytest.fixture(params=["on Redis", "on a Redis Cluster"])
-def start_bridged_process(request: pytest.FixtureRequest) -> Callable[..., ServerProcess]:
+def start_bridged_process(request: pytest.FixtureRequest) -> StartProcess:
     """``start_process`` on the test's Redis, or ``start_cluster_process`` on the shared cluster."""
     return request.getfixturevalue("start_process" if request.param == "on Redis" else "start_cluster_process")
 
@@ -156,11 +220,21 @@ def cluster_prefix() -> str:
 
 
 @pytest.fixture(params=["one process", "two processes on Redis", "two processes on a Redis Cluster"])
-def spread_url(request: pytest.FixtureRequest) -> Callable[[str, str], str]:
-    """A URL maker that puts successive clients on alternating processes when there are two."""
+def spread_url(request: pytest.FixtureRequest) -> Iterator[Callable[[str, str], str]]:
+    """A URL maker that puts successive clients on alternating processes when there are two.
+
+    A plain fixture: it starts the processes before the test's event loop runs, so waiting for
+    them blocks nothing."""
     if request.param == "one process":
         server = request.getfixturevalue("server")
-        return lambda group_id, client_id: ws_url(server, group_id, client_id)
-    start = request.getfixturevalue("start_process" if request.param.endswith("on Redis") else "start_cluster_process")
-    processes = itertools.cycle([start(), start()])
-    return lambda group_id, client_id: next(processes).url(group_id, client_id)
+        yield lambda group_id, client_id: ws_url(server, group_id, client_id)
+        return
+    if request.param.endswith("on Redis"):
+        bridged: tuple[str, ...] = ("--redis-url", request.getfixturevalue("redis_server").url)
+    else:
+        cluster_url = request.getfixturevalue("redis_cluster").url
+        bridged = ("--redis-url", cluster_url, "--redis-cluster", "true", "--redis-prefix", f"t{next(_prefixes)}")
+    processes = [ServerProcess(*bridged, ready="Redis bridge up") for _ in range(2)]
+    alternate = itertools.cycle(processes)
+    yield lambda group_id, client_id: next(alternate).url(group_id, client_id)
+    stop_all(processes)

@@ -1,5 +1,6 @@
 """Real processes for tests: a private redis-server and aether_tornado servers."""
 
+import asyncio
 import os
 import resource
 import shutil
@@ -10,8 +11,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
-STARTUP_TIMEOUT = 15.0
+from .timing import scaled
+
+STARTUP_TIMEOUT = 15.0  # scaled where it is used, as every timeout given to wait_for_log
+# How long a stopping server may take to close its sockets (its --shutdown-timeout unless the
+# test gives one), so that stopping every server of a test is quick.
+SHUTDOWN_TIMEOUT = 0.2
 
 
 def free_port() -> int:
@@ -33,6 +40,9 @@ def free_ports(count: int) -> list[int]:
 class LoggedProcess:
     """A child process whose output lines are collected, so tests can wait for one."""
 
+    # Every process started during the current test, whose log the suite reads once it is over.
+    started: ClassVar[list["LoggedProcess"]] = []
+
     def __init__(self, argv: list[str], open_files: int | None = None) -> None:
         """``open_files`` caps the descriptors the process may open, soft and hard limit alike."""
         self.log: list[str] = []
@@ -47,6 +57,7 @@ class LoggedProcess:
             preexec_fn=limit,
         )
         threading.Thread(target=self._collect, args=(self.process,), daemon=True).start()
+        LoggedProcess.started.append(self)
 
     def _collect(self, process: subprocess.Popen) -> None:
         for line in process.stdout:
@@ -58,10 +69,15 @@ class LoggedProcess:
         return [line for line in self.log if text in line]
 
     def wait_for_log(self, text: str, timeout: float = STARTUP_TIMEOUT, count: int = 1) -> None:
-        """Block until ``count`` output lines contain ``text``."""
+        """Block until ``count`` output lines contain ``text``, for ``timeout`` seconds (scaled)."""
+        timeout = scaled(timeout)
         with self._logged:
             if not self._logged.wait_for(lambda: len(self.lines(text)) >= count, timeout):
                 raise TimeoutError(f"{count} x {text!r} not seen within {timeout} s:\n{''.join(self.log)}")
+
+    async def logged(self, text: str, timeout: float = STARTUP_TIMEOUT, count: int = 1) -> None:
+        """``wait_for_log`` in a thread, so that the test's event loop goes on meanwhile."""
+        await asyncio.to_thread(self.wait_for_log, text, timeout, count)
 
     def wait_for_start(self, text: str) -> None:
         """Like wait_for_log, but a process that never gets there is killed, not left behind."""
@@ -76,6 +92,20 @@ class LoggedProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(10)
+
+    async def stopped(self) -> None:
+        """``stop`` in a thread, so that the test's event loop goes on meanwhile."""
+        await asyncio.to_thread(self.stop)
+
+    def stop(self) -> None:
+        """SIGTERM, as systemd stops it (a server writes what it measured, its coverage included),
+        and SIGKILL if it is not gone within the time it was given."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(scaled(SHUTDOWN_TIMEOUT + 5))
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 class RedisServer(LoggedProcess):
@@ -134,9 +164,15 @@ class ServerProcess(LoggedProcess):
         self, *args: str, ready: str = "serving", port: int | None = None, open_files: int | None = None
     ) -> None:
         self.port = port or free_port()
-        super().__init__([sys.executable, "-m", "aether_tornado", "--port", str(self.port), *args], open_files)
+        argv = [sys.executable, "-m", "aether_tornado", "--port", str(self.port), "--shutdown-timeout"]
+        super().__init__([*argv, str(SHUTDOWN_TIMEOUT), *args], open_files)  # a later flag wins
         self.wait_for_start("serving")
         self.wait_for_start(ready)
+
+    @classmethod
+    async def launch(cls, *args: str, **options: object) -> "ServerProcess":
+        """A started server, waited for in a thread, so that the test's event loop goes on meanwhile."""
+        return await asyncio.to_thread(cls, *args, **options)  # type: ignore[arg-type]
 
     def url(self, group_id: str, client_id: str) -> str:
         return f"ws://127.0.0.1:{self.port}/v3/ws/group/{group_id}/client/{client_id}"
@@ -223,6 +259,10 @@ class RedisClusterServers:
 
     def kill(self, port: int) -> None:
         self.nodes[self.ports.index(port)].kill()
+
+    async def stopped(self) -> None:
+        """``stop`` in a thread, so that the test's event loop goes on meanwhile."""
+        await asyncio.to_thread(self.stop)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -7,29 +7,9 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from .conftest import ws_url
+from .httpapi import fetch_with, http
+from .timing import scaled
 from .wsclient import Client
-
-
-async def fetch_with(server, path: str, **headers):
-    """GET ``path`` with these headers; the whole response."""
-    return await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}{path}", headers=headers, request_timeout=5)
-
-
-async def http(server, method: str, path: str, body=None, **headers) -> tuple[int, dict | str]:
-    payload = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
-    if payload is not None:
-        headers = {"Content-Type": "application/json", **headers}
-    response = await AsyncHTTPClient().fetch(
-        f"http://127.0.0.1:{server.port}{path}",
-        method=method,
-        body=payload,
-        headers=headers,
-        raise_error=False,
-        request_timeout=5,
-    )
-    text = response.body.decode()
-    is_json = response.headers.get("Content-Type", "").startswith("application/json")
-    return response.code, orjson.loads(text) if is_json else text
 
 
 async def member(server, group_id: str, client_id: str) -> Client:
@@ -128,7 +108,7 @@ async def test_publish_takes_only_json_so_no_page_of_another_site_can_send_unask
             body=orjson.dumps({"msg_type": "msg", "target": "broadcast"}),
             headers=headers,
             raise_error=False,
-            request_timeout=5,
+            request_timeout=scaled(5),
         )
         assert response.code == 415, content_type
         assert orjson.loads(response.body)["code"] == "unsupported_media_type"
@@ -189,7 +169,7 @@ def backend(request):
     """A process that records in memory, or one that records in Redis."""
     if request.param == "memory":
         return request.getfixturevalue("server")
-    return request.getfixturevalue("start_process")()
+    return request.getfixturevalue("start_process").now()
 
 
 async def test_group_history_is_the_latest_messages_oldest_first_with_positions(backend):
@@ -303,11 +283,12 @@ async def test_processes_shows_this_one_with_what_it_holds_and_its_rates(start_s
         return process["per_second"]
 
     first = await rates()
-    while first == (now := await rates()) or not now["messages_in"]:  # read after the messages came in
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(scaled(10)):  # the next interval: 5 s at most
+        while first == (now := await rates()) or not now["messages_in"]:  # read after the messages came in
+            await asyncio.sleep(0.05)
     assert now["messages_in"] > 0 and now["deliveries"] > 0 and now["errors"] > 0
     # The next interval had nothing: rates fall back to zero.
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(10)):
         while (await rates())["messages_in"]:
             await asyncio.sleep(0.05)
 
@@ -334,7 +315,7 @@ async def test_groups_lists_groups_with_how_many_are_in_each(server):
         "more": True,
     }
     clients[3].close()
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(scaled(5)):
         while (await http(server, "GET", "/v3/groups?prefix=x"))[1]["groups"]:
             await asyncio.sleep(0.02)
 

@@ -10,6 +10,7 @@ from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
 
 from .conftest import CHROMIUM_MISSING, evaluate, ws_url
 from .processes import free_port
+from .timing import scaled
 from .wsclient import Client
 
 pytestmark = CHROMIUM_MISSING
@@ -18,7 +19,7 @@ pytestmark = CHROMIUM_MISSING
 @pytest.fixture
 async def page(browser, server):
     page = await browser.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     await page.goto(f"http://127.0.0.1:{server.port}/")
     yield page
     await page.close()
@@ -67,7 +68,7 @@ async def test_the_readme_s_connect_then_send_reaches_the_group_every_time(page)
 async def test_the_browser_client_diagnoses_a_refusal_without_the_token_in_a_url(browser, start_server):
     server = await start_server(jwt_secret="s" * 32)
     page = await browser.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     requests = []
     page.on("request", lambda request: requests.append((request.url, request.headers.get("authorization"))))
     await page.goto(f"http://127.0.0.1:{server.port}/")
@@ -139,7 +140,7 @@ async def test_a_page_of_an_allowed_origin_imports_the_client_whose_events_come_
     frontend = await start_server()  # a page of another origin, as a frontend's dev server would be
     server = await start_server(allowed_origins=(f"http://127.0.0.1:{frontend.port}",))
     page = await browser.new_page(bypass_csp=True)  # the frontend's own policy is its business
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     await page.goto(f"http://127.0.0.1:{frontend.port}/")
     seen = await evaluate(
         page,
@@ -167,7 +168,7 @@ async def test_a_page_of_an_allowed_origin_imports_the_client_whose_events_come_
 
 async def test_a_client_that_cannot_connect_says_reconnecting_once_with_why_and_when(browser, server):
     page = await browser.new_page(bypass_csp=True)  # the page's policy would refuse another port itself
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     await page.goto(f"http://127.0.0.1:{server.port}/")
     states = await evaluate(
         page,
@@ -200,7 +201,7 @@ async def test_the_browser_client_renews_its_token_with_get_token_and_misses_not
     secret = "s" * 32
     server = await start_server(jwt_secret=secret)
     page = await browser.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     issued = []
 
     def fresh_token(client_id: str) -> str:

@@ -3,7 +3,6 @@
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -12,23 +11,19 @@ import pytest
 from aether_tornado.__main__ import GC_YOUNG_ALLOCATIONS
 from aether_tornado.config import Settings, SettingsError, load_settings
 
+from .processes import free_port
+from .timing import scaled
 from .wsclient import Client
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def server_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "aether_tornado", *args],
         capture_output=True,
         text=True,
-        timeout=20,
+        timeout=scaled(20),
         env={**os.environ, **(env or {})},
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_precedence_is_file_then_environment_then_flags(tmp_path):
@@ -65,7 +60,7 @@ def test_bad_settings_are_refused_with_their_name(argv, environ, names):
 
 
 def test_help_explains_every_setting():
-    result = run_cli("--help")
+    result = server_cli("--help")
     assert result.returncode == 0
     for flag, env in [("--max-message-bytes", "AETHER_MAX_MESSAGE_BYTES"), ("--idle-timeout", "AETHER_IDLE_TIMEOUT")]:
         assert flag in result.stdout and env in result.stdout
@@ -76,7 +71,7 @@ def test_help_explains_every_setting():
     [(("--port", "x"), {}), ((), {"AETHER_LEASE_SECONDS": "0"}), (("--config", "/nonexistent.toml"), {})],
 )
 def test_a_bad_setting_ends_the_process_with_status_2_and_one_line(args, env):
-    result = run_cli(*args, env=env)
+    result = server_cli(*args, env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aether_tornado: error:")
@@ -89,14 +84,14 @@ async def test_a_real_process_serves_and_shuts_down_gracefully_on_sigterm():
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), 10)):
+        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), scaled(10))):
             assert line, "the server exited before serving"
         client = await Client.joined(f"ws://127.0.0.1:{port}/v3/ws/group/g_cli/client/c_cli")
         await client.send(msg_type="msg", target="echo", msg="ping")
         assert (await client.recv_where(msg="ping"))["from_id"] == "c_cli"
         process.send_signal(signal.SIGTERM)
         assert await client.closed() == (1001, "server shutdown")
-        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert await asyncio.wait_for(process.wait(), scaled(10)) == 0
     finally:
         if process.returncode is None:
             process.kill()
@@ -109,7 +104,9 @@ def test_the_process_collects_cycles_less_often_and_never_looks_at_its_modules_a
         "import gc; from aether_tornado.__main__ import tune_gc; "
         "tune_gc(); print(gc.get_threshold()[0], gc.get_freeze_count())"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=20, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=scaled(20), check=True
+    )
     threshold, frozen = map(int, result.stdout.split())
     assert threshold == GC_YOUNG_ALLOCATIONS
     assert frozen > 10_000  # the imported modules' functions, classes and constants

@@ -14,6 +14,7 @@ from aether_tornado.history import redis as history_redis
 from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
 
 from .processes import ServerProcess, free_port
+from .timing import scaled, until
 from .wsclient import Client
 
 
@@ -71,20 +72,19 @@ async def test_a_refused_token_stops_the_client(start_server):
 
 
 async def test_it_reconnects_after_a_restart_and_sends_what_was_queued():
-    first = ServerProcess()
+    first = await ServerProcess.launch()
     client = AetherClient(base(first), "g_re", "c_re", backoff_initial=0.05, backoff_max=0.2, max_queue=3)
     client.start()
     await client.wait_open()
     first.kill()
-    while client.state == "open":  # it notices the server is gone
-        await asyncio.sleep(0.01)
+    await until(lambda: client.state != "open")  # it notices the server is gone
     for n in range(3):
         client.echo(f"queued {n}")
     with pytest.raises(QueueFull):
         client.echo("one too many")
-    second = ServerProcess(port=first.port)
+    second = await ServerProcess.launch(port=first.port)
     try:
-        await client.wait_open(timeout=10)
+        await client.wait_open(timeout=scaled(10))
         texts = []
         while len(texts) < 3:
             message = await client.recv(5)
@@ -94,25 +94,29 @@ async def test_it_reconnects_after_a_restart_and_sends_what_was_queued():
         assert client.roster == ["c_re"]
     finally:
         await client.close()
-        second.kill()
+        await second.stopped()
 
 
-def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+def client_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "aether_tornado.client", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "aether_tornado.client", *args], capture_output=True, text=True, timeout=scaled(timeout)
     )
 
 
 async def test_cli_sends_and_prints_replies(server):
     url = base(server)
-    result = await asyncio.to_thread(cli, url, "--group", "g_cli", "--client", "c_cli", "send", "echo", "--msg", "hi")
+    result = await asyncio.to_thread(
+        client_cli, url, "--group", "g_cli", "--client", "c_cli", "send", "echo", "--msg", "hi"
+    )
     assert result.returncode == 0, result.stderr
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert lines[0]["payload"]["event"] == "snapshot"
     assert any(line["msg"] == "hi" and line["target"] == "echo" for line in lines)
-    failed = await asyncio.to_thread(cli, url, "--group", "g_cli", "--client", "c_cli", "send", "direct", "--to", "c_x")
+    failed = await asyncio.to_thread(
+        client_cli, url, "--group", "g_cli", "--client", "c_cli", "send", "direct", "--to", "c_x"
+    )
     assert failed.returncode == 1 and "recipient_offline" in failed.stdout
-    refused = await asyncio.to_thread(cli, url, "--group", "123", "--client", "c_cli", "send", "echo")
+    refused = await asyncio.to_thread(client_cli, url, "--group", "123", "--client", "c_cli", "send", "echo")
     assert refused.returncode == 2 and "invalid_id" in refused.stderr
 
 
@@ -127,26 +131,28 @@ async def test_cli_sends_and_prints_replies(server):
 )
 def test_cli_bad_arguments_get_one_clear_line(args, says):
     url, *rest = args
-    result = cli(url, "--group", "g_a", "--client", "c_a", *rest)
+    result = client_cli(url, "--group", "g_a", "--client", "c_a", *rest)
     assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_fails_at_once_when_nothing_listens():
     port = free_port()
-    result = cli(f"ws://127.0.0.1:{port}", "--group", "g_a", "--client", "c_a", timeout=5)  # no retrying
+    result = client_cli(f"ws://127.0.0.1:{port}", "--group", "g_a", "--client", "c_a", timeout=5)  # no retrying
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"cannot connect to ws://127.0.0.1:{port}: Connection refused"
 
 
 async def test_cli_takes_an_http_address_for_the_same_server(server):
     url = base(server).replace("ws://", "http://")
-    result = await asyncio.to_thread(cli, url, "--group", "g_cli", "--client", "c_http", "send", "echo", "--msg", "hi")
+    result = await asyncio.to_thread(
+        client_cli, url, "--group", "g_cli", "--client", "c_http", "send", "echo", "--msg", "hi"
+    )
     assert result.returncode == 0, result.stderr
     assert any(orjson.loads(line)["msg"] == "hi" for line in result.stdout.splitlines())
 
 
 def test_cli_help_explains_ids_and_exit_codes_in_plain_text():
-    result = cli("--help")
+    result = client_cli("--help")
     assert result.returncode == 0 and "``" not in result.stdout
     assert "Vision IDs: 1 to 64 characters of A-Z a-z 0-9 _ -" in result.stdout
     assert "Exit status: 0 done; 1 the server answered with an ERROR; 2" in result.stdout
@@ -155,7 +161,9 @@ def test_cli_help_explains_ids_and_exit_codes_in_plain_text():
 async def test_cli_watches_in_a_readable_form(server):
     url = base(server)
     watch = asyncio.create_task(
-        asyncio.to_thread(cli, url, "--group", "g_w", "--client", "c_watch", "--format", "text", "--seconds", "2")
+        asyncio.to_thread(
+            client_cli, url, "--group", "g_w", "--client", "c_watch", "--format", "text", "--seconds", "2"
+        )
     )
     async with AetherClient(url, "g_w", "c_other") as other:
         while "c_watch" not in other.roster:
@@ -183,13 +191,13 @@ async def test_close_ends_iteration_and_a_peers_error_command_is_not_an_error(se
 
         reading = asyncio.create_task(read_all())
         peer.command("ERROR", target="group")
-        await asyncio.wait_for(got_error_command.wait(), 5)
+        await asyncio.wait_for(got_error_command.wait(), scaled(5))
         await listener.close()
-        await asyncio.wait_for(reading, 5)  # the loop ended by itself
+        await asyncio.wait_for(reading, scaled(5))  # the loop ended by itself
         error = next(message for message in seen if message.get("cmd") == "ERROR")
         assert error["from_id"] == "c_peer"
     result = await asyncio.to_thread(
-        cli, url, "--group", "g_end", "--client", "c_cli2", "send", "cmd", "--cmd", "ERROR", "--target", "echo"
+        client_cli, url, "--group", "g_end", "--client", "c_cli2", "send", "cmd", "--cmd", "ERROR", "--target", "echo"
     )
     assert result.returncode == 0, result.stdout
 
@@ -217,7 +225,7 @@ async def texts_until(client: AetherClient, last: str) -> list[tuple[str, bool]]
 
 
 async def test_after_its_process_is_replaced_the_client_gets_what_it_missed_once_in_order(redis_server, start_process):
-    first, second = start_process(), start_process()
+    first, second = await start_process(), await start_process()
     reports = []
     client = quick_client(first, "g_pc", reports)
     async with client:
@@ -227,25 +235,26 @@ async def test_after_its_process_is_replaced_the_client_gets_what_it_missed_once
             await sender.send(msg_type="msg", target="group", msg=str(n))
         assert await texts_until(client, "2") == [("0", False), ("1", False), ("2", False)]
         first.kill()  # a deploy, or a crash: the connection is gone without a close
-        while client.state == "open":
-            await asyncio.sleep(0.01)
+        await until(lambda: client.state != "open")  # it notices the server is gone
         await sender.send(msg_type="msg", target="group", msg="3")
         await sender.send(msg_type="msg", target="direct", to_id="c_py", msg="4")
         await sender.send(msg_type="msg", target="broadcast", msg="5")
         await sender.recv_where(msg="5")  # recorded
-        replacement = ServerProcess("--redis-url", redis_server.url, port=first.port, ready="Redis bridge up")
+        replacement = await ServerProcess.launch(
+            "--redis-url", redis_server.url, port=first.port, ready="Redis bridge up"
+        )
         try:
-            await client.wait_open(timeout=10)
+            await client.wait_open(timeout=scaled(10))
             assert (await next_snapshot(client))["payload"]["recovery"]["recovered"] is True
             await sender.send(msg_type="msg", target="group", msg="6")
             assert await texts_until(client, "6") == [("3", True), ("4", True), ("5", True), ("6", False)]
             assert [report["recovered"] for report in reports] == [True]
         finally:
-            replacement.kill()
+            await replacement.stopped()
 
 
 async def test_the_client_reports_when_it_could_not_recover_and_goes_on_from_there():
-    first = ServerProcess()  # in memory: a new process has new epochs
+    first = await ServerProcess.launch()  # in memory: a new process has new epochs
     reports = []
     client = quick_client(first, "g_nr", reports)
     async with client:
@@ -253,23 +262,22 @@ async def test_the_client_reports_when_it_could_not_recover_and_goes_on_from_the
         assert await texts_until(client, "before") == [("before", False)]
         old = dict(client.positions)
         first.kill()
-        while client.state == "open":
-            await asyncio.sleep(0.01)
-        second = ServerProcess(port=first.port)
+        await until(lambda: client.state != "open")  # it notices the server is gone
+        second = await ServerProcess.launch(port=first.port)
         try:
-            await client.wait_open(timeout=10)
+            await client.wait_open(timeout=scaled(10))
             assert (await next_snapshot(client))["payload"]["recovery"]["recovered"] is False
             client.send_group("after")
             assert await texts_until(client, "after") == [("after", False)]
             assert [report["recovered"] for report in reports] == [False]
             assert client.positions["group"] != old["group"]
         finally:
-            second.kill()
+            await second.stopped()
 
 
 async def test_a_message_lost_between_processes_is_noticed_and_recovered(redis_server, start_process):
     """A recorded message whose publish never arrived: the next one shows the gap, and the client recovers it."""
-    process = start_process()
+    process = await start_process()
     reports = []
     client = quick_client(process, "g_gap", reports)
     async with client:

@@ -2,36 +2,22 @@
 
 import asyncio
 import signal
+import struct
 import time
 
 import orjson
 import redis
+import redis.asyncio
 from redis.crc import key_slot
 from tornado.httpclient import AsyncHTTPClient
 
 from aether_tornado.app import PRESENCE_CONNECTIONS
 from aether_tornado.presence.redis import BUCKETS
 
-from .bridges import until
 from .conftest import ws_url
+from .httpapi import get, health, publish
+from .timing import scaled, until, until_answer
 from .wsclient import Client, errors_of
-
-
-async def health(process) -> dict:
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{process.port}/healthz", request_timeout=5)
-    return orjson.loads(response.body)
-
-
-async def publish(process, message: dict) -> tuple[int, dict]:
-    response = await AsyncHTTPClient().fetch(
-        f"http://127.0.0.1:{process.port}/v3/publish",
-        method="POST",
-        body=orjson.dumps(message),
-        headers={"Content-Type": "application/json"},
-        raise_error=False,
-        request_timeout=5,
-    )
-    return response.code, orjson.loads(response.body)
 
 
 async def joined_all(clients, *client_ids):
@@ -41,7 +27,7 @@ async def joined_all(clients, *client_ids):
 
 
 async def test_a_killed_process_s_clients_leave_by_timeout_announced_once(start_process):
-    first, second, third = (start_process("--lease-seconds", "1") for _ in range(3))
+    first, second, third = [await start_process("--lease-seconds", "1") for _ in range(3)]
     watcher = await Client.joined(first.url("g_k", "c_watch"))
     other = await Client.joined(third.url("g_k", "c_other"))
     victims = [await Client.joined(second.url("g_k", client_id)) for client_id in ("c_v1", "c_v2")]
@@ -61,7 +47,7 @@ async def test_a_killed_process_s_clients_leave_by_timeout_announced_once(start_
 
 
 async def test_redis_restart_under_traffic(redis_server, start_process):
-    first, second = start_process(), start_process()
+    first, second = await start_process(), await start_process()
     alice = await Client.joined(first.url("g_r", "c_alice"))
     bob = await Client.joined(first.url("g_r", "c_bob"))
     carol = await Client.joined(second.url("g_r", "c_carol"))
@@ -69,7 +55,7 @@ async def test_redis_restart_under_traffic(redis_server, start_process):
     await joined_all([carol], "c_carol")
 
     redis_server.kill()
-    first.wait_for_log("Redis bridge down", timeout=10)
+    await first.logged("Redis bridge down", timeout=10)
     assert (await health(first))["status"] == "degraded"
     for n in range(20):  # local delivery never stops
         await alice.send(msg_type="msg", target="group", payload={"n": n})
@@ -87,7 +73,7 @@ async def test_redis_restart_under_traffic(redis_server, start_process):
 
     redis_server.start()
     for process in (first, second):
-        process.wait_for_log("Redis bridge up", timeout=15, count=2)
+        await process.logged("Redis bridge up", timeout=15, count=2)
     snapshot = await carol.recv_where(event="snapshot", clients=["c_alice", "c_bob", "c_carol"], timeout=10)
     assert snapshot["target"] == "echo"
     await alice.send(msg_type="msg", target="group", msg="back")
@@ -102,7 +88,7 @@ async def test_redis_restart_under_traffic(redis_server, start_process):
 
 async def test_redis_unreachable_at_start(redis_server, start_process):
     redis_server.kill()
-    lone = start_process(ready="Redis bridge down")
+    lone = await start_process(ready="Redis bridge down")
     assert (await health(lone))["status"] == "degraded"
     alice = await Client.joined(lone.url("g_u", "c_alice"))
     bob = await Client.joined(lone.url("g_u", "c_bob"))
@@ -110,33 +96,33 @@ async def test_redis_unreachable_at_start(redis_server, start_process):
     await alice.send(msg_type="msg", target="group", msg="served locally")
     assert (await bob.recv_where(msg_type="msg"))["msg"] == "served locally"
     # The operator's view: this process alone, as it knows itself.
-    (itself,) = (await api_get(lone, "/v3/processes"))["processes"]
+    (itself,) = (await get(lone, "/v3/processes"))["processes"]
     assert (itself["bridge"], itself["connections"]) == ("down", 2)
-    assert (await api_get(lone, "/v3/groups"))["groups"] == [{"group_id": "g_u", "clients": 2}]
+    assert (await get(lone, "/v3/groups"))["groups"] == [{"group_id": "g_u", "clients": 2}]
     redis_server.start()
-    lone.wait_for_log("presence back in Redis", timeout=15)
+    await lone.logged("presence back in Redis", timeout=15)
     assert (await health(lone))["status"] == "ok"
-    other = start_process()
+    other = await start_process()
     carol = await Client.joined(other.url("g_u", "c_carol"))
     assert carol.snapshot["payload"]["clients"] == ["c_alice", "c_bob", "c_carol"]
     await alice.send(msg_type="msg", target="group", msg="across")
     assert (await carol.recv_where(msg="across"))["from_id"] == "c_alice"
-    view = await until_async(lambda: api_get(other, "/v3/processes"), lambda view: len(view["processes"]) == 2)
+    view = await until_answer(lambda: get(other, "/v3/processes"), lambda view: len(view["processes"]) == 2)
     assert sorted(process["connections"] for process in view["processes"]) == [1, 2]
-    assert (await api_get(other, "/v3/groups"))["groups"] == [{"group_id": "g_u", "clients": 3}]
+    assert (await get(other, "/v3/groups"))["groups"] == [{"group_id": "g_u", "clients": 3}]
 
 
 async def test_a_new_process_does_not_disturb_existing_clients(start_process):
-    first = start_process()
+    first = await start_process()
     alice = await Client.joined(first.url("g_n", "c_alice"))
     await alice.recv_where(event="join", client_id="c_alice")
-    second = start_process()
+    second = await start_process()
     await Client.joined(second.url("g_n", "c_bob"))
     assert (await alice.recv())["payload"] == {"event": "join", "client_id": "c_bob"}  # no resync snapshot
 
 
 async def test_redis_sends_a_group_message_only_to_processes_with_members(redis_server, start_process):
-    first, second, third = start_process(), start_process(), start_process()
+    first, second, third = await start_process(), await start_process(), await start_process()
     await Client.joined(second.url("g_other", "c_x"))
     await Client.joined(third.url("g_other", "c_y"))
     sender = await Client.joined(first.url("g_one", "c_sender"))
@@ -171,7 +157,7 @@ async def test_redis_sends_a_group_message_only_to_processes_with_members(redis_
 
 
 async def test_recipient_offline_is_decided_cluster_wide(start_bridged_process):
-    first, second = start_bridged_process(), start_bridged_process()
+    first, second = await start_bridged_process(), await start_bridged_process()
     alice = await Client.joined(first.url("g_d", "c_alice"))
     watcher = await Client.joined(first.url("g_elsewhere", "c_watch"))
     bob = await Client.joined(second.url("g_elsewhere", "c_bob"))
@@ -186,7 +172,7 @@ async def test_recipient_offline_is_decided_cluster_wide(start_bridged_process):
 
 
 async def test_the_backend_api_reaches_clients_on_every_process(start_bridged_process):
-    first, second = start_bridged_process(), start_bridged_process()
+    first, second = await start_bridged_process(), await start_bridged_process()
     alice = await Client.joined(first.url("g_backend", "c_alice"))
     bob = await Client.joined(second.url("g_backend", "c_bob"))
     await alice.recv_where(event="join", client_id="c_bob")
@@ -206,22 +192,40 @@ async def test_the_backend_api_reaches_clients_on_every_process(start_bridged_pr
 
 
 async def test_a_disconnect_reaches_the_client_on_any_process(start_bridged_process):
-    first, second = start_bridged_process(), start_bridged_process()
+    first, second = await start_bridged_process(), await start_bridged_process()
     tabs = [await Client.joined(process.url("g_kick", "c_far")) for process in (first, second)]
     response = await AsyncHTTPClient().fetch(
         f"http://127.0.0.1:{first.port}/v3/clients/c_far/disconnect",
         method="POST",
         body=orjson.dumps({"code": 4100, "reason": "maintenance"}),
         headers={"Content-Type": "application/json"},
-        request_timeout=5,
+        request_timeout=scaled(5),
     )
     assert response.code == 202
     for tab in tabs:  # the one on this process, and the one on the other
         assert await tab.closed() == (4100, "maintenance")
 
 
+async def test_an_order_on_the_control_channel_that_is_not_understood_is_logged_and_ignored(
+    redis_server, start_process
+):
+    process = await start_process()
+    client = await Client.joined(process.url("g_ctl", "c_ctl"))
+    store = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        # As another process publishes: its 12-character node id and the time, then the order.
+        head = b"testtesttest" + struct.pack("!d", time.time())
+        for garbage in (b"not json", b'{"disconnect": "c_ctl"}', b"[1, 2]"):
+            assert await store.publish("aether:{control}", head + garbage) == 1
+    finally:
+        await store.aclose()
+    await process.logged("an order on the control channel was not understood", count=3)
+    assert (await publish(process, {"msg_type": "msg", "target": "group", "group_id": "g_ctl", "msg": "on"}))[0] == 202
+    assert (await client.recv_where(msg="on"))["msg"] == "on"  # nobody was disconnected by it
+
+
 async def test_a_burst_of_handshakes_opens_a_bounded_number_of_redis_connections(redis_server, start_process):
-    process = start_process()
+    process = await start_process()
     clients = await asyncio.gather(*(Client.joined(process.url("g_burst", f"c_{n}")) for n in range(150)))
     store = redis.Redis.from_url(redis_server.url, socket_timeout=5)
     try:
@@ -234,7 +238,7 @@ async def test_a_burst_of_handshakes_opens_a_bounded_number_of_redis_connections
 
 
 async def test_a_frozen_redis_holds_no_sender_for_more_than_a_second(redis_server, start_process):
-    first, second = start_process(), start_process()
+    first, second = await start_process(), await start_process()
     alice = await Client.joined(first.url("g_f", "c_alice"))
     bob = await Client.joined(first.url("g_f", "c_bob"))
     carol = await Client.joined(second.url("g_f", "c_carol"))
@@ -250,14 +254,14 @@ async def test_a_frozen_redis_holds_no_sender_for_more_than_a_second(redis_serve
         assert (await alice.recv_where(msg_type="heartbeat"))["target"] == "echo"
         assert (await bob.recv_where(msg_type="msg"))["msg"] == "local, sent after"
         waited = time.monotonic() - started
-        assert waited < 3, f"held for {waited:.2f} s"  # one Redis deadline each for the count and the lease
-        first.wait_for_log("Redis bridge down", timeout=5)
+        assert waited < scaled(3), f"held for {waited:.2f} s"  # one Redis deadline each for the count and the lease
+        await first.logged("Redis bridge down", timeout=5)
         assert (await health(first))["status"] == "degraded"
-        second.wait_for_log("Redis bridge down", timeout=5)  # the idle one notices by its pings
+        await second.logged("Redis bridge down", timeout=5)  # the idle one notices by its pings
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
-    first.wait_for_log("Redis bridge up", timeout=10, count=2)
-    second.wait_for_log("Redis bridge up", timeout=10, count=2)
+    await first.logged("Redis bridge up", timeout=10, count=2)
+    await second.logged("Redis bridge up", timeout=10, count=2)
     await alice.send(msg_type="msg", target="direct", to_id="c_carol", msg="back")
     assert (await carol.recv_where(msg="back"))["from_id"] == "c_alice"
 
@@ -268,7 +272,7 @@ async def test_recipient_offline_only_when_presence_agrees(redis_server, start_p
     from aether_tornado.presence import Lease
     from aether_tornado.presence.redis import RedisPresence
 
-    process = start_process()
+    process = await start_process()
     alice = await Client.joined(process.url("g_dis", "c_alice"))
     store = Redis.from_url(redis_server.url, socket_timeout=5)
     # A client with a lease whose process holds no subscription: as right after a Redis restart,
@@ -302,21 +306,8 @@ async def test_presence_follows_the_bridge_through_an_outage(redis_server, start
     assert server.node.bridge.up  # no second outage from a stale presence connection
 
 
-async def api_get(process, path: str) -> dict:
-    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{process.port}{path}", request_timeout=5)
-    return orjson.loads(response.body)
-
-
-async def until_async(read, condition, timeout: float = 10.0):
-    """Read until the answer meets ``condition``, for state that changes on a timer."""
-    async with asyncio.timeout(timeout):
-        while not condition(answer := await read()):
-            await asyncio.sleep(0.05)
-    return answer
-
-
 async def test_every_process_shows_all_processes_and_groups_and_forgets_a_dead_one(start_bridged_process):
-    first, second = (start_bridged_process("--lease-seconds", "1.5") for _ in range(2))
+    first, second = [await start_bridged_process("--lease-seconds", "1.5") for _ in range(2)]
     ids = [(await health(process))["node_id"] for process in (first, second)]
     clients = [
         await Client.joined(process.url(group_id, client_id))
@@ -334,8 +325,8 @@ async def test_every_process_shows_all_processes_and_groups_and_forgets_a_dead_o
 
     # Each process announces what it holds twice a lease: both views agree soon.
     for process in (first, second):
-        await until_async(
-            lambda p=process: api_get(p, "/v3/processes"),
+        await until_answer(
+            lambda p=process: get(p, "/v3/processes"),
             lambda view: (
                 held(view)
                 == {
@@ -344,25 +335,25 @@ async def test_every_process_shows_all_processes_and_groups_and_forgets_a_dead_o
                 }
             ),
         )
-    assert (await api_get(second, "/v3/groups")) == {
+    assert (await get(second, "/v3/groups")) == {
         "groups": [{"group_id": "g_far", "clients": 1}, {"group_id": "g_ops", "clients": 3}],
         "total": 2,
         "more": False,
     }
     second.kill()
     # The dead process's announcement runs out, and its clients' leases: its groups go.
-    await until_async(lambda: api_get(first, "/v3/processes"), lambda view: held(view) == {ids[0]: (2, 1, "up")})
-    await until_async(
-        lambda: api_get(first, "/v3/groups"), lambda view: view["groups"] == [{"group_id": "g_ops", "clients": 2}]
+    await until_answer(lambda: get(first, "/v3/processes"), lambda view: held(view) == {ids[0]: (2, 1, "up")})
+    await until_answer(
+        lambda: get(first, "/v3/groups"), lambda view: view["groups"] == [{"group_id": "g_ops", "clients": 2}]
     )
 
 
 async def test_a_group_a_process_of_an_older_version_left_in_the_index_is_dropped(redis_server, start_process):
-    process = start_process()
+    process = await start_process()
     member = await Client.joined(process.url("g_live", "c_live"))
     stale = redis.Redis.from_url(redis_server.url)
     index = f"aether:presence:{{p{key_slot(b'g_stale') % BUCKETS}}}:groups"
     stale.sadd(index, "g_stale")  # listed, but nobody's lease counts are there
-    assert (await api_get(process, "/v3/groups?prefix=g_"))["groups"] == [{"group_id": "g_live", "clients": 1}]
+    assert (await get(process, "/v3/groups?prefix=g_"))["groups"] == [{"group_id": "g_live", "clients": 1}]
     assert not stale.sismember(index, "g_stale")
     member.close()

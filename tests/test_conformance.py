@@ -40,7 +40,7 @@ async def failed(raw: RawSocket, code: int = 1002, echoes: tuple[tuple[int, byte
 
 
 @pytest.mark.parametrize("opcode", [TEXT, BINARY])
-async def test_1_framing_of_every_payload_length(echo, opcode):
+async def test_a_payload_of_every_length_is_echoed_even_fed_byte_by_byte(echo, opcode):
     """1.1.1-1.1.8, 1.2.1-1.2.8: lengths around each encoding boundary, also fed byte by byte."""
     raw = await echo()
     for length in (0, 125, 126, 127, 128, 65535, 65536):
@@ -55,7 +55,7 @@ async def test_1_framing_of_every_payload_length(echo, opcode):
     await echoed(raw, opcode, payload)
 
 
-async def test_2_pings_and_pongs(echo):
+async def test_pings_are_answered_with_their_payload_pongs_ignored_and_long_pings_fail(echo):
     """2.1-2.11: pings answered with their payload, unsolicited pongs ignored, long pings fail."""
     raw = await echo()
     for payload in (b"", b"Hello, world!", bytes(range(256))[:125], b"\x00\xff\xfe\xfd"):
@@ -70,7 +70,7 @@ async def test_2_pings_and_pongs(echo):
 
 
 @pytest.mark.parametrize("rsv", [1, 2, 3, 4, 5, 6, 7])
-async def test_3_reserved_bits_fail_after_what_came_before(echo, rsv):
+async def test_reserved_bits_fail_after_what_came_before(echo, rsv):
     """3.1-3.7: any reserved bit fails the connection; the message before it is echoed first."""
     raw = await echo()
     bad = bytearray(RawSocket.frame(TEXT if rsv < 5 else PING, b"bad"))
@@ -80,14 +80,14 @@ async def test_3_reserved_bits_fail_after_what_came_before(echo, rsv):
 
 
 @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 11, 12, 13, 14, 15])
-async def test_4_reserved_opcodes_fail_after_what_came_before(echo, opcode):
-    """4.1.1-4.2.5."""
+async def test_reserved_opcodes_fail_after_what_came_before(echo, opcode):
+    """4.1.1-4.2.5: the message before it is echoed first."""
     raw = await echo()
     raw.writer.write(RawSocket.frame(TEXT, b"before") + RawSocket.frame(opcode, b"x") + RawSocket.frame(PING, b""))
     await failed(raw, echoes=((TEXT, b"before"),))
 
 
-async def test_5_fragmentation(echo):
+async def test_fragments_make_one_message_with_control_frames_between_them(echo):
     """5.3-5.9, 5.15-5.20: fragments make one message, control frames may come between them."""
     raw = await echo()
     raw.send_frame(TEXT, b"frag", fin=False)
@@ -111,14 +111,15 @@ async def test_5_fragmentation(echo):
         [(TEXT, b"a", False), (TEXT, b"b", True)],  # 5.18: a new message inside a fragmented one
     ],
 )
-async def test_5_fragments_out_of_order_fail(echo, frames_sent):
+async def test_fragments_out_of_order_fail(echo, frames_sent):
+    """5.1, 5.2, 5.9-5.14, 5.18."""
     raw = await echo()
     for opcode, payload, fin in frames_sent:
         raw.send_frame(opcode, payload, fin)
     await failed(raw)
 
 
-async def test_6_valid_utf8_in_any_split_is_echoed(echo):
+async def test_valid_utf8_in_any_split_is_echoed(echo):
     """6.1-6.2, 6.5-6.7, 6.22-6.23: valid text of every sequence length, split at every byte."""
     raw = await echo()
     text = "κόσμε 𝄞 \U0010ffff \ufeff \u0000".encode()
@@ -134,14 +135,14 @@ async def test_6_valid_utf8_in_any_split_is_echoed(echo):
     "invalid",
     [b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\xff"],
 )
-async def test_6_invalid_utf8_fails_1007(echo, invalid):
+async def test_invalid_utf8_fails_1007(echo, invalid):
     """6.3, 6.8-6.21: invalid sequences, overlong forms, surrogates, code points past U+10FFFF."""
     raw = await echo()
     raw.send_frame(TEXT, invalid)
     await failed(raw, 1007)
 
 
-async def test_6_4_invalid_utf8_fails_fast_inside_a_fragment_and_inside_a_frame(echo):
+async def test_invalid_utf8_fails_as_it_arrives_inside_a_fragment_and_inside_a_frame(echo):
     """6.4.1-6.4.4: the connection fails when the invalid bytes arrive, not when the message ends."""
     raw = await echo()
     raw.send_frame(TEXT, "κόσμε".encode(), fin=False)
@@ -153,7 +154,7 @@ async def test_6_4_invalid_utf8_fails_fast_inside_a_fragment_and_inside_a_frame(
     await failed(raw, 1007)
 
 
-async def test_7_close_handshake(echo):
+async def test_a_close_is_answered_and_nothing_is_read_or_sent_after_it(echo):
     """7.1.1-7.1.6, 7.3.1-7.3.6: the close is answered, nothing is read or sent after it."""
     raw = await echo()
     raw.send_frame(TEXT, b"last")
@@ -179,13 +180,13 @@ async def test_7_close_handshake(echo):
         (struct.pack("!H", 1000) + b"\xce\xba\xe1\xbd\xb9\xed\xa0\x80", 1007),  # 7.5.1
     ],
 )
-async def test_7_close_codes_and_reasons(echo, payload, answer):
+async def test_a_close_code_and_reason_are_answered_or_failed_as_registered(echo, payload, answer):
     raw = await echo()
     raw.send_frame(CLOSE, payload)
     assert await raw.closed_cleanly() == answer
 
 
-async def test_7_a_close_with_a_control_frame_too_long_still_fails(echo):
+async def test_a_close_payload_over_125_bytes_fails(echo):
     """7.3.6: a close payload over 125 bytes."""
     raw = await echo()
     raw.send_frame(CLOSE, struct.pack("!H", 1000) + b"r" * 124)
@@ -193,7 +194,7 @@ async def test_7_a_close_with_a_control_frame_too_long_still_fails(echo):
 
 
 @pytest.mark.parametrize("opcode", [TEXT, BINARY])
-async def test_9_large_messages_whole_and_in_small_fragments(echo, opcode):
+async def test_a_mebibyte_message_is_echoed_whole_and_from_small_fragments(echo, opcode):
     """9.1-9.4: a 1 MiB message in one frame, and in 1,024 fragments of 1 KiB."""
     raw = await echo()
     payload = b"y" * (1 << 20)
@@ -204,7 +205,7 @@ async def test_9_large_messages_whole_and_in_small_fragments(echo, opcode):
     assert await raw.read_frame(timeout=10) == (opcode, payload)
 
 
-async def test_9_many_messages_in_one_stream(echo):
+async def test_a_thousand_messages_in_one_write_are_echoed_in_order(echo):
     """9.7-9.8: a thousand small messages written at once, echoed in order."""
     raw = await echo()
     raw.writer.write(b"".join(RawSocket.frame(TEXT, b"%d" % n) for n in range(1000)))
@@ -212,7 +213,7 @@ async def test_9_many_messages_in_one_stream(echo):
         await echoed(raw, TEXT, b"%d" % n)
 
 
-async def test_10_a_message_auto_fragmented_by_the_peer(echo):
+async def test_a_message_the_peer_fragmented_is_echoed_whole(echo):
     """10.1.1: 65,536 bytes of text in frames of 1,300."""
     raw = await echo()
     payload = b"*" * 65536

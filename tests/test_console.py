@@ -10,6 +10,7 @@ from aether_tornado.schema import WSMessageV3
 
 from .conftest import CHROMIUM_MISSING, evaluate, watched_page
 from .processes import ServerProcess
+from .timing import scaled
 from .wsclient import Client
 
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
@@ -44,12 +45,12 @@ async def send(page, target: str, msg: str, to_id: str = "") -> None:
 
 
 async def test_two_consoles_see_each_other_talk_and_reconnect_by_themselves(browser):
-    server = ServerProcess()
+    server = await ServerProcess.launch()
     try:
         alice = await open_console(browser, server.port, "c_alice")
         bob = await open_console(browser, server.port, "c_bob")
         for page in (alice, bob):
-            await expect(page.locator("#roster li")).to_have_count(2, timeout=10_000)
+            await expect(page.locator("#roster li")).to_have_count(2, timeout=scaled(10) * 1000)
             assert await roster(page) == ["c_alice", "c_bob"]
 
         await send(alice, "group", "hello group")
@@ -69,20 +70,20 @@ async def test_two_consoles_see_each_other_talk_and_reconnect_by_themselves(brow
         await bob.wait_for_selector("#state:text('reconnecting')")
         await send(bob, "group", "typed while away")
         await bob.wait_for_selector("#log div:has-text('queued until connected')")  # not "sent"
-        server = ServerProcess(port=server.port)
+        server = await ServerProcess.launch(port=server.port)
         for page in (alice, bob):
-            await page.wait_for_selector("#state:text('open')", timeout=30_000)
-            await expect(page.locator("#roster li")).to_have_count(2, timeout=10_000)
+            await page.wait_for_selector("#state:text('open')", timeout=scaled(30) * 1000)
+            await expect(page.locator("#roster li")).to_have_count(2, timeout=scaled(10) * 1000)
         # Sent once bob is back (alice may be back later, and this server kept no history).
         await bob.wait_for_selector("#log div:has-text('\"from_id\":\"c_bob\"'):has-text('typed while away')")
         await send(bob, "group", "after the restart")
         await alice.wait_for_selector("#log div:has-text('after the restart')")
     finally:
-        server.kill()
+        await server.stopped()
 
 
 async def test_the_client_module_stops_on_a_refusal_it_cannot_fix(browser):
-    server = ServerProcess("--jwt-secret", "s" * 32)
+    server = await ServerProcess.launch("--jwt-secret", "s" * 32)
     try:
         page = await browser.new_page()
         await page.goto(f"http://127.0.0.1:{server.port}/")
@@ -98,7 +99,7 @@ async def test_the_client_module_stops_on_a_refusal_it_cannot_fix(browser):
         )
         assert outcome == ["unauthorized", "closed"]
     finally:
-        server.kill()
+        await server.stopped()
 
 
 async def test_the_types_and_the_module_are_served(server):
@@ -171,7 +172,7 @@ async def test_the_console_form_guides_heartbeats_and_does_not_reconnect_an_open
 
 async def test_the_console_fits_a_phone_follows_dark_mode_and_names_its_parts(browser, server):
     page = await browser.new_page(viewport={"width": 390, "height": 844}, color_scheme="dark")
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     await page.goto(f"http://127.0.0.1:{server.port}/v3/console")
     layout = await evaluate(
         page,
@@ -299,10 +300,10 @@ async def test_the_console_adds_nothing_to_messages_and_tells_which_message_each
 
 
 async def test_a_link_opens_a_connected_console_and_problems_show_in_a_banner(browser, redis_server, start_process):
-    process = start_process()
+    process = await start_process()
     bob = await Client.joined(process.url("g_link", "c_bob"))
     page = await browser.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     await page.goto(f"http://127.0.0.1:{process.port}/v3/console?group=g_link&client=c_linked")
     await page.wait_for_selector("#state:text('open')")
     await expect(page.locator("#roster li")).to_have_text(["c_bob", "c_linked"])
@@ -319,8 +320,8 @@ async def test_a_link_opens_a_connected_console_and_problems_show_in_a_banner(br
     await page.fill("#sender", "")
 
     redis_server.kill()  # the process serves on, alone: degraded
-    await expect(page.locator("#banner")).to_contain_text("problem the server is degraded", timeout=15_000)
-    process.kill()
+    await expect(page.locator("#banner")).to_contain_text("problem the server is degraded", timeout=scaled(15) * 1000)
+    await process.stopped()
     await page.wait_for_selector("#state:text('reconnecting')")
     await expect(page.locator("#banner")).to_contain_text("the server cannot be reached")
     await expect(page.locator("#roster")).to_have_class("stale")  # what was last known, greyed

@@ -21,9 +21,9 @@ from tornado.httpclient import AsyncHTTPClient
 
 from aether_tornado.client import AetherClient
 
-from .bridges import until
 from .conftest import CHROMIUM_MISSING
 from .processes import ServerProcess, free_port, free_ports
+from .timing import scaled, until
 from .wsclient import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ INSTALL_DIR = "/opt/aether-tornado"
 
 
 async def test_sigterm_under_traffic_closes_every_socket_and_announces_leaves(start_process):
-    leaving, staying = start_process("--shutdown-timeout", "5"), start_process()
+    leaving, staying = await start_process("--shutdown-timeout", "5"), await start_process()
     closing = [await Client.joined(leaving.url("g_bye", f"c_{n}")) for n in range(3)]
     watcher = await Client.joined(staying.url("g_bye", "c_watch"))
     sender = await Client.joined(staying.url("g_bye", "c_sender"))
@@ -59,19 +59,19 @@ async def test_sigterm_under_traffic_closes_every_socket_and_announces_leaves(st
 
 
 async def test_json_logs_carry_the_connection_id():
-    process = ServerProcess("--log-format", "json", "--log-level", "debug")
+    process = await ServerProcess.launch("--log-format", "json", "--log-level", "debug")
     try:
         client = await Client.joined(process.url("g_log", "c_log"))
-        await asyncio.to_thread(process.wait_for_log, '"open g_log/c_log"', 10)
+        await process.logged('"open g_log/c_log"', 10)
         client.close()
-        await asyncio.to_thread(process.wait_for_log, '"closed g_log/c_log"', 10)
+        await process.logged('"closed g_log/c_log"', 10)
         entries = [orjson.loads(line) for line in process.log]
         opened = next(entry for entry in entries if entry["message"] == "open g_log/c_log")
         closed = next(entry for entry in entries if entry["message"] == "closed g_log/c_log")
         assert opened["conn"] == closed["conn"] and opened["level"] == "debug"
         assert (opened["group_id"], opened["client_id"]) == ("g_log", "c_log")
     finally:
-        process.kill()
+        await process.stopped()
 
 
 def installed_here(text: str) -> str:
@@ -85,7 +85,7 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / "aether-tornado@8001.service")],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert result.returncode == 0, result.stderr
     assert "aether-tornado" not in result.stderr, result.stderr
@@ -97,7 +97,7 @@ def test_systemd_analyze_security_rates_the_unit_2_or_less(tmp_path):
         ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(tmp_path / UNIT.name)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     exposure = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert exposure is not None, result.stdout + result.stderr
@@ -165,12 +165,16 @@ def running_nginx(
     )
     process = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf")])
     try:
-        for _ in range(200):  # nginx says nothing when it listens: try to connect, for up to 10 s
+        deadline = time.monotonic() + scaled(10)
+        while True:  # nginx says nothing when it listens: try to connect, for up to 10 s
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 assert process.poll() is None, (prefix / "error.log").read_text()
+                assert time.monotonic() < deadline, (
+                    f"nginx does not listen on {port}: {(prefix / 'error.log').read_text()}"
+                )
                 time.sleep(0.05)
         yield port, prefix
     finally:
@@ -182,7 +186,7 @@ def running_nginx(
 def nginx(request, start_process):
     """Real nginx before two processes. A test may change the site's text first (``indirect``
     parametrisation with a function)."""
-    upstreams = [start_process(), start_process()]
+    upstreams = [start_process.now(), start_process.now()]
     with running_nginx([process.port for process in upstreams], getattr(request, "param", lambda text: text)) as (
         port,
         prefix,
@@ -198,7 +202,7 @@ async def test_traffic_and_presence_through_nginx(nginx):
     for client in clients:
         await client.recv_where(event="join", client_id="c_3")
     for process in upstreams:  # least_conn spread the clients over both processes
-        health = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{process.port}/healthz", request_timeout=5)
+        health = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{process.port}/healthz", request_timeout=scaled(5))
         assert orjson.loads(health.body)["connections"] >= 1
     await clients[0].send(msg_type="msg", target="group", msg="through nginx")
     for client in clients:
@@ -206,14 +210,14 @@ async def test_traffic_and_presence_through_nginx(nginx):
     await clients[1].send(msg_type="msg", target="direct", to_id="c_2", msg="psst")
     assert (await clients[2].recv_where(msg="psst"))["from_id"] == "c_1"
     api = f"http://127.0.0.1:{port}/v3"
-    presence = await AsyncHTTPClient().fetch(f"{api}/groups/g_nx/presence", request_timeout=5)
+    presence = await AsyncHTTPClient().fetch(f"{api}/groups/g_nx/presence", request_timeout=scaled(5))
     assert orjson.loads(presence.body)["clients"] == ["c_0", "c_1", "c_2", "c_3"]
     published = await AsyncHTTPClient().fetch(
         f"{api}/publish",
         method="POST",
         body=orjson.dumps({"msg_type": "cmd", "target": "group", "group_id": "g_nx", "cmd": "RELOAD"}),
         headers={"Content-Type": "application/json"},
-        request_timeout=5,
+        request_timeout=scaled(5),
     )
     assert published.code == 202
     for client in clients:
@@ -258,7 +262,7 @@ async def test_nginx_closes_a_request_for_another_name_unanswered(nginx):
     for host in ("rebind.attacker.example", f"localhost:{port}"):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(f"GET /v3/operator HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        assert await asyncio.wait_for(reader.read(), 5) == b"", host  # 444: the connection ends, no answer
+        assert await asyncio.wait_for(reader.read(), scaled(5)) == b"", host  # 444: the connection ends, no answer
         writer.close()
     named = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/v3/operator", raise_error=False)
     assert named.code == 200
@@ -284,7 +288,7 @@ def _healthz_for_nobody(site: str) -> str:
 async def test_the_console_behind_nginx_shows_no_problem_when_healthz_is_kept_from_it(nginx, browser):
     port, _, prefix = nginx
     page = await browser.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     await page.goto(f"http://127.0.0.1:{port}/v3/console?group=g_nx&client=c_console")
     await page.wait_for_selector("#state:text('open')")
     log = prefix / "aether-tornado.access.log"
@@ -308,7 +312,7 @@ async def test_a_rolling_restart_through_nginx_refuses_no_handshake_and_loses_no
     stop = f"kill -TERM $(cat {tmp_path}/{{port}}.pid) && tail --pid=$(cat {tmp_path}/{{port}}.pid) -f /dev/null"
     try:
         for port in ports:
-            subprocess.run(["sh", "-c", start.replace("{port}", str(port))], check=True, timeout=10)
+            subprocess.run(["sh", "-c", start.replace("{port}", str(port))], check=True, timeout=scaled(10))
         healthy = " && ".join(f"curl -fs 127.0.0.1:{port}/healthz" for port in ports)
         wait = ["sh", "-c", f"until {healthy}; do sleep 0.1; done"]  # nothing announces it: asked again
         await asyncio.to_thread(subprocess.run, wait, check=True, timeout=20, capture_output=True)
@@ -356,7 +360,7 @@ async def test_a_rolling_restart_through_nginx_refuses_no_handshake_and_loses_no
             sending = False
             await sent
             acked = [n for n, _ in received["c_sender"]]  # the sender's own copies: recorded, then delivered
-            async with asyncio.timeout(15):
+            async with asyncio.timeout(scaled(15)):
                 while any(not received[client.client_id] or received[client.client_id][-1][0] < acked[-1]
                           for client in receivers):  # fmt: skip
                     await asyncio.sleep(0.05)  # the receivers catch up: their lists are watched

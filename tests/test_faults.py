@@ -12,6 +12,7 @@ import time
 from redis.asyncio import Redis
 
 from .processes import RedisServer, ServerProcess
+from .timing import scaled
 from .wsclient import Client, errors_of
 
 
@@ -19,7 +20,7 @@ async def announced(redis_server: RedisServer, *processes: ServerProcess) -> Non
     """Until each process has announced itself in Redis (it has read the others' announcements then too)."""
     redis = Redis.from_url(redis_server.url)
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(scaled(10)):
             while True:
                 announcements = await redis.hvals("aether:presence:{processes}:announced")
                 pids = [f'"pid":{process.process.pid},'.encode() for process in processes]
@@ -31,7 +32,7 @@ async def announced(redis_server: RedisServer, *processes: ServerProcess) -> Non
 
 
 async def test_a_recorded_message_redis_does_not_bring_back_reaches_its_sender_s_process(redis_server, start_process):
-    process = start_process()
+    process = await start_process()
     members = [await Client.joined(process.url("g_lost", f"c_m{n}")) for n in range(4)]
     talker = await Client.joined(process.url("g_lost", "c_talk"))
     redis = Redis.from_url(redis_server.url)
@@ -47,14 +48,14 @@ async def test_a_recorded_message_redis_does_not_bring_back_reaches_its_sender_s
     finally:
         await redis.config_set("client-output-buffer-limit", "pubsub 33554432 8388608 60")
         await redis.aclose()
-    await asyncio.to_thread(process.wait_for_log, "Redis bridge up", 10, 2)  # it came back by itself
+    await process.logged("Redis bridge up", 10, 2)  # it came back by itself
     await talker.send(msg_type="msg", target="group", msg="after")
     for client in [*members, talker]:
         assert (await client.recv_where(msg_type="msg"))["msg"] == "after"
 
 
 async def test_a_group_message_sent_while_redis_is_frozen_reaches_its_sender_s_process(redis_server, start_process):
-    process = start_process()
+    process = await start_process()
     members = [await Client.joined(process.url("g_ice", f"c_m{n}")) for n in range(4)]
     talker = await Client.joined(process.url("g_ice", "c_talk"))
     redis_server.process.send_signal(signal.SIGSTOP)  # its sockets stay open: it just never answers
@@ -89,10 +90,10 @@ async def first_answer(sender: Client, text: str) -> str:
 
 async def test_after_redis_comes_back_empty_a_client_connected_all_along_is_never_offline(redis_server, start_process):
     lease = ("--lease-seconds", "6")  # processes announce themselves every 2 s
-    second = start_process(*lease)
+    second = await start_process(*lease)
     bob = await Client.joined(second.url("g_b", "c_bob"))
     await announced(redis_server, second)
-    first = start_process(*lease)
+    first = await start_process(*lease)
     alice = await Client.joined(first.url("g_a", "c_alice"))
     await announced(redis_server, first, second)  # the first has seen the second
     assert await answer_to_direct(alice, "c_bob", bob, "before") == "delivered"
@@ -100,21 +101,21 @@ async def test_after_redis_comes_back_empty_a_client_connected_all_along_is_neve
     try:
         redis_server.kill()
         redis_server.start()  # empty: every lease and subscription is gone
-        await asyncio.to_thread(first.wait_for_log, "Redis bridge up", 10, 2)
+        await first.logged("Redis bridge up", 10, 2)
         await announced(redis_server, first)  # the first has put its own leases back
         answers = [await answer_to_direct(alice, "c_bob", bob, f"while away {n}") for n in range(3)]
         assert answers == ["unavailable"] * 3
     finally:
         second.process.send_signal(signal.SIGCONT)
     answers = []
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while not answers or answers[-1] != "delivered":
             answers.append(await answer_to_direct(alice, "c_bob", bob, f"back {len(answers)}"))
     assert "recipient_offline" not in answers, answers
 
 
 async def test_a_direct_message_racing_its_recipient_s_close_is_answered_at_once_and_truly(start_process):
-    first, second = start_process(), start_process()
+    first, second = await start_process(), await start_process()
     alice = await Client.joined(first.url("g_a", "c_alice"))
     answers = []
     for n in range(60):
@@ -128,4 +129,4 @@ async def test_a_direct_message_racing_its_recipient_s_close_is_answered_at_once
             await alice.recv_where(msg=f"after {n}")
         answers.append((answer, time.monotonic() - started))
     assert {answer for answer, _ in answers} <= {"recipient_offline", "echo"}, answers  # never "unavailable"
-    assert max(waited for _, waited in answers) < 0.5, answers  # never the presence deadline (1 s)
+    assert max(waited for _, waited in answers) < scaled(0.5), answers  # never the presence deadline (1 s)

@@ -4,12 +4,13 @@ import asyncio
 
 import orjson
 import pytest
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from aether_tornado.app import FILES_RESERVED
 
 from .conftest import ws_url
 from .processes import ServerProcess
+from .timing import scaled
 from .wsclient import Client
 
 UPGRADE = {
@@ -22,7 +23,7 @@ UPGRADE = {
 
 async def handshake(port: int, path: str, **headers: str) -> tuple[int, dict]:
     response = await AsyncHTTPClient().fetch(
-        f"http://127.0.0.1:{port}{path}", headers={**UPGRADE, **headers}, raise_error=False, request_timeout=5
+        f"http://127.0.0.1:{port}{path}", headers={**UPGRADE, **headers}, raise_error=False, request_timeout=scaled(5)
     )
     return response.code, orjson.loads(response.body) if response.body else {}
 
@@ -109,7 +110,7 @@ async def test_connection_limit_is_503_until_a_slot_frees(start_server):
 
 
 async def test_a_process_allowed_few_open_files_holds_what_fits_and_refuses_the_rest_with_503():
-    server = ServerProcess("--max-connections", "1000", open_files=FILES_RESERVED + 10)
+    server = await ServerProcess.launch("--max-connections", "1000", open_files=FILES_RESERVED + 10)
     try:
         assert server.lines("max_connections lowered from 1000 to 10")
         clients = [await Client.joined(server.url("g_fd", f"c_{n}")) for n in range(10)]
@@ -119,16 +120,17 @@ async def test_a_process_allowed_few_open_files_holds_what_fits_and_refuses_the_
         await clients[1].recv_where(event="leave", client_id="c_0")
         await Client.joined(server.url("g_fd", "c_more"))
     finally:
-        server.kill()
+        await server.stopped()
 
 
 async def test_simultaneous_handshakes_cannot_overshoot_the_limit(start_server):
     server = await start_server(max_connections=2)
 
-    async def attempt(n: int):
+    async def attempt(n: int) -> Client | None:
         try:
             return await Client.connect(ws_url(server, "g_rush", f"c_{n}"))
-        except Exception:
+        except HTTPClientError as refusal:
+            assert refusal.code == 503 and orjson.loads(refusal.response.body)["code"] == "over_capacity"
             return None
 
     clients = await asyncio.gather(*(attempt(n) for n in range(30)))

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from .timing import scaled
 from .wsclient import TIMEOUT, RawSocket
 
 ROUTES = [
@@ -77,6 +78,6 @@ async def test_a_rebinding_page_cannot_open_a_websocket_even_with_a_matching_ori
         b"Origin: http://rebind.attacker.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
-    status = await asyncio.wait_for(socket.reader.readline(), TIMEOUT)
+    status = await asyncio.wait_for(socket.reader.readline(), scaled(TIMEOUT))
     assert status.startswith(b"HTTP/1.1 421"), status
     socket.close()

@@ -6,6 +6,7 @@ import time
 import orjson
 
 from .conftest import ws_url
+from .timing import scaled
 from .wsclient import Client, RawSocket, errors_of
 
 
@@ -25,7 +26,8 @@ async def test_frame_of_exactly_the_limit_passes_and_one_more_byte_closes_1009(u
 
 
 async def test_flooding_client_is_rate_limited_then_closed_1008(start_server):
-    server = await start_server(rate_limit=1, rate_burst=5, rate_strikes=3)
+    # A token every 10 s (scaled): however slow the machine, none comes back during the test.
+    server = await start_server(rate_limit=1 / scaled(10), rate_burst=5, rate_strikes=3)
     client = await Client.joined(ws_url(server, "g_flood", "c_flood"))
     await client.recv_where(event="join")
     for n in range(5):
@@ -40,14 +42,15 @@ async def test_flooding_client_is_rate_limited_then_closed_1008(start_server):
 
 
 async def test_rate_limit_refills(start_server):
-    server = await start_server(rate_limit=20, rate_burst=1, rate_strikes=100)
+    # A token every second (scaled): the second message, sent at once, finds none.
+    server = await start_server(rate_limit=1 / scaled(1), rate_burst=1, rate_strikes=100)
     client = await Client.joined(ws_url(server, "g_refill", "c_r"))
     await client.recv_where(event="join")
     await client.send(msg_type="msg", target="echo", msg="first")
     await client.send(msg_type="msg", target="echo", msg="too soon")
     assert (await client.recv())["msg"] == "first"
     assert errors_of(await client.recv())[0] == "rate_limited"
-    await asyncio.sleep(0.1)  # two tokens' worth of time
+    await asyncio.sleep(scaled(1.2))  # a token's worth of time: what is tested is the refill
     await client.send(msg_type="msg", target="echo", msg="later")
     assert (await client.recv())["msg"] == "later"
 
@@ -81,7 +84,9 @@ async def test_a_client_that_stops_reading_is_closed_1013_and_others_keep_receiv
         return received
 
     # The sender reads its own copies too: it is a well-behaved client.
-    _, received, _ = await asyncio.wait_for(asyncio.gather(send_all(), receive_all(fast), receive_all(sender)), 60)
+    _, received, _ = await asyncio.wait_for(
+        asyncio.gather(send_all(), receive_all(fast), receive_all(sender)), scaled(60)
+    )
     assert received == list(range(total))
     frames, code = await slow.close_code(timeout=10)
     assert code == 1013

@@ -34,7 +34,7 @@ async def chatter(client: Client) -> None:
 
 
 async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_client(browser):
-    server = ServerProcess("--api-key", KEY, "--lease-seconds", "3")  # announces every second
+    server = await ServerProcess.launch("--api-key", KEY, "--lease-seconds", "3")  # announces every second
     try:
         alice = await Client.joined(server.url("g_ops", "c_alice"))
         bob = await Client.joined(server.url("g_ops", "c_bob"))
@@ -112,11 +112,11 @@ async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_cli
         await expect(page.locator("#outcome")).to_have_class("error")
         assert page.csp_violations == []
     finally:
-        server.kill()
+        await server.stopped()
 
 
 async def test_the_operator_sees_every_process_and_is_told_when_the_server_is_gone(browser, start_process):
-    first, second = start_process("--lease-seconds", "3"), start_process("--lease-seconds", "3")
+    first, second = await start_process("--lease-seconds", "3"), await start_process("--lease-seconds", "3")
     await Client.joined(first.url("g_one", "c_1"))
     await Client.joined(second.url("g_two", "c_2"))
     page = await open_operator(browser, first.port)

@@ -4,6 +4,8 @@ Real clusters reorder rarely and by chance; these are the interleavings that mat
 played out exactly: which shard a message is read from, and when each pong comes.
 """
 
+import pytest
+
 from aether_tornado.bridge.order import Reorder, Sender
 
 ALICE, BOB = b"alice", b"bob"
@@ -121,3 +123,33 @@ def test_a_lost_connection_delivers_what_waits_in_every_sender_s_order():
     assert shards.delivered == ["a1", "a2", "b0"]
     shards.pong_all()  # pongs of gone connections change nothing
     assert shards.delivered == ["a1", "a2", "b0"]
+
+
+def test_past_max_senders_every_sender_is_forgotten_and_order_still_holds(monkeypatch):
+    from aether_tornado.bridge import order
+
+    monkeypatch.setattr(order, "MAX_SENDERS", 2)
+    shards = Shards()
+    shards.read(0, ALICE, 1, "a1")  # a second run of each: remembered, and each waits for pongs
+    shards.read(1, BOB, 1, "b1")
+    shards.pong_all()
+    shards.read(2, b"carol", 1, "c1")  # the third: the memory of runs is cleared
+    shards.pong_all()
+    shards.read(0, ALICE, 1, "a1 again")  # forgotten: it waits for pongs once more, never delivered early
+    assert shards.delivered == ["a1", "b1", "c1"]
+    shards.pong_all()
+    assert shards.delivered == ["a1", "b1", "c1", "a1 again"]
+
+
+@pytest.mark.expect_errors("a delivery from Redis failed")
+def test_a_delivery_that_fails_is_logged_and_those_behind_it_still_go(caplog):
+    shards = Shards()
+
+    def broken() -> None:
+        raise RuntimeError("a receiver's bug")
+
+    shards.reorder.arrive(0, ALICE, 1, broken)  # waits for pongs, with what comes behind it
+    shards.read(0, BOB, 0, "behind")
+    shards.pong_all()
+    assert shards.delivered == ["behind"]
+    assert "a delivery from Redis failed" in caplog.text

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import CHROMIUM_MISSING, evaluate
+from .timing import scaled
 from .wsclient import Client
 
 AXE = Path(__file__).parent / "node" / "node_modules" / "axe-core" / "axe.min.js"
@@ -31,7 +32,7 @@ async def test_every_page_passes_axe_in_both_colour_schemes_wide_and_narrow(brow
     # axe is injected as a script, which the pages' Content-Security-Policy would refuse.
     context = await browser.new_context(bypass_csp=True, color_scheme=scheme, viewport={"width": width, "height": 900})
     page = await context.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(scaled(10) * 1000)
     try:
         await page.goto(f"http://127.0.0.1:{server.port}/")
         assert await violations(page) == []

@@ -5,10 +5,13 @@ import signal
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
 
 from aether_tornado.presence import Joined, Lease
 from aether_tornado.presence.memory import MemoryPresence
 from aether_tornado.presence.redis import RedisPresence
+
+from .timing import scaled
 
 
 class ManualClock:
@@ -51,7 +54,7 @@ async def backend(request):
         yield MemoryPresence(10, clock), clock, 10
         return
     redis, prefix = redis_client(request, request.param)
-    yield RedisPresence(redis, prefix, 1.0), RedisClock(), 1.0
+    yield RedisPresence(redis, prefix, scaled(1.0)), RedisClock(), scaled(1.0)
     await redis.aclose()
 
 
@@ -216,3 +219,25 @@ async def test_a_client_is_present_anywhere_while_it_holds_a_lease_in_any_group(
     assert await presence.present_anywhere("c") is False
     await presence.refresh([first])  # re-created after it was reaped
     assert await presence.present_anywhere("c") is True
+
+
+async def test_a_resync_cut_short_by_another_outage_keeps_what_it_had_left_to_drop(redis_server):
+    redis = Redis.from_url(redis_server.url, socket_connect_timeout=1, socket_timeout=scaled(0.5))
+    here, elsewhere = RedisPresence(redis, "test", 30), RedisPresence(redis, "test", 30)
+    leases = [Lease("g", f"c{n:02d}", f"a:{n}") for n in range(50)]
+    for lease in leases:
+        await here.join(lease)
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        for lease in leases:
+            assert await here.leave(lease) is True  # decided locally once the first call timed out
+        assert here.down and here.backlog == 50
+        with pytest.raises(RedisError):
+            await here.resync()  # Redis is away again: the resync stops part way
+        assert here.down and here.backlog == 50  # and forgets none of what it had to drop
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    await here.resync()
+    assert not here.down and here.backlog == 0
+    assert await elsewhere.members("g") == []
+    await redis.aclose()

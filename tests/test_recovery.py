@@ -6,6 +6,7 @@ stream, lose their TCP connection without a close, and present those positions a
 """
 
 import asyncio
+import signal
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from aether_tornado.history.memory import MemoryHistory
 from aether_tornado.schema import FIELDS
 
 from .conftest import ws_url
+from .timing import scaled
 from .wsclient import TIMEOUT, Client, RawSocket, upgrade_request
 
 STREAM_OF_TARGET = {"group": "group", "direct": "client", "broadcast": "broadcast"}
@@ -61,7 +63,7 @@ async def servers(request, start_server) -> Callable[..., Awaitable[tuple[MakeUr
         start_process = request.getfixturevalue(
             "start_process" if request.param == "redis" else "start_cluster_process"
         )
-        first, second = start_process(*flags(settings)), start_process(*flags(settings))
+        first, second = await start_process(*flags(settings)), await start_process(*flags(settings))
         return first.url, second.url
 
     return start
@@ -298,7 +300,7 @@ async def test_with_history_off_recovery_is_reported_impossible(start_server):
 
 
 async def test_after_redis_lost_everything_a_client_is_told_it_did_not_recover(redis_server, start_process):
-    process = start_process()
+    process = await start_process()
     away = Recovering("g_lost", "c_away")
     await away.connect(process.url)
     talker = await Client.joined(process.url("g_lost", "c_talk"))
@@ -308,7 +310,7 @@ async def test_after_redis_lost_everything_a_client_is_told_it_did_not_recover(r
     away.drop()
     redis_server.kill()
     redis_server.start()  # empty: nothing was saved
-    process.wait_for_log("Redis bridge up", count=2)
+    await process.logged("Redis bridge up", count=2)
     recovery = await away.connect(process.url)
     assert recovery["recovered"] is False
     assert not any(state["recovered"] for state in recovery["streams"].values())
@@ -389,7 +391,7 @@ async def test_a_message_recorded_while_a_newcomer_joins_reaches_it(start_proces
     the newcomer's history is read. It must still come to it live, not be skipped as if it had
     been replayed, and the snapshot's position must be the one just before it, so that a
     client that skips what it had already takes it."""
-    server = start_process()
+    server = await start_process()
     sender = await RawSocket.open(server.port, "/v3/ws/group/g_seam/client/c_sender")
     loop = asyncio.get_running_loop()
     for n in range(10):
@@ -401,7 +403,7 @@ async def test_a_message_recorded_while_a_newcomer_joins_reaches_it(start_proces
         )
         try:
             got = b""
-            async with asyncio.timeout(TIMEOUT):
+            async with asyncio.timeout(scaled(TIMEOUT)):
                 while said.encode() not in got:
                     got += await newcomer.received.get()
         finally:
@@ -412,3 +414,20 @@ async def test_a_message_recorded_while_a_newcomer_joins_reaches_it(start_proces
         snapshot, message = messages[0], next(message for message in messages if message["msg"] == said)
         before = Position.parse(snapshot["payload"]["recovery"]["streams"]["group"]["position"])
         assert Position.parse(message["position"]) == Position(before.epoch, before.offset + 1)
+
+
+async def test_a_client_that_comes_back_while_redis_is_frozen_is_told_it_did_not_recover(redis_server, start_process):
+    process = await start_process()
+    away = Recovering("g_ice", "c_away")
+    await away.connect(process.url)
+    away.drop()
+    redis_server.process.send_signal(signal.SIGSTOP)  # its sockets stay open: it just never answers
+    try:
+        recovery = await away.connect(process.url)
+        assert recovery["recovered"] is False and recovery["proof"] is None
+        assert all(state == {"position": None, "recovered": False} for state in recovery["streams"].values())
+        talker = await Client.joined(process.url("g_ice", "c_talk"))
+        await talker.send(msg_type="msg", target="group", msg="served locally")
+        assert await away.messages_until("served locally") == ["served locally"]
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)

@@ -24,6 +24,7 @@ from aether_tornado.frames import FrameReader
 from .conftest import ws_url
 from .processes import RedisLatency
 from .test_recovery import UNLIMITED, MakeUrl, Recovering, flags, sender
+from .timing import scaled
 from .wsclient import TIMEOUT, Client, errors_of, upgrade_request
 
 BIG = "x" * 60_000
@@ -56,7 +57,7 @@ async def history_page(port: int, group_id: str, query: str) -> tuple[dict[str, 
 
 
 async def test_recovering_from_a_stream_of_big_messages_keeps_redis_answering(redis_server, start_process):
-    process = start_process(*flags(UNLIMITED))
+    process = await start_process(*flags(UNLIMITED))
     # Sixteen members that will come back at once: eight from before the first message (they
     # miss all 1,000), eight from after it (999).
     early = [Recovering("g_big", f"c_early{n}") for n in range(8)]
@@ -94,7 +95,7 @@ async def test_recovering_from_a_stream_of_big_messages_keeps_redis_answering(re
     assert all(report["streams"]["group"]["recovered"] is False for report in reports)  # over the buffer
     assert all(report["streams"]["client"]["recovered"] for report in reports)  # nothing missed there
     print(f"PING during 16 recoveries and {len(pages)} history pages: at most {longest_ms} ms ({pings} pings)")
-    assert longest_ms <= 20 and pings > 0
+    assert longest_ms <= scaled(20) and pings > 0  # the issue's bound, scaled like every other
     assert slow == [], slow
     assert sum(count for count, _ in pages) == 1000
     assert all(size <= (1 << 20) + 61_000 for _, size in pages)
@@ -131,7 +132,7 @@ def silent_socket(port: int, client: Recovering) -> socket.socket:
     """A recovering client that presents its positions, then never reads a byte, not even the 101."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
-    sock.settimeout(TIMEOUT)
+    sock.settimeout(scaled(TIMEOUT))
     sock.connect(("127.0.0.1", port))
     sock.sendall(upgrade_request(port, f"/v3/ws/group/{client.group_id}/client/{client.client_id}{client.query()}"))
     return sock
@@ -154,7 +155,7 @@ async def test_forty_silent_recovering_sockets_hold_no_more_than_their_outbound_
     await settled(talker)
     silent = [silent_socket(server.port, client) for client in clients]
     recoveries = server.node.metrics.recoveries.values
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while sum(recoveries.values()) < 80:  # each has had its snapshot and replay
             await asyncio.sleep(0.01)  # nothing reaches the silent clients: the server's count is watched
     conns = [conn for conn in server.node.hub.all() if conn.client_id.startswith("c_s")]
@@ -171,7 +172,7 @@ async def test_forty_silent_recovering_sockets_hold_no_more_than_their_outbound_
     assert all(report["streams"]["client"]["recovered"] for report, _ in replays)
     # More comes live: each passes its buffer (once the kernel's are full too) and is closed as a slow consumer.
     await send_big(talker, "g_silent", 100)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(scaled(10)):
         while any(conn.client_id.startswith("c_s") for conn in server.node.hub.all()):
             await asyncio.sleep(0.05)  # the hub announces nothing: its state is watched
     for sock in silent:
@@ -213,7 +214,7 @@ async def one_server(request, start_server) -> AsyncIterator[tuple[MakeUrl, Call
         yield (lambda group_id, client_id: ws_url(server, group_id, client_id)), streams_in_memory
         return
     redis_server = request.getfixturevalue("redis_server")
-    process = request.getfixturevalue("start_process")()
+    process = await request.getfixturevalue("start_process")()
     redis = Redis.from_url(redis_server.url)
 
     async def history_keys() -> int:
@@ -243,7 +244,7 @@ async def test_a_direct_message_to_a_client_that_just_left_is_kept_for_its_retur
     await away.connect(url)
     away.drop()
     talker = await Client.joined(url("g_kept", "c_talk"))
-    async with asyncio.timeout(5):  # its connection closes on the server's side a moment later
+    async with asyncio.timeout(scaled(5)):  # its connection closes on the server's side a moment later
         while True:
             await talker.send(msg_type="msg", target="direct", to_id="c_away", msg="for later")
             answer = await talker.recv_where(cmd="ERROR")

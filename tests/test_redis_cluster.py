@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from .processes import RedisClusterServers, ServerProcess
+from .timing import scaled
 from .wsclient import Client
 
 
@@ -21,7 +22,7 @@ async def test_a_killed_process_s_clients_leave_once_on_a_cluster(redis_cluster)
         "--lease-seconds",
         "1",
     )
-    first, second = (ServerProcess(*args, ready="Redis bridge up") for _ in range(2))
+    first, second = [await ServerProcess.launch(*args, ready="Redis bridge up") for _ in range(2)]
     try:
         watcher = await Client.joined(first.url("g_k9", "c_watch"))
         victims = [await Client.joined(second.url(group, "c_victim")) for group in ("g_k9", "g_other")]
@@ -36,8 +37,8 @@ async def test_a_killed_process_s_clients_leave_once_on_a_cluster(redis_cluster)
         error = await watcher.recv_where(cmd="ERROR")
         assert error["payload"]["code"] == "recipient_offline"  # gone from every group, on every shard
     finally:
-        first.kill()
-        second.kill()
+        await first.stopped()
+        await second.stopped()
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def own_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
 
 async def test_delivery_and_presence_resume_after_a_master_fails_over(own_cluster):
     args = ("--redis-url", own_cluster.url, "--redis-cluster", "true", "--lease-seconds", "3")
-    first, second = (ServerProcess(*args, ready="Redis bridge up") for _ in range(2))
+    first, second = [await ServerProcess.launch(*args, ready="Redis bridge up") for _ in range(2)]
     try:
         receiver = await Client.joined(first.url("g_fail", "c_receiver") + "?recover=")  # sees positions
         sender = await Client.joined(second.url("g_fail", "c_sender"))
@@ -67,9 +68,9 @@ async def test_delivery_and_presence_resume_after_a_master_fails_over(own_cluste
                 await asyncio.sleep(0.05)  # a steady sender, through the whole failover
             return count
 
-        sent_during = await asyncio.wait_for(send_until_both_are_back(), 30)
+        sent_during = await asyncio.wait_for(send_until_both_are_back(), scaled(30))
         for process in (first, second):  # each has put its clients back (a newcomer sees them)
-            await asyncio.to_thread(process.wait_for_log, "presence back in Redis", 10)
+            await process.logged("presence back in Redis", 10)
         for number in range(20):
             await sender.send(msg_type="msg", target="group", msg=f"after {number}")
         received = []
@@ -92,13 +93,16 @@ async def test_delivery_and_presence_resume_after_a_master_fails_over(own_cluste
         assert leave["payload"]["reason"] == "closed"
         await receiver.nothing_within(1.0)  # once
     finally:
-        first.kill()
-        second.kill()
+        await first.stopped()
+        await second.stopped()
 
 
 async def test_order_across_shards_holds_without_history(start_cluster_process):
     """Without history nothing is recorded: the sender waits for Redis to take each message instead."""
-    first, second = start_cluster_process("--history-size", "0"), start_cluster_process("--history-size", "0")
+    first, second = (
+        await start_cluster_process("--history-size", "0"),
+        await start_cluster_process("--history-size", "0"),
+    )
     alice = await Client.joined(first.url("g_order", "c_alice"))  # g_order, c_bob, broadcast: three shards
     bob = await Client.joined(second.url("g_order", "c_bob"))
     await alice.recv_where(event="join", client_id="c_bob")

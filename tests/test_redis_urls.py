@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from .processes import RedisServer
+from .timing import scaled
 from .wsclient import Client
 
 
@@ -21,7 +22,7 @@ def self_signed_certificate(folder: Path) -> Path:
         [*request, "-addext", "subjectAltName=IP:127.0.0.1", *files],
         check=True,
         capture_output=True,
-        timeout=30,
+        timeout=scaled(30),
     )
     return folder
 
@@ -41,7 +42,7 @@ def redis_server(request, tmp_path):
 
 
 async def test_two_processes_act_as_one_over_this_redis(start_process):
-    first, second = start_process(), start_process()
+    first, second = await start_process(), await start_process()
     alice = await Client.joined(first.url("g_u", "c_alice"))
     bob = await Client.joined(second.url("g_u", "c_bob"))
     await alice.recv_where(event="join", client_id="c_bob")

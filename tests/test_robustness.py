@@ -6,12 +6,15 @@ import random
 import socket
 from pathlib import Path
 
+import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from aether_tornado import app
 from aether_tornado.app import FILES_RESERVED
 
+from .conftest import ws_url
 from .processes import ServerProcess
+from .timing import scaled, until
 from .wsclient import Client, RawSocket, errors_of
 
 GARBAGE = [
@@ -86,7 +89,7 @@ async def test_a_connection_that_never_sends_a_request_is_closed(start_server, m
     monkeypatch.setattr(app, "HTTP_IDLE_TIMEOUT", 0.3)
     server = await start_server()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert await asyncio.wait_for(reader.read(), scaled(5)) == b""
     writer.close()
 
 
@@ -96,35 +99,86 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def test_out_of_descriptors_the_server_pauses_accepting_logs_once_and_recovers():
-    server = ServerProcess("--max-connections", "5", open_files=FILES_RESERVED + 10)
+    server = await ServerProcess.launch("--max-connections", "5", open_files=FILES_RESERVED + 10)
     try:
         silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(FILES_RESERVED + 40)]
-        server.wait_for_log("cannot accept connections")
+        await server.logged("cannot accept connections")
         before = cpu_seconds(server.process.pid)
         await asyncio.sleep(1)  # what it does meanwhile is the point: nothing to await
         assert cpu_seconds(server.process.pid) - before < 0.5  # paused, not spinning on EMFILE
         for sock in silent:
             sock.close()
-        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/healthz", request_timeout=10)
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/healthz", request_timeout=scaled(10))
         assert response.code == 200
-        server.wait_for_log("accepting connections again")
+        await server.logged("accepting connections again")
         assert len(server.lines("cannot accept connections")) == 1
         assert not server.lines("Traceback")
     finally:
-        server.kill()
+        await server.stopped()
 
 
 async def test_silent_http_connections_past_the_bound_are_closed_at_once():
-    server = ServerProcess("--max-http-connections", "20")
+    server = await ServerProcess.launch("--max-http-connections", "20")
     try:
         silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         assert extra.recv(1) == b""  # closed by the server, not left to hold a descriptor
-        server.wait_for_log("20 HTTP connections open: closing new ones")
+        await server.logged("20 HTTP connections open: closing new ones")
         for sock in silent:
             sock.close()
-        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/healthz", request_timeout=10)
+        response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{server.port}/healthz", request_timeout=scaled(10))
         assert response.code == 200
-        server.wait_for_log("HTTP connections below the bound again")
+        await server.logged("HTTP connections below the bound again")
     finally:
-        server.kill()
+        await server.stopped()
+
+
+@pytest.mark.expect_errors("routing a message of g_bug/c_bug failed")
+async def test_a_bug_while_routing_closes_that_connection_1011_and_no_other(server, monkeypatch):
+    client = await Client.joined(ws_url(server, "g_bug", "c_bug"))
+    other = await Client.joined(ws_url(server, "g_bug", "c_other"))
+    receive = server.node.receive
+
+    def broken(conn, message):
+        if conn.client_id == "c_bug":
+            raise RuntimeError("a bug in routing")
+        return receive(conn, message)
+
+    monkeypatch.setattr(server.node, "receive", broken)
+    await client.send(msg_type="msg", target="group", msg="boom")
+    assert await client.closed() == (1011, "internal error")
+    await other.send(msg_type="msg", target="echo", msg="still served")
+    assert (await other.recv_where(msg="still served"))["target"] == "echo"
+
+
+@pytest.mark.expect_errors("attaching g_att/c_att failed")
+async def test_a_bug_while_attaching_closes_the_new_connection_1011(server, monkeypatch):
+    join = server.node.presence.join
+
+    async def broken(lease):
+        if lease.client_id == "c_att":
+            raise RuntimeError("a bug in presence")
+        return await join(lease)
+
+    monkeypatch.setattr(server.node.presence, "join", broken)
+    client = await Client.connect(ws_url(server, "g_att", "c_att"))
+    assert await client.closed() == (1011, "internal error")
+    assert (await Client.joined(ws_url(server, "g_att", "c_fine"))).snapshot["payload"]["clients"] == ["c_fine"]
+
+
+@pytest.mark.expect_errors("_expire_leases failed; retrying")
+async def test_a_housekeeping_step_that_fails_is_logged_once_and_again_when_it_works(start_server, monkeypatch, caplog):
+    server = await start_server(lease_seconds=1)  # expiry every 0.1 s
+    expire = server.node.presence.expire
+    failures = 3
+
+    async def failing_a_few_times():
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("the store said no")
+        return await expire()
+
+    monkeypatch.setattr(server.node.presence, "expire", failing_a_few_times)
+    await until(lambda: "_expire_leases works again" in caplog.text)
+    assert caplog.text.count("_expire_leases failed; retrying") == 1  # once per episode, not per failure

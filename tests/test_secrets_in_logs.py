@@ -14,7 +14,7 @@ API_KEY = "api-key-" + "x" * 16
 
 async def test_tokens_and_keys_never_reach_the_log(redis_server):
     token = jwt.encode({"sub": "c_other", "group": "g_log", "exp": int(time.time()) + 60}, SECRET, "HS256")
-    server = ServerProcess(
+    server = await ServerProcess.launch(
         "--jwt-secret", SECRET, "--api-key", API_KEY, "--log-level", "debug",
         "--redis-url", redis_server.url.replace("redis://", "redis://:hunter2-password@"),
         ready="serving",
@@ -37,7 +37,7 @@ async def test_tokens_and_keys_never_reach_the_log(redis_server):
         )
         assert (await with_header.recv())["payload"]["event"] == "snapshot"  # the header is enough
         with_header.close()
-        server.wait_for_log("open g_log/c_other")  # logged after every line above
+        await server.logged("open g_log/c_other")  # logged after every line above
         log = "".join(server.log)
         assert "401 GET /v3/ws/group/g_log/client/c_log " in log
         assert "/v3/publish?token=*** " in log  # Tornado's own warning, masked
@@ -46,4 +46,4 @@ async def test_tokens_and_keys_never_reach_the_log(redis_server):
         for secret in (token, token.split(".")[2], API_KEY, "w" * 20, "hunter2-password", SECRET):
             assert secret not in log
     finally:
-        server.kill()
+        await server.stopped()

@@ -8,8 +8,9 @@ import pytest
 
 from aether_tornado.config import SettingsError, is_loopback, load_settings
 
-KEY = "k" * 24
+from .timing import scaled
 
+KEY = "k" * 24
 
 BEYOND_LOOPBACK = ["0.0.0.0", "::", "10.1.2.3", "example.org", ""]
 HOSTS = ["--allowed-hosts", "ws.example.com"]
@@ -52,7 +53,7 @@ def test_the_process_refuses_to_start_with_one_line_that_names_the_flag():
         [sys.executable, "-m", "aether_tornado", "--host", "0.0.0.0", "--port", "0"],
         capture_output=True,
         text=True,
-        timeout=20,
+        timeout=scaled(20),
         env={key: value for key, value in os.environ.items() if not key.startswith("AETHER_")},
     )
     assert result.returncode == 2

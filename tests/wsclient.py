@@ -12,6 +12,9 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from aether_tornado import frames
 
+from .timing import scaled
+
+# Seconds any wait of a client takes at most, unless told otherwise; every one is scaled (timing.py).
 TIMEOUT = 5.0
 
 
@@ -22,7 +25,7 @@ class Client:
     @classmethod
     async def connect(cls, url: str, headers: dict[str, str] | None = None) -> "Client":
         request = HTTPRequest(url, headers=headers or {})
-        conn = await asyncio.wait_for(websocket_connect(request), TIMEOUT)
+        conn = await asyncio.wait_for(websocket_connect(request), scaled(TIMEOUT))
         return cls(conn)
 
     @classmethod
@@ -41,7 +44,7 @@ class Client:
         await self.conn.write_message(frame, binary=binary)
 
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        frame = await asyncio.wait_for(self.conn.read_message(), timeout)
+        frame = await asyncio.wait_for(self.conn.read_message(), scaled(timeout))
         assert frame is not None, f"closed: {self.conn.close_code} {self.conn.close_reason}"
         return orjson.loads(frame)
 
@@ -55,7 +58,7 @@ class Client:
                 if all(fields.get(key) == value for key, value in match.items()):
                     return message
 
-        return await asyncio.wait_for(find(), timeout)
+        return await asyncio.wait_for(find(), scaled(timeout))
 
     async def closed(self, timeout: float = TIMEOUT) -> tuple[int | None, str | None]:
         """Read until the server closes; return its close code and reason."""
@@ -64,7 +67,7 @@ class Client:
             while await self.conn.read_message() is not None:
                 pass
 
-        await asyncio.wait_for(drain(), timeout)
+        await asyncio.wait_for(drain(), scaled(timeout))
         return self.conn.close_code, self.conn.close_reason
 
     async def nothing_within(self, seconds: float) -> None:
@@ -101,7 +104,7 @@ class RawSocket:
         """Connect and upgrade; ``with_request`` goes in the same write as the request (pipelined frames)."""
         raw = await cls.connected(port, recv_buffer)
         raw.writer.write(upgrade_request(port, path) + with_request)
-        response = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        response = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), scaled(TIMEOUT))
         assert response.startswith(b"HTTP/1.1 101"), response
         return raw
 
@@ -112,7 +115,7 @@ class RawSocket:
         if recv_buffer:  # set before connecting, so the TCP window stays small
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
         sock.setblocking(False)
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), TIMEOUT)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), scaled(TIMEOUT))
         reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
         return cls(reader, writer)
 
@@ -136,7 +139,7 @@ class RawSocket:
             opcode, payload = event
             return opcode, payload.encode() if isinstance(payload, str) else payload
 
-        return await asyncio.wait_for(read(), timeout)
+        return await asyncio.wait_for(read(), scaled(timeout))
 
     async def close_code(self, timeout: float = TIMEOUT) -> tuple[int, int]:
         """Read until the close frame; return (text frames read before it, close code)."""
@@ -149,7 +152,7 @@ class RawSocket:
                     return count, frames.close_code(payload)
                 count += opcode == frames.TEXT
 
-        return await asyncio.wait_for(drain(), timeout)
+        return await asyncio.wait_for(drain(), scaled(timeout))
 
     async def closed_cleanly(self, timeout: float = TIMEOUT) -> int:
         """The server's close code, once its close frame and then the end of the TCP stream arrived.
@@ -164,7 +167,7 @@ class RawSocket:
             assert await self.reader.read(1 << 16) == b"", "bytes after the close frame"
             return code
 
-        return await asyncio.wait_for(close_then_end(), timeout)
+        return await asyncio.wait_for(close_then_end(), scaled(timeout))
 
     def close(self) -> None:
         self.writer.close()
