@@ -166,3 +166,16 @@ async def test_one_client_may_hold_several_connections(url):
     tab2.close()
     leave = await watcher.recv_where(event="leave")
     assert leave["payload"] == {"event": "leave", "client_id": "c_tabs", "reason": "closed"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "says"),
+    [
+        ({"Sec-WebSocket-Version": "8"}, 426, "Only WebSocket version 13"),
+        ({"Sec-WebSocket-Key": ""}, 400, "Sec-WebSocket-Key is missing"),
+        ({"Upgrade": "h2c"}, 400, "send an upgrade request"),
+    ],
+)
+async def test_a_request_that_is_no_websocket_upgrade_we_take_is_refused_with_why(server, headers, status, says):
+    code, body = await handshake(server.port, "/v3/ws/group/g_up/client/c_up", **headers)
+    assert (code, body["code"]) == (status, "not_websocket") and says in body["msg"]

@@ -212,3 +212,24 @@ async def test_a_sender_gets_its_own_messages_and_the_answers_to_them_in_the_ord
         message = await alice.recv()
         received.append("ERROR" if message["cmd"] == "ERROR" else int(message["msg"]))
     assert received == expected
+
+
+async def test_without_history_a_direct_message_reaches_a_client_on_the_same_process(start_server):
+    server = await start_server(history_size=0)
+    alice = await Client.joined(ws_url(server, "g_nh", "c_alice"))
+    bob = await Client.joined(ws_url(server, "g_other", "c_bob"))
+    await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="no history")
+    message = await bob.recv_where(msg="no history")
+    assert (message["from_id"], "position" in message) == ("c_alice", False)
+
+
+async def test_without_history_a_direct_message_to_another_process_is_unavailable_while_redis_is_away(
+    redis_server, start_process
+):
+    first, second = [await start_process("--history-size", "0") for _ in range(2)]
+    alice = await Client.joined(first.url("g_nh", "c_alice"))
+    await Client.joined(second.url("g_nh", "c_bob"))
+    redis_server.kill()
+    await first.logged("Redis bridge down")
+    await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="?")
+    assert errors_of(await alice.recv_where(cmd="ERROR"))[0] == "unavailable"
