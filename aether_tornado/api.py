@@ -1,4 +1,4 @@
-"""The HTTP side: the backend API (PROTOCOL section 6), health, metrics and the index page."""
+"""The HTTP side: the backend API (docs/protocol.md, "The HTTP API"), health, metrics and the index page."""
 
 import functools
 import hmac

@@ -2,7 +2,7 @@
 
 from typing import Final
 
-# Error codes carried in the ``payload.code`` of an ERROR frame (PROTOCOL section 5).
+# Error codes carried in the ``payload.code`` of an ERROR frame (docs/protocol.md, section 5).
 INVALID_JSON: Final = "invalid_json"
 UNSUPPORTED_FRAME: Final = "unsupported_frame"
 INVALID_MESSAGE: Final = "invalid_message"
@@ -11,7 +11,7 @@ RECIPIENT_OFFLINE: Final = "recipient_offline"
 RATE_LIMITED: Final = "rate_limited"
 UNAVAILABLE: Final = "unavailable"
 
-# Codes of a refused handshake's JSON body (PROTOCOL section 1).
+# Codes of a refused handshake's JSON body (docs/protocol.md, section 1).
 INVALID_ID: Final = "invalid_id"
 FORBIDDEN_ORIGIN: Final = "forbidden_origin"
 UNAUTHORIZED: Final = "unauthorized"

@@ -1,4 +1,4 @@
-"""PROTOCOL section 6: the backend HTTP API, health and metrics."""
+"""The backend HTTP API, health and metrics (docs/protocol.md, "The HTTP API")."""
 
 import asyncio
 

@@ -1,4 +1,4 @@
-"""PROTOCOL section 5: every error is answered to the sender alone, and the connection stays open."""
+"""docs/protocol.md, section 5: every error is answered to the sender alone, and the connection stays open."""
 
 import orjson
 import pytest

@@ -1,4 +1,4 @@
-"""PROTOCOL section 1: connecting, and every reason a handshake is refused."""
+"""docs/protocol.md, section 1: connecting, and every reason a handshake is refused."""
 
 import asyncio
 

@@ -1,4 +1,4 @@
-"""PROTOCOL section 5 limits: frame size, rate, outbound buffer, idle time, dead peers."""
+"""docs/protocol.md, section 5, limits: frame size, rate, outbound buffer, idle time, dead peers."""
 
 import asyncio
 import time

@@ -1,4 +1,4 @@
-"""PROTOCOL section 4 through a real server: snapshots, join and leave events."""
+"""docs/protocol.md, section 4 through a real server: snapshots, join and leave events."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""PROTOCOL sections 2 and 3: stamping, and who receives each target."""
+"""docs/protocol.md, sections 2 and 3: stamping, and who receives each target."""
 
 import asyncio
 import re
