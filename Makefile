@@ -9,14 +9,16 @@ ARGS ?=
 
 .PHONY: run test lint
 
-$(VENV)/.installed: requirements.txt
+# The pinned dependencies, then the package itself, editable: its command runs this checkout.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m aether_tornado $(ARGS)
+	$(VENV)/bin/aether-tornado $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

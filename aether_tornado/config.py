@@ -345,7 +345,7 @@ def _parse(field: attrs.Attribute, raw: Any, source: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aether_tornado",
+        prog="aether-tornado",
         description="Serve the Aether V3 WebSocket protocol. Every setting may also come "
         "from an AETHER_<NAME> environment variable or a TOML --config file.",
     )

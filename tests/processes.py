@@ -43,7 +43,13 @@ class LoggedProcess:
     # Every process started during the current test, whose log the suite reads once it is over.
     started: ClassVar[list["LoggedProcess"]] = []
 
-    def __init__(self, argv: list[str], open_files: int | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        open_files: int | None = None,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """``open_files`` caps the descriptors the process may open, soft and hard limit alike."""
         self.log: list[str] = []
         self._logged = threading.Condition()
@@ -53,8 +59,9 @@ class LoggedProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
             preexec_fn=limit,
+            cwd=cwd,
         )
         threading.Thread(target=self._collect, args=(self.process,), daemon=True).start()
         LoggedProcess.started.append(self)
