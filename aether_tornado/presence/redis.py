@@ -219,8 +219,16 @@ class RedisPresence:
         """After an outage: drop leases that ended meanwhile, put back this process's open ones.
 
         Nothing is announced: the node sends fresh snapshots instead. Redis may have
-        restarted empty, so this runs after every reconnection, noticed here or not.
+        restarted empty, so this runs after every reconnection, noticed here or not. Redis
+        failing meanwhile (another outage, a cluster failing over) raises ConnectionError: an
+        outage, to be retried once Redis is back, like any the bridge sees.
         """
+        try:
+            await self._resync()
+        except RedisError as error:
+            raise ConnectionError(f"presence could not be put back in Redis: {error}") from error
+
+    async def _resync(self) -> None:
         async with self._resyncing:
             await self._forget_connections()
             while self._left_while_down:
