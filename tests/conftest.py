@@ -71,11 +71,24 @@ def servers_log_no_failure(request: pytest.FixtureRequest, caplog: pytest.LogCap
 
 
 def _failures(log: list[str]) -> list[str]:
-    """The lines of a server's output that say something failed; a traceback belongs to the error line before it."""
-    failures = []
-    for index, line in enumerate(log):
-        if FAILURE.search(line) and not (line.startswith("Traceback") and index and " ERROR " in log[index - 1]):
-            failures.append(line.rstrip())
+    """What a server's output says failed: each error line, or bare traceback, with its traceback."""
+    failures: list[str] = []
+    index = 0
+    while index < len(log):
+        line, index = log[index], index + 1
+        if not FAILURE.search(line):
+            continue
+        told = [line]
+        if not line.startswith("Traceback") and index < len(log) and log[index].startswith("Traceback"):
+            told.append(log[index])
+            index += 1
+        if told[-1].startswith("Traceback"):  # its indented lines, then the exception's own
+            while index < len(log) and log[index].startswith(" "):
+                told.append(log[index])
+                index += 1
+            told += log[index : index + 1]
+            index += 1
+        failures.append("".join(told).rstrip())
     return failures
 
 
