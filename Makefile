@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    serve one in-memory process on 127.0.0.1:8888 (ARGS="--port 9000" to change)
-#   make test   lint, run the whole test suite, and report its branch coverage
+#   make test   lint (ruff, mypy --strict), run the whole test suite, and report its branch coverage
 VENV := .venv
 PY := $(VENV)/bin/python
 # The Node tools of the tests: tsc checks the browser client's declarations, axe-core the pages.
@@ -23,6 +23,7 @@ run: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 $(NODE_TOOLS): tests/node/package-lock.json
 	npm ci --prefix tests/node --no-audit --no-fund --loglevel=error

@@ -3,6 +3,7 @@
 import functools
 import hmac
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -43,7 +44,7 @@ class JSONHandler(SecureHandler):
     def initialize(self, node: Node) -> None:
         self.node = node
 
-    def reply(self, status: int, body: dict) -> None:
+    def reply(self, status: int, body: dict[str, Any]) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps(body))
@@ -210,9 +211,9 @@ class GroupHistory(BackendHandler):
             )
         text = self.get_query_argument("limit", str(min(DEFAULT_LIMIT, size)))
         if not (text.isascii() and text.isdigit() and 1 <= int(text) <= size):
-            problem = f"required to be a whole number from 1 to {size}"
+            required = f"required to be a whole number from 1 to {size}"
             return self.fail(
-                ProtocolError(INVALID_LIMIT, f"limit is {problem}.", [{"field": "limit", "problem": problem}])
+                ProtocolError(INVALID_LIMIT, f"limit is {required}.", [{"field": "limit", "problem": required}])
             )
         before = None
         if (cursor := self.get_query_argument("before", None)) is not None:

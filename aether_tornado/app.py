@@ -22,7 +22,6 @@ from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .bridge.resp import Address
 from .config import Settings, answered_hosts
-from .connection import Flusher
 from .handlers import ClientSocket, NotFound
 from .history.memory import MemoryHistory
 from .history.redis import RedisHistory
@@ -31,6 +30,7 @@ from .node import Node
 from .presence.memory import MemoryPresence
 from .presence.redis import RedisPresence
 from .sd_notify import notify
+from .websocket import Flusher
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,17 +21,17 @@ class SettingsError(ValueError):
     """A setting that cannot be used; the message names the setting and its source."""
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+def _positive(instance: Any, attribute: "attrs.Attribute[Any]", value: float) -> None:
     if value <= 0:
         raise SettingsError(f"{attribute.name} must be greater than 0, got {value}")
 
 
-def _not_negative(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+def _not_negative(instance: Any, attribute: "attrs.Attribute[Any]", value: float) -> None:
     if value < 0:
         raise SettingsError(f"{attribute.name} must be 0 or more, got {value}")
 
 
-def _port(instance: Any, attribute: attrs.Attribute, value: int) -> None:
+def _port(instance: Any, attribute: "attrs.Attribute[Any]", value: int) -> None:
     if not 0 <= value <= 65535:
         raise SettingsError(f"{attribute.name} must be between 0 and 65535, got {value}")
 
@@ -87,17 +87,17 @@ def _check_origin(origin: str) -> None:
         )
 
 
-def _secret(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+def _secret(instance: Any, attribute: "attrs.Attribute[Any]", value: str | None) -> None:
     if value is not None and len(value.encode()) < 32:
         raise SettingsError(f"{attribute.name} must be at least 32 bytes (RFC 7518 section 3.2)")
 
 
-def _api_key(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+def _api_key(instance: Any, attribute: "attrs.Attribute[Any]", value: str | None) -> None:
     if value is not None and len(value.strip()) < 16:
         raise SettingsError(f"{attribute.name} must be at least 16 characters (an empty one is not 'no key')")
 
 
-def _redis_url(instance: Any, attribute: attrs.Attribute, value: str | None) -> None:
+def _redis_url(instance: Any, attribute: "attrs.Attribute[Any]", value: str | None) -> None:
     if value is None:
         return
     try:
@@ -107,11 +107,29 @@ def _redis_url(instance: Any, attribute: attrs.Attribute, value: str | None) -> 
 
 
 def _one_of(*choices: str) -> Any:
-    def check(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    def check(instance: Any, attribute: "attrs.Attribute[Any]", value: str) -> None:
         if value not in choices:
             raise SettingsError(f"{attribute.name} must be one of {', '.join(choices)}, got {value!r}")
 
     return check
+
+
+def _hosts(hosts: Iterable[str]) -> tuple[str, ...]:
+    return tuple(_host(host) for host in hosts if host.strip())
+
+
+def _check_hosts(instance: Any, attribute: "attrs.Attribute[Any]", hosts: tuple[str, ...]) -> None:
+    for host in hosts:
+        _check_host(host)
+
+
+def _origins(origins: Iterable[str]) -> tuple[str, ...]:
+    return tuple(_origin(origin) for origin in origins if origin.strip())
+
+
+def _check_origins(instance: Any, attribute: "attrs.Attribute[Any]", origins: tuple[str, ...]) -> None:
+    for origin in origins:
+        _check_origin(origin)
 
 
 def _setting(default: Any, help: str, validator: Any = None) -> Any:
@@ -207,8 +225,8 @@ class Settings:
     )
     allowed_hosts: tuple[str, ...] = attrs.field(
         default=(),
-        converter=lambda hosts: tuple(_host(host) for host in hosts if host.strip()),
-        validator=lambda instance, attribute, hosts: [_check_host(host) for host in hosts],
+        converter=_hosts,
+        validator=_check_hosts,
         metadata={
             "help": "host names the server answers for (the Host header, any port), comma-separated; on a loopback "
             "address localhost, 127.0.0.1 and [::1] unless set, elsewhere required (* answers any)"
@@ -216,8 +234,8 @@ class Settings:
     )
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(),
-        converter=lambda origins: tuple(_origin(origin) for origin in origins if origin.strip()),
-        validator=lambda instance, attribute, origins: [_check_origin(origin) for origin in origins],
+        converter=_origins,
+        validator=_check_origins,
         metadata={
             "help": "extra browser origins allowed to connect, comma-separated (the server's own host always is)"
         },
@@ -312,7 +330,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parse(field: attrs.Attribute, raw: Any, source: str) -> Any:
+def _parse(field: "attrs.Attribute[Any]", raw: Any, source: str) -> Any:
     """Convert a raw value from a file, the environment or a flag to the field's type."""
     kind = field.type
     try:

@@ -28,8 +28,8 @@ from .frames import BINARY
 from .history import STREAMS, Position
 from .hub import Positioned
 from .limits import TokenBucket
-from .node import Node, Rest
-from .schema import WSMessageV3, decode
+from .node import Node
+from .schema import VisionId, WSMessageV3, decode
 from .websocket import Flusher, WebSocketProtocol
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ class Handshake(NamedTuple):
     with them (history/proof.py). ``expires`` is its token's expiry (seconds since the epoch).
     """
 
-    group_id: str
-    client_id: str
+    group_id: VisionId
+    client_id: VisionId
     may_broadcast: bool
     since: tuple[Position | None, ...] | None = None
     proof: str | None = None
@@ -103,7 +103,8 @@ class ClientConnection(WebSocketProtocol):
             handshake.client_id,
             handshake.may_broadcast,
         )
-        self.since, self.proof = handshake.since, handshake.proof
+        self.since: Sequence[Position | None] | None = handshake.since
+        self.proof = handshake.proof
         self._expires: float | asyncio.TimerHandle | None = handshake.expires  # the close at expiry, once open
         self.positions: list[Position | None] | None = None if handshake.since is None else [None] * len(STREAMS)
         self.lease_key = node.new_lease_key()
@@ -114,7 +115,7 @@ class ClientConnection(WebSocketProtocol):
         self.broadcast_budget = TokenBucket(self.settings.broadcast_rate, self.settings.broadcast_burst, now)
         self.record_budget = TokenBucket(self.settings.record_byte_rate, self.settings.record_byte_burst, now)
         self._strikes = 0
-        self._attached: asyncio.Task | None = None
+        self._attached: asyncio.Task[None] | None = None
         self._in_flight = 0  # messages routed whose recording or count is not in yet
         self._deferred: list[bytes] = []  # answers to this client that wait for those
         self._routing = False  # a routing task holds the next messages
@@ -138,7 +139,7 @@ class ClientConnection(WebSocketProtocol):
         log.info("closing %s/%s: its token expired", self.group_id, self.client_id, extra={"conn": self.lease_key})
         self.close(CLOSE_TOKEN_EXPIRED, REASON_TOKEN_EXPIRED)
 
-    def _after_attach(self, task: asyncio.Task) -> None:
+    def _after_attach(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("attaching %s/%s failed", self.group_id, self.client_id, exc_info=task.exception())
             self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
@@ -154,6 +155,7 @@ class ClientConnection(WebSocketProtocol):
     async def _detach(self) -> None:
         try:
             with contextlib.suppress(Exception):  # a failed attach was logged already
+                assert self._attached is not None  # on_open attached it before the socket could be lost
                 await self._attached
         finally:
             await self.node.detach(self)
@@ -191,7 +193,7 @@ class ClientConnection(WebSocketProtocol):
         except Exception as error:
             self._routing_failed(error)
 
-    def _finish(self, rest: Rest, may_refuse: bool = False) -> None:
+    def _finish(self, rest: Coroutine[Any, Any, None] | asyncio.Future[Any], may_refuse: bool = False) -> None:
         """Run what routing left to do, keeping the order of what this client is sent.
 
         A future is a message in flight: being recorded, or a direct message whose receivers
@@ -234,12 +236,12 @@ class ClientConnection(WebSocketProtocol):
             self._routing = False
             self._read_on_unless_held()
 
-    def _settled(self, landed: asyncio.Future) -> None:
+    def _settled(self, landed: asyncio.Future[Any]) -> None:
         """A direct message in flight is settled: refused (the answer is queued) or not."""
         self._answer_due = False
         self._landed(landed)
 
-    def _landed(self, _: asyncio.Future) -> None:
+    def _landed(self, _: asyncio.Future[Any]) -> None:
         self._in_flight -= 1
         if self._in_flight:
             if self.holding:

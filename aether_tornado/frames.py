@@ -11,7 +11,7 @@ they end a message, a fragment or only a read.
 
 import codecs
 import struct
-from typing import Final
+from typing import Any, Final
 
 from .tornado_internals import mask
 
@@ -78,12 +78,13 @@ class FrameReader:
         self._masked = from_client
         self._max_message = max_message_bytes
         self._max_fragments = max_fragments
-        self._continued: list | None = None  # the parts of a fragmented message under way
+        self._continued: list[Any] | None = None  # the parts of a fragmented message under way
         self._opcode = 0  # its opcode
         self._fragments = 0  # its frames so far
         self._message_bytes = 0  # its bytes so far
-        self._decoder = None  # its UTF-8 decoder, when it is text
-        self._partial = None  # the decoder checking a text frame whose payload is still arriving
+        self._decoder: codecs.BufferedIncrementalDecoder | None = None  # its UTF-8 decoder, when it is text
+        # The decoder checking a text frame whose payload is still arriving.
+        self._partial: codecs.BufferedIncrementalDecoder | None = None
         self._checked = 0  # how much of that payload it has checked
         self.closed = False
         self.frame_size = 0  # bytes of the frame ``next`` returned last, head included
@@ -177,6 +178,7 @@ class FrameReader:
             self._decoder = _Utf8Decoder() if opcode == TEXT else None
         self._fragments += 1
         self._message_bytes += len(payload)
+        assert self._continued is not None  # begun above, or a continuation _check_header let through
         if self._decoder is not None:
             try:
                 self._continued.append(self._decoder.decode(payload, bool(final)))
@@ -197,6 +199,7 @@ class FrameReader:
         if self._partial is None:
             self._partial = _Utf8Decoder()
             if opcode == CONTINUATION:
+                assert self._decoder is not None  # next() checks a continuation only while text is under way
                 self._partial.setstate(self._decoder.getstate())
         chunk = bytes(self.buffer[start + self._checked : start + arrived])
         if self._masked:

@@ -2,6 +2,7 @@
 
 import errno
 import logging
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import orjson
@@ -20,14 +21,23 @@ from .errors import (
 from .history import STREAMS, Position
 from .ids import id_problem
 from .node import Node
+from .schema import VisionId
 from .tornado_internals import take_socket
 from .web_headers import SecureHandler
 from .websocket import Flusher, handshake_response, serve_socket, upgrade_problem
 
 log = logging.getLogger(__name__)
 
+# JSONErrorMixin calls a RequestHandler's methods; it derives from one for the type checker only.
+if TYPE_CHECKING:
+    import tornado.web
 
-class JSONErrorMixin:
+    _Handler = tornado.web.RequestHandler
+else:
+    _Handler = object
+
+
+class JSONErrorMixin(_Handler):
     """Refusals as ``{"code", "field", "msg"}`` JSON, never Tornado's HTML pages."""
 
     def refuse(self, status: int, code: str, msg: str, field: str | None = None) -> None:
@@ -97,7 +107,7 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
             return self.refuse(503, OVER_CAPACITY, "The server is at its connection limit; retry later.")
         response = handshake_response(key)
         proof = self.get_query_argument("proof", None) if since is not None else None
-        handshake = Handshake(group_id, client_id, may_broadcast, since, proof, expires)
+        handshake = Handshake(VisionId(group_id), VisionId(client_id), may_broadcast, since, proof, expires)
         conn = ClientConnection(self.node, self._flusher, handshake, response, early)
         self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
         try:

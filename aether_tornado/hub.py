@@ -12,6 +12,7 @@ from .errors import ProtocolError
 from .frames import text_frame
 from .history import Position
 from .limits import TokenBucket
+from .schema import VisionId
 
 
 class Positioned:
@@ -37,8 +38,8 @@ class Positioned:
 class Connection(Protocol):
     """What the hub and the node need of one open WebSocket."""
 
-    group_id: str
-    client_id: str
+    group_id: VisionId
+    client_id: VisionId
     lease_key: str
     sender: Sender  # marks what it sends, for its order across a cluster's shards
     last_seen: float

@@ -117,7 +117,7 @@ class Metrics:
                 "errors": self.errors,
             }
         )
-        self._all = [
+        self._all: list[Counter | Gauge | Histogram] = [
             Gauge("aether_connections", "Open WebSocket connections on this process.", connections),
             Gauge("aether_bridge_up", "1 while other processes can be reached (always 1 alone).", bridge_up),
             Gauge("aether_bridge_backlog_bytes", "Bytes of publishes waiting for Redis to take them.", bridge_backlog),

@@ -46,7 +46,7 @@ from .history.proof import Proofs
 from .hub import Added, Connection, Hub, Positioned
 from .metrics import Metrics
 from .presence import Lease, Presence
-from .schema import WSMessageV3, encode, utc_timestamp
+from .schema import VisionId, WSMessageV3, encode, utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ ANNOUNCE_SECONDS = 5.0
 STREAM_OF_KIND = {name: index for index, name in enumerate(STREAMS)}
 # What is left of routing a message once it must wait for Redis, or None when it is done: a
 # coroutine, or a future whose callbacks have done the work once it is settled.
-Rest = Coroutine[Any, Any, None] | asyncio.Future | None
+Rest = Coroutine[Any, Any, None] | asyncio.Future[Any] | None
 
 
 def frame_of(message: WSMessageV3) -> bytes:
@@ -104,8 +104,8 @@ class Node:
         self._api_turn = asyncio.Lock()
         self._api_in_flight: set[asyncio.Future[int]] = set()
         self._api_shard: int | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._spawned: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._spawned: set[asyncio.Task[None]] = set()
         self._detached = asyncio.Event()
         self._bridge_was_up = False
         # This process's recorded messages on their way back from its subscriber, by (channel,
@@ -381,12 +381,12 @@ class Node:
             },
             "proof": self.proofs.issue(conn.group_id, conn.client_id, floors),
         }
-        missed = sorted(
+        merged = sorted(
             ((time, index, message) for index, stream in enumerate(kept) for time, message in stream or ()),
             key=lambda item: item[:2],
         )
         snapshot = frame_of(messages.snapshot(conn.group_id, members, report))
-        conn.release_recovered(snapshot, [message for *_, message in missed], replayed)
+        conn.release_recovered(snapshot, [message for *_, message in merged], replayed)
 
     async def detach(self, conn: Connection) -> None:
         """Forget a closed connection; the group hears ``leave`` if it was the client's last."""
@@ -433,6 +433,7 @@ class Node:
         receivers = self._route(stamped, payload, conn.sender)
         if receivers is None or message.target != "direct":
             return receivers  # in flight until recorded and delivered here
+        assert message.to_id is not None  # the schema requires it for target 'direct'
         answered = asyncio.get_running_loop().create_future()
         receivers.add_done_callback(functools.partial(self._answer_unreached, conn, message.to_id, answered))
         return answered
@@ -443,7 +444,7 @@ class Node:
         return None if channel is None else self.bridge.shard_of(channel)
 
     def _answer_unreached(
-        self, conn: Connection, to_id: str, answered: asyncio.Future, receivers: asyncio.Future[int]
+        self, conn: Connection, to_id: str, answered: asyncio.Future[None], receivers: asyncio.Future[int]
     ) -> None:
         """Once the other processes' count is in: nothing, unavailable, or (after presence) an answer."""
         if receivers.exception() is None and receivers.result():
@@ -454,7 +455,7 @@ class Node:
         else:
             self.spawn(self._answer_nobody_took(conn, to_id, answered))
 
-    async def _answer_nobody_took(self, conn: Connection, to_id: str, answered: asyncio.Future) -> None:
+    async def _answer_nobody_took(self, conn: Connection, to_id: str, answered: asyncio.Future[None]) -> None:
         try:
             conn.refuse(await self._nobody_took(to_id))
         finally:
@@ -857,7 +858,7 @@ class Node:
             self._to_group(group_id, messages.left(group_id, client_id, "timeout"))
 
 
-def _stamped(message: WSMessageV3, from_id: str | None, group_id: str | None) -> WSMessageV3:
+def _stamped(message: WSMessageV3, from_id: VisionId | None, group_id: VisionId | None) -> WSMessageV3:
     """The message as the server sends it: sender and group filled in, ``sent_at`` now."""
     return WSMessageV3(
         msg_type=message.msg_type,

@@ -23,7 +23,7 @@ Target = Literal["direct", "group", "broadcast", "echo"]
 Version = Literal["3"]
 VisionId = NewType("VisionId", str)
 CmdName = NewType("CmdName", str)
-Payload = NewType("Payload", dict)
+Payload = NewType("Payload", dict[str, Any])
 
 _CMD_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -68,19 +68,21 @@ def _structure_str(value: Any, _: type) -> str:
 
 
 def _structure_vision_id(value: Any, _: type) -> str:
-    why = id_problem(_structure_str(value, str))
+    text = _structure_str(value, str)
+    why = id_problem(text)
     if why is not None:
         raise ValueError(f"not a Vision ID: {why}")
-    return value
+    return text
 
 
 def _structure_cmd(value: Any, _: type) -> str:
-    if not _CMD_NAME.fullmatch(_structure_str(value, str)):
+    text = _structure_str(value, str)
+    if not _CMD_NAME.fullmatch(text):
         raise ValueError("not a command name: 1 to 64 characters of A-Z a-z 0-9 _ . : -")
-    return value
+    return text
 
 
-def _structure_payload(value: Any, _: type) -> dict:
+def _structure_payload(value: Any, _: type) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
@@ -225,8 +227,8 @@ def _encode(message: WSMessageV3) -> bytes:
 
 # The last millisecond and whole second formatted, with their texts: under load, many messages
 # are stamped within one millisecond, and strftime runs once a second.
-_millisecond: list = [-1, ""]
-_second: list = [-1, ""]
+_millisecond: list[Any] = [-1, ""]
+_second: list[Any] = [-1, ""]
 
 
 def utc_timestamp() -> str:
@@ -237,4 +239,5 @@ def utc_timestamp() -> str:
         if seconds != _second[0]:
             _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
         _millisecond[:] = [millis, f"{_second[1]}.{rest:03d}Z"]
-    return _millisecond[1]
+    stamp: str = _millisecond[1]
+    return stamp

@@ -11,11 +11,12 @@ borrows Tornado's C speedup.
 
 import os
 import socket
-from typing import Any
+from typing import Any, cast
 
 import tornado
 import tornado.httpserver
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 from tornado.util import _websocket_mask
 
 # Tornado releases (major, minor) whose internals below were tested.
@@ -45,7 +46,7 @@ def take_socket(handler: tornado.web.RequestHandler) -> tuple[socket.socket, byt
     Nothing here awaits, so no event can run between taking the buffer and closing the
     stream. Raises OSError (EMFILE when out of descriptors) before the handler is touched.
     """
-    stream = handler.request.connection.stream
+    stream = cast(HTTP1Connection, handler.request.connection).stream  # HTTPServer speaks HTTP/1 only
     descriptor = os.dup(stream.socket.fileno())  # the socket lives on in this one
     stream = handler.detach()
     early = bytes(stream._read_buffer[: stream._read_buffer_size])

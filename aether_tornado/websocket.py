@@ -17,7 +17,7 @@ import hashlib
 import logging
 import socket
 import time
-from typing import cast
+from typing import Any, cast
 
 from tornado.httputil import HTTPHeaders
 
@@ -155,7 +155,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._turn: asyncio.Handle | None = None  # the next turn of a long read
         self._closing = False  # our close frame is out (or the socket is gone): no more data frames
         self._close_timer: asyncio.TimerHandle | None = None
-        self._held: list[bytes] | None = []
+        self._held: list[bytes | Any] | None = []  # frames, and what a subclass holds back among them
         self._held_bytes = 0
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -197,6 +197,7 @@ class WebSocketProtocol(asyncio.Protocol):
             return  # failed, closed by the peer, or gone: what follows is discarded
         self._reader.feed(data)
         if self._reader.pending > self.settings.max_message_bytes + 65536:
+            assert self._transport is not None  # data comes after connection_made
             self._transport.pause_reading()  # a peer far ahead of us waits in its own buffers
         self.read_frames()
 
@@ -226,6 +227,7 @@ class WebSocketProtocol(asyncio.Protocol):
         """Handle the frames that have arrived, in order, until one must wait or the turn is over."""
         if self._turn is not None or self._throttle is not None or self._reader.closed:
             return
+        assert self._transport is not None  # frames are read only once connection_made has run
         reader, now = self._reader, time.monotonic()
         handled = 0
         try:
@@ -260,6 +262,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _read_on(self) -> None:
         """Read from the socket again, unless a long read's next turn, the byte budget or a full inbox holds it."""
+        assert self._transport is not None  # called by read_frames only
         if self._turn is not None or self._throttle is not None or self._transport.is_closing():
             return
         if self._reader.pending <= self.settings.max_message_bytes + 14:
@@ -283,6 +286,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if not self._closing:
             code = frames.close_code(payload)
             self._send_close(CLOSE_NORMAL if code == frames.NO_STATUS else code, "")
+        assert self._transport is not None  # the peer's close was read from it
         self._transport.close()  # after what is buffered; the server ends the TCP connection first
 
     # Writing
@@ -297,6 +301,7 @@ class WebSocketProtocol(asyncio.Protocol):
             if self._held_bytes > self.settings.outbound_buffer_bytes:
                 self._overflow()
             return
+        assert self._transport is not None  # frames are sent only once the connection is made
         waiting = self._out_bytes + len(frame) + self._transport.get_write_buffer_size()
         if waiting > self.settings.outbound_buffer_bytes:
             self._overflow()

@@ -10,8 +10,8 @@ for its messages to one shard to be taken before it sends to another.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
 from .order import Sender
 
@@ -21,7 +21,7 @@ from .order import Sender
 # in its channel's history (history/), else None.
 OnMessage = Callable[[str, bytes, float, str | None, bool], None]
 # Called each time the transport (re)connects, after it has resubscribed.
-OnUp = Callable[[], Awaitable[None]]
+OnUp = Callable[[], Coroutine[Any, Any, None]]
 # The channels this process needs now: the hub's own list, the source of truth.
 Wanted = Callable[[], Iterable[str]]
 

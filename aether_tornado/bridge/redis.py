@@ -121,7 +121,7 @@ class RedisBridge:
         self._topology = alone(address)
         self._known: list[Address] = [address]  # nodes to ask for the topology, the seed first
         self._shards: list[_Shard] = []
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._reported_up: bool | None = None
         self.up = False
 
@@ -270,13 +270,13 @@ class RedisBridge:
         if not self.up or not self._shards:
             raise BridgeDown
         loop = asyncio.get_running_loop()
-        pongs = []
+        pongs: list[asyncio.Future[None]] = []
         for shard in self._shards:
             pong = loop.create_future()
             self._after_pushes(shard, functools.partial(_resolve, pong))
             pongs.append(pong)
         closed = [shard.subscriber.closed for shard in self._shards]
-        waiting = asyncio.gather(*pongs)
+        waiting: asyncio.Future[Any] = asyncio.gather(*pongs)
         done, _ = await asyncio.wait((waiting, *closed), timeout=REPLY_DEADLINE, return_when=asyncio.FIRST_COMPLETED)
         if waiting not in done:
             # Not cancelled: a cancelled gather keeps its CancelledError as an exception nobody
@@ -322,7 +322,7 @@ class RedisBridge:
         """Connect, resubscribe, watch; on any failure back off (capped, full jitter) and retry."""
         delay = BACKOFF_FIRST
         while True:
-            on_up = None
+            on_up: asyncio.Task[None] | None = None
             try:
                 await self._connect()
                 delay = BACKOFF_FIRST
@@ -361,9 +361,9 @@ class RedisBridge:
             self._reorder = Reorder(len(shards), lambda index, then: self._after_pushes(shards[index], then))
         channels = {RESYNC_CHANNEL, CONTROL_CHANNEL, *self._wanted()}
         for channel in channels:
-            shard = self._shard_for(channel)
-            assert shard is not None
-            shard.subscribed.add(channel)
+            holder = self._shard_for(channel)
+            assert holder is not None
+            holder.subscribed.add(channel)
         for shard in shards:
             if not self._cluster and shard.subscribed:
                 shard.subscriber.command(self._commands.subscribe, *map(self.channel_key, shard.subscribed))
@@ -440,7 +440,9 @@ class RedisBridge:
                         shard.pongs.append(None)
                         shard.subscriber.command(_PING)
 
-    def _on_push(self, shard: _Shard, reply: list[bytes] | bytes) -> None:
+    def _on_push(self, shard: _Shard, reply: Any) -> None:
+        """``reply`` is as hiredis read it: a list (``[b"message", channel, data]``, a subscription's
+        confirmation, a subscriber's pong), a plain ``b"PONG"``, or a ReplyError."""
         if isinstance(reply, ReplyError):  # a subscription refused: the cluster changed under us
             self._lost(reply)
             return
@@ -487,9 +489,8 @@ class RedisBridge:
         except Exception:
             log.exception("delivering a message from channel %s failed", name)
 
-    def _check_on_up(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
+    def _check_on_up(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
             if not isinstance(error, OSError | ReplyError | TimeoutError):
                 log.error("resync after connecting failed", exc_info=error)
             self._lost(error)
@@ -557,7 +558,7 @@ def _field(info: bytes, name: bytes) -> bytes:
     return b""
 
 
-def _resolve(future: asyncio.Future) -> None:
+def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
@@ -570,7 +571,7 @@ def _call_all(callbacks: Iterable[Callable[[], None]]) -> None:
             log.exception("a callback waiting for Redis failed")
 
 
-def _settle_or_down(reply: asyncio.Future, result: Any) -> None:
+def _settle_or_down(reply: asyncio.Future[Any], result: Any) -> None:
     if reply.done():
         return
     if isinstance(result, ReplyError):

@@ -55,7 +55,7 @@ class Address:
         options = parse_url(url)
         tls = None
         if options.get("connection_class") is SSLConnection:
-            tls = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+            tls = ssl.create_default_context(cafile=cast(str | None, options.get("ssl_ca_certs")))
             if options.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
                 tls.check_hostname = False
                 tls.verify_mode = ssl.CERT_NONE
@@ -127,7 +127,7 @@ class RespConnection(asyncio.Protocol):
         if self._send(args) and self._on_push is None:
             self._waiting.append(None)
 
-    def call(self, *args: str | bytes) -> asyncio.Future:
+    def call(self, *args: str | bytes) -> asyncio.Future[Any]:
         """Send a command; the future gets its reply, or fails with ReplyError or ConnectionClosed."""
         reply = self._loop.create_future()
         self.call_then(functools.partial(_settle, reply), *args)
@@ -158,7 +158,7 @@ class RespConnection(asyncio.Protocol):
             return False
         if not self._outgoing:
             self._loop.call_soon(self._flush)
-        packed = hiredis.pack_command(args)
+        packed = hiredis.pack_command(args)  # type: ignore[arg-type]  # hiredis's stub takes a one-item tuple
         self.queued += 1
         self._outgoing.append(packed)
         self._outgoing_bytes += len(packed)
@@ -202,7 +202,7 @@ class RespConnection(asyncio.Protocol):
             self.closed.set_result(closed)
 
 
-def _settle(future: asyncio.Future, reply: Any) -> None:
+def _settle(future: asyncio.Future[Any], reply: Any) -> None:
     if future.done():
         return
     if isinstance(reply, Exception):

@@ -29,7 +29,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import orjson
@@ -108,7 +108,7 @@ class AetherClient:
         self._inbox: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(max_inbox)
         self._conn: WebSocketClientConnection | None = None
         self._opened = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def endpoint(self) -> str:
@@ -141,7 +141,8 @@ class AetherClient:
     async def wait_open(self, timeout: float = 10.0) -> None:
         """Wait until connected; raise Refused if the server refused us for good."""
         opened = asyncio.create_task(self._opened.wait())
-        done, _ = await asyncio.wait({opened, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        started = cast(asyncio.Task[None], self._task)  # made by start(), which comes first
+        done, _ = await asyncio.wait({opened, started}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         opened.cancel()
         if self._task in done:
             self._task.result()  # raises Refused
@@ -188,16 +189,16 @@ class AetherClient:
             raise QueueFull(f"{self.max_queue} messages already wait for the connection")
         self._queue.append(message)
 
-    def send_group(self, msg: str | None = None, payload: dict | None = None) -> None:
+    def send_group(self, msg: str | None = None, payload: dict[str, Any] | None = None) -> None:
         self.send(_compact(msg_type="msg", target="group", msg=msg, payload=payload))
 
-    def send_direct(self, to_id: str, msg: str | None = None, payload: dict | None = None) -> None:
+    def send_direct(self, to_id: str, msg: str | None = None, payload: dict[str, Any] | None = None) -> None:
         self.send(_compact(msg_type="msg", target="direct", to_id=to_id, msg=msg, payload=payload))
 
-    def broadcast(self, msg: str | None = None, payload: dict | None = None) -> None:
+    def broadcast(self, msg: str | None = None, payload: dict[str, Any] | None = None) -> None:
         self.send(_compact(msg_type="msg", target="broadcast", msg=msg, payload=payload))
 
-    def echo(self, msg: str | None = None, payload: dict | None = None) -> None:
+    def echo(self, msg: str | None = None, payload: dict[str, Any] | None = None) -> None:
         self.send(_compact(msg_type="msg", target="echo", msg=msg, payload=payload))
 
     def command(self, cmd: str, target: str = "group", to_id: str | None = None, **fields: Any) -> None:
@@ -218,6 +219,7 @@ class AetherClient:
                 self.state = "reconnecting" if attempt else "connecting"
                 fresh = self._token_provider is not None and self._token_wanted
                 if fresh:
+                    assert self._token_provider is not None  # fresh says there is one
                     self._token, self._token_wanted = await self._token_provider(), False
                 self._presented = bool(self.positions)
                 request = HTTPRequest(self.endpoint, connect_timeout=10, request_timeout=10)
@@ -336,7 +338,7 @@ class AetherClient:
 
 def _refusal(error: HTTPClientError) -> Refused | None:
     with contextlib.suppress(Exception):
-        body = orjson.loads(error.response.body)
+        body = orjson.loads(error.response.body)  # type: ignore[union-attr]  # no response: suppressed, as any failure
         if body.get("code") in FINAL_REFUSALS:
             return Refused(body["code"], body.get("msg", ""))
     return None
@@ -347,7 +349,7 @@ def _split(position: str) -> tuple[str, int]:
     return epoch, int(offset)
 
 
-def _seen(future: asyncio.Future) -> None:
+def _seen(future: asyncio.Future[None]) -> None:
     future.exception()
 
 

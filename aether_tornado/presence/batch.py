@@ -42,7 +42,7 @@ class IterationBatch(Generic[Item, Result]):
         self._running.discard(task)
         if task.cancelled():
             results.cancel()
-        elif task.exception() is not None:
-            results.set_exception(task.exception())
+        elif (error := task.exception()) is not None:
+            results.set_exception(error)
         else:
             results.set_result(task.result())

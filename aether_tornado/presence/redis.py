@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
@@ -98,9 +98,10 @@ class RedisPresence:
         if self.down:
             return here
         try:
-            together = [self._join_together(lease)]
+            together: list[Awaitable[Any]] = [self._join_together(lease)]
             if self._cluster:  # the client's index is on the client's own shard: apart
                 together.append(self._hold_together(lease))
+            joined: Joined
             joined, *_ = await asyncio.gather(*together)
             return joined
         except (RedisError, OSError) as error:
@@ -145,7 +146,9 @@ class RedisPresence:
     async def members(self, group_id: str) -> list[str]:
         if not self.down:
             try:
-                clients = await self._bounded(functools.partial(self._redis.hkeys, self._group_key(group_id)))
+                clients = cast(
+                    list[bytes], await self._bounded(functools.partial(self._redis.hkeys, self._group_key(group_id)))
+                )
                 return sorted(client.decode() for client in clients)
             except (RedisError, OSError) as error:
                 self._lost(error)
@@ -275,7 +278,7 @@ class RedisPresence:
             for start in range(0, len(bucket_leases), BATCH)
         ]
         backs = await asyncio.gather(*map(self._refresh_batch, batches), self._hold_client(leases))
-        return [lease for back in backs[:-1] for lease in back]
+        return [lease for back in cast(list[list[Lease]], backs[:-1]) for lease in back]
 
     async def _refresh_batch(self, batch: list[Lease]) -> list[Lease]:
         """Extend leases of one bucket; those that made their client present again."""
@@ -307,6 +310,7 @@ class RedisPresence:
 
     async def _drop(self, lease: Lease) -> int:
         """Drop a lease in its bucket and in its client's index; 1 if it was the client's last in the group."""
+        left: int
         left, _ = await asyncio.gather(
             self._bounded(
                 functools.partial(
@@ -336,7 +340,7 @@ class RedisPresence:
         await asyncio.gather(*map(take, together.values()))
         return cast(list[Joined], joined)
 
-    async def _join_batch(self, batch: list[Lease]) -> list[list]:
+    async def _join_batch(self, batch: list[Lease]) -> list[list[Any]]:
         """One join script call; on one Redis it puts the leases in their clients' indexes too."""
         with_index = not self._cluster
         keys: list[str] = []
