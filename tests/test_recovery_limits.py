@@ -7,6 +7,7 @@ could have received live, shown by the proof the server gave it.
 """
 
 import asyncio
+import base64
 import secrets
 import socket
 import time
@@ -20,6 +21,8 @@ from redis.asyncio import Redis
 from tornado.httpclient import AsyncHTTPClient
 
 from aether_tornado.frames import FrameReader
+from aether_tornado.history import Position
+from aether_tornado.history.proof import Proofs
 
 from .conftest import ws_url
 from .processes import RedisLatency
@@ -336,3 +339,17 @@ async def test_a_proof_is_for_one_client_in_one_group(start_server):
         report = await other.connect(url)
         assert not any(state["recovered"] for state in report["streams"].values()), (group_id, client_id)
         other.drop()
+
+
+def test_a_proof_that_is_too_long_tampered_with_or_of_another_shape_vouches_for_nothing():
+    proofs = Proofs(b"s" * 32)
+    floors = [Position("e1", 3), None, Position("e2", 0)]
+    proof = proofs.issue("g", "c", floors)
+    assert proofs.floors(proof, "g", "c", 3) == floors
+    mac = proof.partition(".")[2]
+    forged_body = base64.urlsafe_b64encode(b"e1:0,,e2:0").rstrip(b"=").decode()  # an earlier floor
+    signed_shape = proofs.issue("g", "c", [Position("e1", 3)])  # one stream, not three
+    signed_nonsense = proofs.issue("g", "c", [Position("not an epoch!", 1), None, None])
+    for attempt in (proof + "x" * 600, f"{forged_body}.{mac}", signed_shape, signed_nonsense, "no dot", "é.é"):
+        assert proofs.floors(attempt, "g", "c", 3) is None, attempt
+    assert Proofs(b"t" * 32).floors(proof, "g", "c", 3) is None  # another secret
