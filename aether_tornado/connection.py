@@ -65,6 +65,7 @@ class ClientConnection(WebSocketProtocol):
         "_deferred",
         "_eager",
         "_expires",
+        "_expiry",
         "_flight_shard",
         "_in_flight",
         "_routing",
@@ -105,7 +106,8 @@ class ClientConnection(WebSocketProtocol):
         )
         self.since: Sequence[Position | None] | None = handshake.since
         self.proof = handshake.proof
-        self._expires: float | asyncio.TimerHandle | None = handshake.expires  # the close at expiry, once open
+        self._expires = handshake.expires
+        self._expiry: asyncio.TimerHandle | None = None  # the close at the token's expiry, once open
         self.positions: list[Position | None] | None = None if handshake.since is None else [None] * len(STREAMS)
         self.lease_key = node.new_lease_key()
         self.sender = node.new_sender()
@@ -128,8 +130,8 @@ class ClientConnection(WebSocketProtocol):
     # The connection's life: attached to the node as the 101 goes out, detached when the socket is gone.
 
     def on_open(self) -> None:
-        if isinstance(self._expires, float):
-            self._expires = asyncio.get_running_loop().call_later(
+        if self._expires is not None:
+            self._expiry = asyncio.get_running_loop().call_later(
                 max(0.0, self._expires - time.time()), self._token_expired
             )
         self._attached = self.node.attach(self)
@@ -147,8 +149,8 @@ class ClientConnection(WebSocketProtocol):
         self.resume()
 
     def on_lost(self) -> None:
-        if isinstance(self._expires, asyncio.TimerHandle):
-            self._expires.cancel()
+        if self._expiry is not None:  # a connection gone before its token is not kept until then
+            self._expiry.cancel()
         self.node.sockets -= 1
         self.node.spawn(self._detach())
 

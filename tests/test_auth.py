@@ -12,7 +12,7 @@ from aether_tornado.config import SettingsError, load_settings
 
 from .conftest import ws_url
 from .test_handshake import handshake
-from .timing import scaled
+from .timing import scaled, until
 from .wsclient import Client, errors_of
 
 SECRET = "test-secret-of-at-least-32-bytes!"
@@ -111,3 +111,12 @@ async def test_the_python_client_renews_its_token_and_misses_nothing(secured):
         await asyncio.wait_for(receiving, scaled(10))
     assert received == list(range(60))
     assert len(issued) >= 2  # asked for one more once the first expired
+
+
+async def test_a_connection_gone_before_its_token_expires_leaves_no_timer_behind(secured):
+    client = await Client.joined(ws_url(secured, "g_auth", "c_alice") + f"?token={token(expires_in=3600)}")
+    (conn,) = secured.node.hub.client("c_alice")
+    assert not conn._expiry.cancelled()  # the close at expiry, an hour from now
+    client.close()
+    await until(lambda: not secured.node.hub.client("c_alice"))
+    assert conn._expiry.cancelled()  # else the loop would hold the connection for the hour
