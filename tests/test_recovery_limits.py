@@ -295,9 +295,7 @@ async def test_a_first_time_member_recovers_nothing_from_before_it_joined(start_
     assert await newcomer.messages_until("after") == ["after"]
 
 
-async def test_without_the_proof_another_s_direct_messages_are_not_replayed(start_server):
-    server = await start_server()
-    url = lambda group_id, client_id: ws_url(server, group_id, client_id)  # noqa: E731
+async def test_without_the_proof_another_s_direct_messages_are_not_replayed(url):
     bob = Recovering("g_priv", "c_bob")
     await bob.connect(url)
     bob.drop()
@@ -327,9 +325,7 @@ async def test_without_the_proof_another_s_direct_messages_are_not_replayed(star
     assert await bob.messages_until("now") == ["only for bob", "now"]
 
 
-async def test_a_proof_is_for_one_client_in_one_group(start_server):
-    server = await start_server()
-    url = lambda group_id, client_id: ws_url(server, group_id, client_id)  # noqa: E731
+async def test_a_proof_is_for_one_client_in_one_group(url):
     bob = Recovering("g_p1", "c_bob")
     await bob.connect(url)
     bob.drop()
