@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from .bridge import BridgeDown, group_channel
+from .bridge import BridgeDown
 from .errors import (
     HISTORY_OFF,
     INVALID_ID,
@@ -171,7 +171,7 @@ class Groups(BackendHandler):
                 ProtocolError(INVALID_LIMIT if problems[0]["field"] == "limit" else INVALID_ID, text, problems)
             )
         most = int(limit)
-        found, total = await self.node.presence.groups(prefix, most + 1)  # one more tells if there are more
+        found, total = await self.node.groups(prefix, most + 1)  # one more tells if there are more
         groups = [{"group_id": group_id, "clients": clients} for group_id, clients in found[:most]]
         self.reply(200, {"groups": groups, "total": total, "more": len(found) > most})
 
@@ -184,7 +184,7 @@ class GroupPresence(BackendHandler):
         if why is not None:
             problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
             return self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
-        self.reply(200, {"group_id": group_id, "clients": await self.node.presence.members(group_id)})
+        self.reply(200, {"group_id": group_id, "clients": await self.node.members(group_id)})
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         return value.decode("utf-8", "replace")
@@ -204,8 +204,8 @@ class GroupHistory(BackendHandler):
         if why is not None:
             problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
             return self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
-        history, size = self.node.history, self.node.settings.history_size
-        if history is None:
+        size = self.node.settings.history_size
+        if not size:
             return self.reply(
                 404, {"code": HISTORY_OFF, "msg": "History is turned off (history_size 0).", "errors": []}
             )
@@ -223,9 +223,10 @@ class GroupHistory(BackendHandler):
                 problem = [{"field": "before", "problem": f"not a position: {error}"}]
                 return self.fail(ProtocolError(INVALID_POSITION, f"before is not a position: {error}", problem))
         try:
-            page = await history.latest(group_channel(group_id), int(text), HISTORY_PAGE_BYTES, before)
+            page = await self.node.group_history(group_id, int(text), HISTORY_PAGE_BYTES, before)
         except BridgeDown:
             return self.fail(ProtocolError(UNAVAILABLE, "Redis cannot be reached now; retry later."))
+        assert page is not None  # history is on: history_size is not 0
         messages = b",".join(
             b'%s,"position":"%s"}' % (payload[:-1], str(position).encode()) for position, payload in page.messages
         )

@@ -41,7 +41,7 @@ from .errors import (
     ProtocolError,
 )
 from .frames import text_frame
-from .history import REPLAY_ORDER, STREAMS, Appended, History, Position, Recovery
+from .history import REPLAY_ORDER, STREAMS, Appended, History, Page, Position, Recovery
 from .history.proof import Proofs
 from .hub import Added, Connection, Hub, Positioned
 from .metrics import Metrics
@@ -211,6 +211,22 @@ class Node:
             "bridge_backlog_bytes": self.bridge.backlog_bytes,
             "per_second": self.metrics.rates.per_second,
         }
+
+    async def members(self, group_id: str) -> list[str]:
+        """Who is present in a group, cluster-wide, sorted."""
+        return await self.presence.members(group_id)
+
+    async def groups(self, prefix: str, limit: int) -> tuple[list[tuple[str, int]], int]:
+        """Up to ``limit`` groups whose id starts with ``prefix``, each with how many are present; and
+        how many groups have anyone present in all."""
+        return await self.presence.groups(prefix, limit)
+
+    async def group_history(self, group_id: str, limit: int, max_bytes: int, before: Position | None) -> Page | None:
+        """A page of a group's recorded messages (see History.latest); None with history off.
+        Raises BridgeDown while Redis cannot be reached."""
+        if self.history is None:
+            return None
+        return await self.history.latest(group_channel(group_id), limit, max_bytes, before)
 
     async def processes(self) -> list[dict[str, Any]]:
         """Every process that is up, as it last announced itself (this one as it is now), by node_id."""
