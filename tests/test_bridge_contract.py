@@ -222,3 +222,19 @@ async def test_a_wrong_password_keeps_the_bridge_down_and_logs_why(caplog):
     finally:
         await stop(process)
         server.kill()
+
+
+async def test_a_channel_left_and_taken_again_at_once_keeps_the_bridge_up(bridged_processes):
+    """The last member of a group leaves and a new one comes in the same instant: the channel is
+    unsubscribed and subscribed again before Redis confirms the unsubscription. That
+    confirmation is the bridge's own doing, not a cluster moving the channel away."""
+    a, b = bridged_processes
+    await a.subscribe("group:again")
+    await a.bridge.synced()
+    for _ in range(5):
+        await a.unsubscribe("group:again")
+        await a.subscribe("group:again")  # sent before the unsubscription's confirmation comes back
+    await a.bridge.synced()
+    assert a.bridge.up and a.ups.empty()  # never down, so never up again
+    assert await b.bridge.publish("group:again", b"still here") == 1
+    assert await a.next() == ("group:again", b"still here")

@@ -76,8 +76,10 @@ class _Shard:
         self.index = index  # in the topology's list of shards
         self.publisher, self.subscriber = publisher, subscriber
         self.replication_id = b""  # the master's: a replica that takes over gets a new one
-        # The channels subscribed on this shard's subscriber.
+        # The channels subscribed on this shard's subscriber, and how many unsubscriptions of each
+        # Redis has still to confirm: a confirmation of one not asked for means the channel moved.
         self.subscribed: set[str] = set()
+        self.unsubscribing: collections.Counter[str] = collections.Counter()
         # One entry per ping sent on the subscriber, in order: what to call once its pong is
         # in, or None for the health check's, whose pong is overdue at ``pong_due``.
         self.pongs: collections.deque[list[Callable[[], None]] | None] = collections.deque()
@@ -260,6 +262,7 @@ class RedisBridge:
         shard = self._shard_for(channel)
         if shard is not None and channel in shard.subscribed:
             shard.subscribed.discard(channel)
+            shard.unsubscribing[channel] += 1
             shard.subscriber.command(self._commands.unsubscribe, self.channel_key(channel))
 
     async def synced(self) -> None:
@@ -476,7 +479,11 @@ class RedisBridge:
                 self._reorder.after_read(shard.index, waiting)
         elif kind == self._commands.unsubscribed and reply[1] is not None:
             name = reply[1][self._prefix_length + 1 : -1].decode()
-            if name in shard.subscribed:  # not asked for: the cluster moved the channel's slot
+            if shard.unsubscribing[name]:  # asked for, maybe subscribed again since
+                shard.unsubscribing[name] -= 1
+                if not shard.unsubscribing[name]:
+                    del shard.unsubscribing[name]
+            elif name in shard.subscribed:  # not asked for: the cluster moved the channel's slot
                 self._lost(ConnectionError(f"the cluster moved channel {name} to another shard"))
 
     def _check_master(self, shard: _Shard, reply: Any) -> None:
