@@ -86,6 +86,17 @@ async def test_redis_restart_under_traffic(redis_server, start_process):
         assert len(process.lines("Redis bridge down")) == 1, "".join(process.log)  # no storm
 
 
+async def test_a_process_takes_clients_only_once_it_reaches_redis(redis_server, start_process):
+    """A process that listened before its Redis link was ready would tell a client that came at
+    once (a reconnection after a restart) that it could not recover, and serve it alone."""
+    pausing = redis.Redis.from_url(redis_server.url)
+    pausing.execute_command("CLIENT", "PAUSE", 1800, "ALL")  # Redis answers nothing for 1.8 s
+    process = await start_process(ready="serving")
+    assert len(process.lines("Redis bridge up")) == 1, "".join(process.log)
+    assert (await health(process))["status"] == "ok"
+    pausing.close()
+
+
 async def test_redis_unreachable_at_start(redis_server, start_process):
     redis_server.kill()
     lone = await start_process(ready="Redis bridge down")

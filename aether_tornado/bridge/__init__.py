@@ -58,7 +58,12 @@ class Bridge(Protocol):
         """Bytes sent that the transport has not taken yet: bounded, past the bound it counts as down."""
 
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
-        """Begin delivering other processes' messages to ``on_message``."""
+        """Begin delivering other processes' messages to ``on_message``.
+
+        Returns once the first attempt to reach the others has settled (connected and ``on_up``
+        done, or failed), within a few seconds at most: a process that listens only then takes
+        no client it could not yet serve across processes, nor recover.
+        """
 
     def send(self, channel: str, payload: bytes, sender: Sender | None = None) -> None:
         """Send ``payload`` to the other processes subscribed to ``channel``, without waiting.

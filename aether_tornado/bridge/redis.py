@@ -43,6 +43,8 @@ BACKOFF_FIRST = 0.1
 # within about a second of Redis.
 BACKOFF_MAX = 1.0
 CONNECT_TIMEOUT = 2.0
+# ``start`` waits this long at most for the first attempt to connect and resync to settle.
+FIRST_ATTEMPT_DEADLINE = 5.0
 # A connection with commands waiting and no reply for REPLY_DEADLINE means Redis hangs
 # (frozen, or gone without the socket saying so): it counts as down, and a sender waiting
 # for a direct message's count gets `unavailable` instead of waiting on. Checked every
@@ -124,12 +126,15 @@ class RedisBridge:
         self._known: list[Address] = [address]  # nodes to ask for the topology, the seed first
         self._shards: list[_Shard] = []
         self._task: asyncio.Task[None] | None = None
+        self._first_attempt: asyncio.Future[None] | None = None  # settled: up and resynced, or failed
         self._reported_up: bool | None = None
         self.up = False
 
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         self._on_message, self._wanted, self._on_up = on_message, wanted, on_up
+        self._first_attempt = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._supervise(), name="redis bridge")
+        await asyncio.wait((self._first_attempt,), timeout=FIRST_ATTEMPT_DEADLINE)
 
     # Publishing
 
@@ -501,6 +506,12 @@ class RedisBridge:
             if not isinstance(error, OSError | ReplyError | TimeoutError):
                 log.error("resync after connecting failed", exc_info=error)
             self._lost(error)
+        elif not task.cancelled():
+            self._settle_first_attempt()
+
+    def _settle_first_attempt(self) -> None:
+        if self._first_attempt is not None and not self._first_attempt.done():
+            self._first_attempt.set_result(None)
 
     def _lost(self, error: BaseException) -> None:
         """Down until the supervisor has reconnected; dropping the connections wakes it.
@@ -513,6 +524,7 @@ class RedisBridge:
             self._on_down()
         self.up = False
         self._report(False, str(error) or type(error).__name__)
+        self._settle_first_attempt()
         for shard in self._shards:
             for connection in shard.connections:
                 connection.abort()
