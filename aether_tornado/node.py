@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import orjson
 
-from . import __version__, messages
+from . import __version__, messages, recovery
 from .bridge import (
     BROADCAST_CHANNEL,
     CONTROL_CHANNEL,
@@ -41,7 +41,7 @@ from .errors import (
     ProtocolError,
 )
 from .frames import text_frame
-from .history import REPLAY_ORDER, STREAMS, Appended, History, Page, Position, Recovery
+from .history import STREAMS, Appended, History, Page, Position, Recovery
 from .history.proof import Proofs
 from .hub import Added, Connection, Hub, Positioned
 from .metrics import Metrics
@@ -299,10 +299,7 @@ class Node:
         floors: list[Position | None] = [None] * len(STREAMS)
         if conn.proof is not None:
             floors = self.proofs.floors(conn.proof, conn.group_id, conn.client_id, len(STREAMS)) or floors
-        since = [
-            position if position is not None and _at_or_after(position, floor) else None
-            for position, floor in zip(presented, floors, strict=True)
-        ]
+        since = recovery.vouched(presented, floors)
         if self.history is None:
             return since, floors, None
         budget = (
@@ -329,80 +326,27 @@ class Node:
         floors: list[Position | None],
         recoveries: list[Recovery] | None,
     ) -> None:
-        """Send ``conn`` its snapshot with the recovery report, what it missed, all streams merged
-        oldest first, and then what came live meanwhile.
+        """Send ``conn`` its snapshot with the recovery report, what it missed, and then what
+        came live meanwhile (see recovery.plan).
 
         The connection is in the hub already and its channels subscribed: what is published
         after the history is read reaches it live, and what it gets twice at the seam it skips
-        by position. A stream not replayed skips nothing: what came live since the connection
-        joined the hub is all it has of it, even what was recorded before the history was read,
-        so its position in the snapshot is the one before the first of those.
+        by position.
         """
         if recoveries is None:
             self.metrics.recoveries.inc("not_recovered")
-            state = {"position": None, "recovered": False}
-            report = {"recovered": False, "streams": dict.fromkeys(STREAMS, state), "proof": None}
-            conn.release_recovered(
-                frame_of(messages.snapshot(conn.group_id, members, report)), [], [None] * len(STREAMS)
-            )
+            snapshot = frame_of(messages.snapshot(conn.group_id, members, recovery.NOT_RECOVERED))
+            conn.release_recovered(snapshot, [], [None] * len(STREAMS))
             return
-        # The streams may be read at different moments (on different shards of a cluster). What
-        # was recorded after the first read comes live, in the order it arrives, not replayed:
-        # replaying a later message of one stream before an earlier one of another that comes
-        # live would break a sender's order.
-        cut = min(recovery.read_at for recovery in recoveries)
-        kept: list[list[tuple[float, Positioned]] | None] = [
-            None
-            if recovery.missed is None or position is None
-            else [
-                (entry.time, Positioned(index, recovery.top.epoch, entry.offset, entry.payload))
-                for entry in recovery.missed
-                if entry.time <= cut
-            ]
-            for index, (recovery, position) in enumerate(zip(recoveries, since, strict=True))
-        ]
-        # What came live meanwhile may have grown: streams are dropped, last replayed first,
-        # until the replay fits beside it.
+        # What came live meanwhile may have grown since the history was read: the replay must
+        # fit beside it now.
         room = self.settings.outbound_buffer_bytes - conn.held_bytes - REPORT_BYTES
         room -= len(frame_of(messages.snapshot(conn.group_id, members)))
-        for index in reversed(REPLAY_ORDER):
-            if sum(len(message.frame) for missed in kept if missed for _, message in missed) <= room:
-                break
-            if kept[index]:
-                kept[index] = None
-        tops: list[Position] = []  # each stream's position, for the snapshot
-        replayed: list[Position | None] = []
-        for index, (recovery, missed) in enumerate(zip(recoveries, kept, strict=True)):
-            if missed is None:
-                first = conn.first_held(index)
-                if first is not None and first.epoch == recovery.top.epoch:
-                    tops.append(Position(first.epoch, min(recovery.top.offset, first.offset - 1)))
-                else:
-                    tops.append(recovery.top)
-                replayed.append(None)
-            else:
-                position = since[index]
-                assert position is not None
-                tops.append(Position(recovery.top.epoch, missed[-1][1].offset if missed else position.offset))
-                replayed.append(tops[-1])
-        recovered = [missed is not None for missed in kept]
-        self.metrics.recoveries.inc("recovered" if all(recovered) else "not_recovered")
-        # A stream replayed keeps the floor the client showed; any other starts where it is now.
-        floors = [floor if done else top for floor, done, top in zip(floors, recovered, tops, strict=True)]
-        report = {
-            "recovered": all(recovered),
-            "streams": {
-                name: {"position": str(top), "recovered": done}
-                for name, top, done in zip(STREAMS, tops, recovered, strict=True)
-            },
-            "proof": self.proofs.issue(conn.group_id, conn.client_id, floors),
-        }
-        merged = sorted(
-            ((time, index, message) for index, stream in enumerate(kept) for time, message in stream or ()),
-            key=lambda item: item[:2],
-        )
-        snapshot = frame_of(messages.snapshot(conn.group_id, members, report))
-        conn.release_recovered(snapshot, [message for *_, message in merged], replayed)
+        replay = recovery.plan(recoveries, since, room, conn.first_held)
+        self.metrics.recoveries.inc("recovered" if replay.complete else "not_recovered")
+        proof = self.proofs.issue(conn.group_id, conn.client_id, replay.floors(floors))
+        snapshot = frame_of(messages.snapshot(conn.group_id, members, replay.report(proof)))
+        conn.release_recovered(snapshot, replay.missed, replay.replayed)
 
     async def detach(self, conn: Connection) -> None:
         """Forget a closed connection; the group hears ``leave`` if it was the client's last."""
@@ -902,11 +846,6 @@ def _positioned(channel: str, position: str, payload: bytes) -> Positioned:
     """A recorded message of ``channel`` at ``position`` ("epoch:offset") as recovering clients get it."""
     epoch, _, offset = position.rpartition(":")
     return Positioned(STREAM_OF_KIND[channel.partition(":")[0]], epoch, int(offset), payload)
-
-
-def _at_or_after(position: Position, floor: Position | None) -> bool:
-    """Whether a client that has received a stream since ``floor`` may have got to ``position``."""
-    return floor is not None and position.epoch == floor.epoch and position.offset >= floor.offset
 
 
 def _check_identity(conn: Connection, message: WSMessageV3) -> None:
