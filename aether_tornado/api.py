@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from .bridge import BridgeDown
+from .channels import Position
 from .errors import (
     HISTORY_OFF,
     INVALID_ID,
@@ -20,7 +21,6 @@ from .errors import (
     UNAVAILABLE,
     ProtocolError,
 )
-from .history import Position
 from .ids import id_problem, is_id_prefix
 from .node import Node
 from .schema import decode

@@ -13,6 +13,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, NamedTuple
 
+from .channels import STREAMS, Position, Stream
 from .errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
@@ -25,7 +26,6 @@ from .errors import (
     ProtocolError,
 )
 from .frames import BINARY
-from .history import STREAMS, Position
 from .hub import Positioned
 from .limits import TokenBucket
 from .node import Node
@@ -43,7 +43,7 @@ class Handshake(NamedTuple):
     from, and until when it may stay.
 
     ``since`` is None for a client that does not recover, else its last position per stream
-    (history.STREAMS), None where it has none; ``proof`` is the recovery proof it presents
+    (channels.Stream), None where it has none; ``proof`` is the recovery proof it presents
     with them (history/proof.py). ``expires`` is its token's expiry (seconds since the epoch).
     """
 
@@ -315,7 +315,7 @@ class ClientConnection(WebSocketProtocol):
         self.positions[message.stream] = Position(message.epoch, message.offset)
         self.send(message.frame)
 
-    def first_held(self, stream: int) -> Positioned | None:
+    def first_held(self, stream: Stream) -> Positioned | None:
         held = self._held or ()
         return next((item for item in held if isinstance(item, Positioned) and item.stream == stream), None)
 

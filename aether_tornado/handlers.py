@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .auth import AuthError, verify_token
+from .channels import STREAMS, Position
 from .connection import ClientConnection, Handshake
 from .errors import (
     FORBIDDEN_ORIGIN,
@@ -18,7 +19,6 @@ from .errors import (
     OVER_CAPACITY,
     UNAUTHORIZED,
 )
-from .history import STREAMS, Position
 from .ids import id_problem
 from .node import Node
 from .schema import VisionId

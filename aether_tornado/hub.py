@@ -8,9 +8,9 @@ from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 from .bridge.order import Sender
+from .channels import Position, Stream
 from .errors import ProtocolError
 from .frames import text_frame
-from .history import Position
 from .limits import TokenBucket
 from .schema import VisionId
 
@@ -18,13 +18,13 @@ from .schema import VisionId
 class Positioned:
     """A recorded message as clients that recover get it: with its position, framed once for all.
 
-    ``stream`` is its index in history.STREAMS; the frame is the message with a last key,
+    ``stream`` is the stream it was recorded in; the frame is the message with a last key,
     ``"position": "epoch:offset"``.
     """
 
     __slots__ = ("_frame", "epoch", "offset", "payload", "stream")
 
-    def __init__(self, stream: int, epoch: str, offset: int, payload: bytes) -> None:
+    def __init__(self, stream: Stream, epoch: str, offset: int, payload: bytes) -> None:
         self.stream, self.epoch, self.offset, self.payload = stream, epoch, offset, payload
         self._frame: bytes | None = None
 
@@ -46,7 +46,7 @@ class Connection(Protocol):
     may_broadcast: bool
     broadcast_budget: TokenBucket
     record_budget: TokenBucket  # bytes of its messages that may be recorded for recovery
-    # For a client that recovers: the last position it was sent per stream (history.STREAMS),
+    # For a client that recovers: the last position it was sent per stream (channels.Stream),
     # those it presented on connecting, and the proof it presented with them. None for the others.
     positions: list[Position | None] | None
     since: Sequence[Position | None] | None
@@ -75,7 +75,7 @@ class Connection(Protocol):
     def release(self, first: bytes) -> None:
         """Write ``first`` (the presence snapshot), then every frame held back so far."""
 
-    def first_held(self, stream: int) -> Positioned | None:
+    def first_held(self, stream: Stream) -> Positioned | None:
         """The first recorded message of ``stream`` held back until ``release_recovered``, if any."""
 
     def release_recovered(

@@ -18,16 +18,19 @@ from typing import Any, cast
 import orjson
 
 from . import __version__, messages, recovery
-from .bridge import (
+from .bridge import CONTROL_CHANNEL, RESYNC_CHANNEL, Bridge, BridgeDown
+from .bridge.order import Sender
+from .channels import (
     BROADCAST_CHANNEL,
-    CONTROL_CHANNEL,
-    RESYNC_CHANNEL,
-    Bridge,
-    BridgeDown,
+    Channel,
+    Position,
+    Stream,
+    channel_of,
     client_channel,
     group_channel,
+    split,
+    streams_of,
 )
-from .bridge.order import Sender
 from .config import Settings
 from .errors import (
     CLOSE_GOING_AWAY,
@@ -41,7 +44,7 @@ from .errors import (
     ProtocolError,
 )
 from .frames import text_frame
-from .history import STREAMS, Appended, History, Page, Position, Recovery
+from .history import Appended, History, Page, Recovery
 from .history.proof import Proofs
 from .hub import Added, Connection, Hub, Positioned
 from .metrics import Metrics
@@ -67,8 +70,6 @@ RECORD_COST = 64
 # How often, at most, a process announces itself for the operator's view (and its rates are
 # read); an announcement holds for three times that: a process that died drops out after it.
 ANNOUNCE_SECONDS = 5.0
-# A bridge channel's kind, as the index of its stream in history.STREAMS.
-STREAM_OF_KIND = {name: index for index, name in enumerate(STREAMS)}
 # What is left of routing a message once it must wait for Redis, or None when it is done: a
 # coroutine, or a future whose callbacks have done the work once it is settled.
 Rest = Coroutine[Any, Any, None] | asyncio.Future[Any] | None
@@ -111,7 +112,7 @@ class Node:
         # This process's recorded messages on their way back from its subscriber, by (channel,
         # "epoch:offset"): the message, to deliver from here if the subscriber is lost before it
         # brings it (its reply came first), or None (it came back before its reply).
-        self._echoes: dict[tuple[str, str], bytes | None] = {}
+        self._echoes: dict[tuple[Channel, Position], bytes | None] = {}
         # The other processes, by node_id: when each was last seen announced. After Redis comes
         # back (``_restored_at``), one not announced again may not have put its leases back.
         self._peers: dict[str, float] = {}
@@ -296,9 +297,9 @@ class Node:
         (None when history is off or Redis could not be reached in time). What is replayed fits
         the outbound buffer beside the snapshot and what was held back so far.
         """
-        floors: list[Position | None] = [None] * len(STREAMS)
+        floors: list[Position | None] = [None] * len(Stream)
         if conn.proof is not None:
-            floors = self.proofs.floors(conn.proof, conn.group_id, conn.client_id, len(STREAMS)) or floors
+            floors = self.proofs.floors(conn.proof, conn.group_id, conn.client_id, len(Stream)) or floors
         since = recovery.vouched(presented, floors)
         if self.history is None:
             return since, floors, None
@@ -308,7 +309,7 @@ class Node:
             - REPORT_BYTES
             - conn.held_bytes
         )
-        streams = (group_channel(conn.group_id), client_channel(conn.client_id), BROADCAST_CHANNEL)
+        streams = streams_of(conn.group_id, conn.client_id)
         try:
             async with asyncio.timeout(RECOVERY_DEADLINE):
                 await self.bridge.synced()
@@ -336,7 +337,7 @@ class Node:
         if recoveries is None:
             self.metrics.recoveries.inc("not_recovered")
             snapshot = frame_of(messages.snapshot(conn.group_id, members, recovery.NOT_RECOVERED))
-            conn.release_recovered(snapshot, [], [None] * len(STREAMS))
+            conn.release_recovered(snapshot, [], [None] * len(Stream))
             return
         # What came live meanwhile may have grown since the history was read: the replay must
         # fit beside it now.
@@ -400,7 +401,7 @@ class Node:
 
     def shard_of(self, conn: Connection, message: WSMessageV3) -> int | None:
         """The Redis shard that carries ``message``, or None for one that stays in this process."""
-        channel = _channel_of(message, conn.group_id)
+        channel = channel_of(message, conn.group_id)
         return None if channel is None else self.bridge.shard_of(channel)
 
     def _answer_unreached(
@@ -518,7 +519,7 @@ class Node:
         connection does: a backend that waits for each answer sees its messages arrive in order,
         on a cluster too. One for another shard than those in flight waits until they are taken."""
         async with self._api_turn:
-            channel = _channel_of(message, message.group_id)
+            channel = channel_of(message, message.group_id)
             shard = None if channel is None else self.bridge.shard_of(channel)
             if self._api_in_flight and shard != self._api_shard:
                 await asyncio.wait(self._api_in_flight)
@@ -567,12 +568,15 @@ class Node:
         conn.reply(frame_of(message))
         self.metrics.deliveries.inc()
 
-    def _local(self, channel: str) -> Collection[Connection]:
+    def _local(self, channel: Channel) -> Collection[Connection]:
         """This process's connections that receive what is published to ``channel``."""
-        kind, _, name = channel.partition(":")
-        if kind == "group":
+        return self._members(*split(channel))
+
+    def _members(self, stream: Stream | None, name: str) -> Collection[Connection]:
+        """This process's connections that receive a stream: of one group, one client, or all."""
+        if stream is Stream.GROUP:
             return self.hub.group(name)
-        if kind == "client":
+        if stream is Stream.CLIENT:
             return self.hub.client(name)
         return self.hub.all()
 
@@ -594,7 +598,12 @@ class Node:
             raise _unavailable(to_id) from None
 
     def _record(
-        self, channel: str, message: WSMessageV3, payload: bytes, sender: Sender | None, recipient: str | None = None
+        self,
+        channel: Channel,
+        message: WSMessageV3,
+        payload: bytes,
+        sender: Sender | None,
+        recipient: str | None = None,
     ) -> asyncio.Future[int]:
         """Record a message in its channel's history, then deliver it here, with its position.
 
@@ -615,7 +624,7 @@ class Node:
         return recorded
 
     def _recorded(
-        self, channel: str, payload: bytes, to_sender: bool, recorded: asyncio.Future[int], outcome: object
+        self, channel: Channel, payload: bytes, to_sender: bool, recorded: asyncio.Future[int], outcome: object
     ) -> None:
         """Once a message is recorded, deliver it here (or let the bridge), then settle ``recorded``.
 
@@ -627,11 +636,12 @@ class Node:
         nobody knows), it is delivered here without a position.
         """
         assert self.history is not None
-        local = self._local(channel)
+        stream, name = split(channel)
+        local = self._members(stream, name)
         position = outcome.position if isinstance(outcome, Appended) else None
         if isinstance(outcome, Appended) and position is not None and self.history.echoes:
             receivers = len(local) + outcome.receivers
-            key = (channel, str(position))
+            key = (channel, position)
             if key in self._echoes:  # back before its reply: delivered already
                 del self._echoes[key]
             elif self.bridge.holds(channel):
@@ -642,17 +652,17 @@ class Node:
                     return
             recorded.set_result(receivers)
             return
-        positioned = None if position is None else _positioned(channel, str(position), payload)
+        positioned = None if position is None else _positioned(channel, position, payload)
         count = self.hub.deliver(local, text_frame(payload), positioned)
         self.metrics.deliveries.inc(amount=count)
         if isinstance(outcome, Appended):
             recorded.set_result(count + outcome.receivers)
-        elif count or not channel.startswith("client:"):
+        elif count or stream is not Stream.CLIENT:
             recorded.set_result(count)
         else:
             recorded.set_exception(BridgeDown())
 
-    def _echoed(self, key: tuple[str, str], settle: asyncio.Future[int] | None, receivers: int) -> None:
+    def _echoed(self, key: tuple[Channel, Position], settle: asyncio.Future[int] | None, receivers: int) -> None:
         """Whatever the subscriber brought before this point has been delivered: a recorded message
         of this process's it did not bring (it was lost meanwhile) is delivered from here."""
         payload = self._echoes.pop(key, None)
@@ -668,7 +678,7 @@ class Node:
 
     def _send(
         self,
-        channel: str,
+        channel: Channel,
         local: Iterable[Connection],
         message: WSMessageV3,
         sender: Sender | None = None,
@@ -702,23 +712,16 @@ class Node:
         return payload
 
     def _on_bridge_message(
-        self, channel: str, payload: bytes, published_at: float, position: str | None, own: bool
+        self, channel: Channel, payload: bytes, published_at: float, position: Position | None, own: bool
     ) -> None:
-        kind, _, name = channel.partition(":")
-        if kind == "group":
-            receivers = self.hub.group(name)
-        elif kind == "client":
-            receivers = self.hub.client(name)
-        elif channel == BROADCAST_CHANNEL:
-            receivers = self.hub.all()
-        elif channel == RESYNC_CHANNEL:
-            self.spawn(self._send_snapshots())
-            return
-        elif channel == CONTROL_CHANNEL:
-            self._obey(payload)
-            return
-        else:
-            log.warning("message on unknown bridge channel %s dropped", channel)
+        stream, name = split(channel)
+        if stream is None:
+            if channel == RESYNC_CHANNEL:
+                self.spawn(self._send_snapshots())
+            elif channel == CONTROL_CHANNEL:
+                self._obey(payload)
+            else:
+                log.warning("message on unknown bridge channel %s dropped", channel)
             return
         positioned = None
         if position is not None:
@@ -728,11 +731,12 @@ class Node:
                     del self._echoes[key]
                 else:
                     self._echoes[key] = None
-            positioned = _positioned(channel, position, payload)
+            positioned = Positioned(stream, position.epoch, position.offset, payload)
+        receivers = self._members(stream, name)
         self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload), positioned))
         self.metrics.bridge_latency.observe(max(0.0, time.time() - published_at))
 
-    def _wanted_channels(self) -> list[str]:
+    def _wanted_channels(self) -> list[Channel]:
         """The bridge channels the hub needs now: resubscribed from here after a reconnect."""
         return [
             BROADCAST_CHANNEL,
@@ -842,10 +846,11 @@ def _lease(conn: Connection) -> Lease:
     return Lease(conn.group_id, conn.client_id, conn.lease_key)
 
 
-def _positioned(channel: str, position: str, payload: bytes) -> Positioned:
-    """A recorded message of ``channel`` at ``position`` ("epoch:offset") as recovering clients get it."""
-    epoch, _, offset = position.rpartition(":")
-    return Positioned(STREAM_OF_KIND[channel.partition(":")[0]], epoch, int(offset), payload)
+def _positioned(channel: Channel, position: Position, payload: bytes) -> Positioned:
+    """A recorded message of ``channel`` at ``position`` as recovering clients get it."""
+    stream, _ = split(channel)
+    assert stream is not None  # only client channels are recorded
+    return Positioned(stream, position.epoch, position.offset, payload)
 
 
 def _check_identity(conn: Connection, message: WSMessageV3) -> None:
@@ -858,19 +863,6 @@ def _check_identity(conn: Connection, message: WSMessageV3) -> None:
     if problems:
         fields = " and ".join(problem["field"] for problem in problems)
         raise ProtocolError(FORBIDDEN, f"{fields} must be your own or left out.", problems)
-
-
-def _channel_of(message: WSMessageV3, group_id: str | None) -> str | None:
-    """The bridge channel that carries a message sent in ``group_id``; None for one that stays in its process."""
-    if message.msg_type in ("heartbeat", "presence"):
-        return None
-    if message.target == "group" and group_id is not None:
-        return group_channel(group_id)
-    if message.target == "direct" and message.to_id is not None:
-        return client_channel(message.to_id)
-    if message.target == "broadcast":
-        return BROADCAST_CHANNEL
-    return None
 
 
 def _settle_taken(taken: asyncio.Future[int], local: int, published: asyncio.Future[int]) -> None:

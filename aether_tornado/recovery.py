@@ -1,7 +1,7 @@
 """What a client that recovers is sent: which of its positions count, and how the streams read
 from history merge into one replay. Pure: no I/O, no clock; the node reads and sends.
 
-A recovering client presents a position per stream (history.STREAMS) and a proof of where it
+A recovering client presents a position per stream (channels.Stream) and a proof of where it
 first received each. A position its proof vouches for is read from; the answers of the three
 streams are then merged, oldest first, into what fits beside the snapshot, and the snapshot's
 report says, per stream, where the client is and whether what it missed follows.
@@ -10,7 +10,8 @@ report says, per stream, where the client is and whether what it missed follows.
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from .history import REPLAY_ORDER, STREAMS, Position, Recovery
+from .channels import REPLAY_ORDER, STREAMS, Position, Stream
+from .history import Recovery
 from .hub import Positioned
 
 # The report of a client whose history could not be read at all: no stream is recovered, and
@@ -23,13 +24,9 @@ def vouched(presented: Sequence[Position | None], floors: Sequence[Position | No
     """The presented positions that the proof's floors vouch for: the client received the stream
     from its floor on, so it may have got that far. None for the others."""
     return [
-        position if position is not None and _at_or_after(position, floor) else None
+        position if position is not None and position.at_or_after(floor) else None
         for position, floor in zip(presented, floors, strict=True)
     ]
-
-
-def _at_or_after(position: Position, floor: Position | None) -> bool:
-    return floor is not None and position.epoch == floor.epoch and position.offset >= floor.offset
 
 
 class Replay(NamedTuple):
@@ -65,7 +62,7 @@ def plan(
     recoveries: Sequence[Recovery],
     since: Sequence[Position | None],
     room: int,
-    first_held: Callable[[int], Positioned | None],
+    first_held: Callable[[Stream], Positioned | None],
 ) -> Replay:
     """Merge what each stream's history answered into one replay of at most ``room`` bytes.
 
@@ -84,29 +81,29 @@ def plan(
         None
         if recovery.missed is None or position is None
         else [
-            (entry.time, Positioned(index, recovery.top.epoch, entry.offset, entry.payload))
+            (entry.time, Positioned(stream, recovery.top.epoch, entry.offset, entry.payload))
             for entry in recovery.missed
             if entry.time <= cut
         ]
-        for index, (recovery, position) in enumerate(zip(recoveries, since, strict=True))
+        for stream, recovery, position in zip(Stream, recoveries, since, strict=True)
     ]
-    for index in reversed(REPLAY_ORDER):
+    for dropped in reversed(REPLAY_ORDER):
         if sum(len(message.frame) for missed in kept if missed for _, message in missed) <= room:
             break
-        if kept[index]:
-            kept[index] = None
+        if kept[dropped]:
+            kept[dropped] = None
     tops: list[Position] = []
     replayed: list[Position | None] = []
-    for index, (recovery, missed) in enumerate(zip(recoveries, kept, strict=True)):
+    for stream, recovery, missed in zip(Stream, recoveries, kept, strict=True):
         if missed is None:
-            first = first_held(index)
+            first = first_held(stream)
             if first is not None and first.epoch == recovery.top.epoch:
                 tops.append(Position(first.epoch, min(recovery.top.offset, first.offset - 1)))
             else:
                 tops.append(recovery.top)
             replayed.append(None)
         else:
-            position = since[index]
+            position = since[stream]
             assert position is not None  # kept only where the client presented one
             tops.append(Position(recovery.top.epoch, missed[-1][1].offset if missed else position.offset))
             replayed.append(tops[-1])

@@ -23,7 +23,7 @@ class Process:
     async def start(self) -> None:
         await self.bridge.start(self._on_message, lambda: self.channels, self._on_up)
 
-    def _on_message(self, channel: str, payload: bytes, published_at: float, position: str | None, own: bool) -> None:
+    def _on_message(self, channel: str, payload: bytes, published_at: float, position: object, own: bool) -> None:
         assert position is None  # bridges alone record nothing
         assert published_at <= time.time()
         self.received.put_nowait((channel, payload))

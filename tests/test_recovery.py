@@ -16,8 +16,8 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from aether_tornado.channels import Position
 from aether_tornado.frames import TEXT, FrameReader
-from aether_tornado.history import Position
 from aether_tornado.history.memory import MemoryHistory
 from aether_tornado.schema import FIELDS
 

@@ -20,8 +20,8 @@ import pytest
 from redis.asyncio import Redis
 from tornado.httpclient import AsyncHTTPClient
 
+from aether_tornado.channels import Position
 from aether_tornado.frames import FrameReader
-from aether_tornado.history import Position
 from aether_tornado.history.proof import Proofs
 
 from .conftest import ws_url

@@ -13,31 +13,23 @@ import asyncio
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
+from ..channels import Channel, Position
 from .order import Sender
 
 # Called with (channel, payload, published_at, position, own) for every message another process
 # published, and every recorded one (own: this process published it); published_at is the
-# publisher's wall clock, for latency metrics; position is a recorded message's "epoch:offset"
-# in its channel's history (history/), else None.
-OnMessage = Callable[[str, bytes, float, str | None, bool], None]
+# publisher's wall clock, for latency metrics; position is a recorded message's in its
+# channel's history (history/), else None.
+OnMessage = Callable[[Channel, bytes, float, Position | None, bool], None]
 # Called each time the transport (re)connects, after it has resubscribed.
 OnUp = Callable[[], Coroutine[Any, Any, None]]
 # The channels this process needs now: the hub's own list, the source of truth.
-Wanted = Callable[[], Iterable[str]]
+Wanted = Callable[[], Iterable[Channel]]
 
-BROADCAST_CHANNEL = "broadcast"
 # A process that reconnected after an outage asks every process to resend snapshots.
-RESYNC_CHANNEL = "resync"
+RESYNC_CHANNEL = Channel("resync")
 # Operators' orders to every process (disconnect a client), as JSON objects.
-CONTROL_CHANNEL = "control"
-
-
-def group_channel(group_id: str) -> str:
-    return "group:" + group_id
-
-
-def client_channel(client_id: str) -> str:
-    return "client:" + client_id
+CONTROL_CHANNEL = Channel("control")
 
 
 class BridgeDown(Exception):
@@ -65,36 +57,36 @@ class Bridge(Protocol):
         no client it could not yet serve across processes, nor recover.
         """
 
-    def send(self, channel: str, payload: bytes, sender: Sender | None = None) -> None:
+    def send(self, channel: Channel, payload: bytes, sender: Sender | None = None) -> None:
         """Send ``payload`` to the other processes subscribed to ``channel``, without waiting.
 
         ``sender`` is the sending connection's, if a connection sent it. Raises BridgeDown
         when the transport is known to be unreachable.
         """
 
-    def publish(self, channel: str, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
+    def publish(self, channel: Channel, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
         """Like ``send``; the future tells how many processes other than this one received it.
 
         Raises BridgeDown when the transport is known to be unreachable; the future fails with
         BridgeDown when it turns out to be. ``send`` and ``publish`` share one order.
         """
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: Channel) -> None:
         """Receive ``channel`` from now on; called when the hub gets its first member."""
 
     async def synced(self) -> None:
         """Return once every subscription asked for so far is in effect. Raises BridgeDown."""
 
-    def shard_of(self, channel: str) -> int:
+    def shard_of(self, channel: Channel) -> int:
         """Which shard of Redis carries ``channel``: publishes keep their order within a shard only."""
 
-    def holds(self, channel: str) -> bool:
+    def holds(self, channel: Channel) -> bool:
         """Whether this process is subscribed to ``channel``."""
 
-    def after_pushes(self, channel: str, then: Callable[[], None]) -> None:
+    def after_pushes(self, channel: Channel, then: Callable[[], None]) -> None:
         """Call ``then`` once what was published to this process on ``channel`` so far is delivered (or lost)."""
 
-    async def unsubscribe(self, channel: str) -> None:
+    async def unsubscribe(self, channel: Channel) -> None:
         """Stop receiving ``channel``; called when the hub loses its last member."""
 
     async def close(self) -> None:

@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import Callable
 
+from ..channels import Channel
 from . import OnMessage, OnUp, Wanted
 from .order import Sender
 
@@ -15,30 +16,30 @@ class MemoryBridge:
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         pass
 
-    def send(self, channel: str, payload: bytes, sender: Sender | None = None) -> None:
+    def send(self, channel: Channel, payload: bytes, sender: Sender | None = None) -> None:
         pass
 
-    def publish(self, channel: str, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
+    def publish(self, channel: Channel, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
         nobody = asyncio.get_running_loop().create_future()
         nobody.set_result(0)
         return nobody
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: Channel) -> None:
         pass
 
     async def synced(self) -> None:
         pass
 
-    def shard_of(self, channel: str) -> int:
+    def shard_of(self, channel: Channel) -> int:
         return 0
 
-    def holds(self, channel: str) -> bool:
+    def holds(self, channel: Channel) -> bool:
         return False
 
-    def after_pushes(self, channel: str, then: Callable[[], None]) -> None:
+    def after_pushes(self, channel: Channel, then: Callable[[], None]) -> None:
         then()
 
-    async def unsubscribe(self, channel: str) -> None:
+    async def unsubscribe(self, channel: Channel) -> None:
         pass
 
     async def close(self) -> None:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..channels import Channel, Position
 from . import CONTROL_CHANNEL, RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
 from .order import MARK, UNMARKED, Reorder, Sender
 from .resp import Address, OnReply, ReplyError, RespConnection, connect
@@ -80,8 +81,8 @@ class _Shard:
         self.replication_id = b""  # the master's: a replica that takes over gets a new one
         # The channels subscribed on this shard's subscriber, and how many unsubscriptions of each
         # Redis has still to confirm: a confirmation of one not asked for means the channel moved.
-        self.subscribed: set[str] = set()
-        self.unsubscribing: collections.Counter[str] = collections.Counter()
+        self.subscribed: set[Channel] = set()
+        self.unsubscribing: collections.Counter[Channel] = collections.Counter()
         # One entry per ping sent on the subscriber, in order: what to call once its pong is
         # in, or None for the health check's, whose pong is overdue at ``pong_due``.
         self.pongs: collections.deque[list[Callable[[], None]] | None] = collections.deque()
@@ -138,7 +139,7 @@ class RedisBridge:
 
     # Publishing
 
-    def channel_key(self, channel: str) -> str:
+    def channel_key(self, channel: Channel) -> str:
         """The Redis name of a bridge channel: its name in braces, the hash tag of its stream."""
         return f"{self._prefix}{{{channel}}}"
 
@@ -146,7 +147,7 @@ class RedisBridge:
     def sharded(self) -> bool:
         return self._cluster
 
-    def send(self, channel: str, payload: bytes, sender: Sender | None = None) -> None:
+    def send(self, channel: Channel, payload: bytes, sender: Sender | None = None) -> None:
         publisher = self._ready_publisher(channel)
         envelope = self.envelope_head(channel, sender) + payload
         if self._cluster:  # a MOVED answer means the cluster changed shape: reconnect
@@ -154,7 +155,7 @@ class RedisBridge:
         else:
             publisher.command(self._commands.publish, self.channel_key(channel), envelope)
 
-    def publish(self, channel: str, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
+    def publish(self, channel: Channel, payload: bytes, sender: Sender | None = None) -> asyncio.Future[int]:
         publisher = self._ready_publisher(channel)
         receivers = asyncio.get_running_loop().create_future()
         # Our own subscriber counts too when we hold the channel.
@@ -163,7 +164,7 @@ class RedisBridge:
         publisher.call_then(count, self._commands.publish, self.channel_key(channel), envelope)
         return receivers
 
-    def envelope_head(self, channel: str, sender: Sender | None = None) -> bytes:
+    def envelope_head(self, channel: Channel, sender: Sender | None = None) -> bytes:
         """What precedes a message published on ``channel``: this process's id, the time, and
         on a cluster the sending connection's mark."""
         head = self._origin + _STAMP.pack(time.time())
@@ -176,30 +177,30 @@ class RedisBridge:
         """``PUBLISH``, or ``SPUBLISH`` on a cluster: for scripts that publish."""
         return self._commands.publish
 
-    def call_then(self, channel: str, on_reply: OnReply, *args: str | bytes) -> None:
+    def call_then(self, channel: Channel, on_reply: OnReply, *args: str | bytes) -> None:
         """Run a command on ``channel``'s shard, in the order of its publishes. Raises BridgeDown."""
         self._ready_publisher(channel).call_then(on_reply, *args)
 
-    def call(self, channel: str, *args: str | bytes) -> asyncio.Future[Any]:
+    def call(self, channel: Channel, *args: str | bytes) -> asyncio.Future[Any]:
         """Like ``call_then``; the future gets the reply, a ReplyError, or BridgeDown."""
         reply = asyncio.get_running_loop().create_future()
         self.call_then(channel, functools.partial(_settle_or_down, reply), *args)
         return reply
 
-    def replication_id(self, channel: str) -> bytes:
+    def replication_id(self, channel: Channel) -> bytes:
         """The replication ID of the master that holds ``channel``, as read on connecting. Raises BridgeDown."""
         shard = self._shard_for(channel)
         if shard is None:
             raise BridgeDown
         return shard.replication_id
 
-    def command(self, channel: str, *args: str | bytes) -> None:
+    def command(self, channel: Channel, *args: str | bytes) -> None:
         """Run a command whose reply nobody needs on ``channel``'s shard; dropped while Redis is down."""
         shard = self._shard_for(channel)
         if self.up and shard is not None:
             shard.publisher.command(*args)
 
-    def _ready_publisher(self, channel: str) -> RespConnection:
+    def _ready_publisher(self, channel: Channel) -> RespConnection:
         """The publisher of ``channel``'s shard, if Redis is up and keeping up.
 
         A Redis too slow for the load would let what waits for it grow without end: past
@@ -240,30 +241,30 @@ class RedisBridge:
 
     # Subscribing
 
-    def shard_of(self, channel: str) -> int:
+    def shard_of(self, channel: Channel) -> int:
         """The index of the shard that holds ``channel``: the same for all of one shard's channels."""
         return 0 if len(self._shards) <= 1 else self._topology.shard_of(self.channel_key(channel))
 
-    def _shard_for(self, channel: str) -> _Shard | None:
+    def _shard_for(self, channel: Channel) -> _Shard | None:
         """The shard that holds ``channel``; None while there are no connections."""
         shards = self._shards
         if len(shards) == 1:
             return shards[0]
         return shards[self._topology.shard_of(self.channel_key(channel))] if shards else None
 
-    def holds(self, channel: str) -> bool:
+    def holds(self, channel: Channel) -> bool:
         """Whether this process's subscriber is on ``channel``, so counts it among a publish's receivers."""
         shard = self._shard_for(channel)
         return shard is not None and channel in shard.subscribed
 
-    async def subscribe(self, channel: str) -> None:
+    async def subscribe(self, channel: Channel) -> None:
         """Sent at once, in the hub's order; while down, the next connection subscribes from the hub."""
         shard = self._shard_for(channel)
         if shard is not None and channel not in shard.subscribed:
             shard.subscribed.add(channel)
             shard.subscriber.command(self._commands.subscribe, self.channel_key(channel))
 
-    async def unsubscribe(self, channel: str) -> None:
+    async def unsubscribe(self, channel: Channel) -> None:
         shard = self._shard_for(channel)
         if shard is not None and channel in shard.subscribed:
             shard.subscribed.discard(channel)
@@ -291,7 +292,7 @@ class RedisBridge:
             # reads. The pongs still come, or the subscriber's loss answers them.
             raise BridgeDown
 
-    def after_pushes(self, channel: str, then: Callable[[], None]) -> None:
+    def after_pushes(self, channel: Channel, then: Callable[[], None]) -> None:
         """Call ``then`` once every message Redis has published to this process on ``channel``'s
         shard so far is delivered; or once the subscriber is lost, since nothing more will come."""
         shard = self._shard_for(channel)
@@ -462,10 +463,11 @@ class RedisBridge:
             own = data.startswith(self._origin)
             if data.startswith(b"@", start):  # recorded: "@epoch:offset " comes before the message
                 end = data.index(b" ", start)
-                position, start = data[start + 1 : end].decode(), end + 1
+                epoch, _, offset = data[start + 1 : end].decode().rpartition(":")
+                position, start = Position(epoch, int(offset)), end + 1
             elif own:
                 return  # delivered here already (recorded ones are delivered from here)
-            name = channel[self._prefix_length + 1 : -1].decode()
+            name = Channel(channel[self._prefix_length + 1 : -1].decode())
             published_at = _STAMP.unpack_from(data, len(self._origin))[0]
             if self._reorder is None:
                 self._deliver(name, data[start:], published_at, position, own)
@@ -483,7 +485,7 @@ class RedisBridge:
             else:
                 self._reorder.after_read(shard.index, waiting)
         elif kind == self._commands.unsubscribed and reply[1] is not None:
-            name = reply[1][self._prefix_length + 1 : -1].decode()
+            name = Channel(reply[1][self._prefix_length + 1 : -1].decode())
             if shard.unsubscribing[name]:  # asked for, maybe subscribed again since
                 shard.unsubscribing[name] -= 1
                 if not shard.unsubscribing[name]:
@@ -495,7 +497,9 @@ class RedisBridge:
         if isinstance(reply, bytes) and _field(reply, b"master_replid") != shard.replication_id:
             self._lost(ConnectionError("a master's replication ID changed: it failed over"))
 
-    def _deliver(self, name: str, payload: bytes, published_at: float, position: str | None, own: bool) -> None:
+    def _deliver(
+        self, name: Channel, payload: bytes, published_at: float, position: Position | None, own: bool
+    ) -> None:
         try:
             self._on_message(name, payload, published_at, position, own)
         except Exception:

@@ -21,33 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 from ..bridge.order import Sender
-
-# The streams of one connection, in the order positions are kept and presented.
-STREAMS = ("group", "client", "broadcast")
-# Which streams a recovery replays first when they do not all fit its budget, as indexes into
-# STREAMS: the client's own direct messages, then its group's, then the broadcasts.
-REPLAY_ORDER = (1, 0, 2)
-# An epoch is made of these, so a position "epoch:offset" splits at its last colon.
-EPOCH_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-MAX_EPOCH = 32
-
-
-class Position(NamedTuple):
-    epoch: str
-    offset: int
-
-    def __str__(self) -> str:
-        return f"{self.epoch}:{self.offset}"
-
-    @classmethod
-    def parse(cls, text: str) -> "Position":
-        """``epoch:offset`` as messages carry it; ValueError for anything else."""
-        epoch, _, offset = text.partition(":")
-        if not (0 < len(epoch) <= MAX_EPOCH and EPOCH_ALPHABET.issuperset(epoch)):
-            raise ValueError("an epoch is 1 to 32 letters and digits")
-        if not (offset.isascii() and offset.isdigit() and len(offset) <= 18):
-            raise ValueError("an offset is a whole number")
-        return cls(epoch, int(offset))
+from ..channels import REPLAY_ORDER, Channel, Position
 
 
 class Entry(NamedTuple):
@@ -129,7 +103,12 @@ class History(Protocol):
     echoes: bool
 
     def append(
-        self, stream: str, payload: bytes, then: OnAppended, sender: Sender | None = None, recipient: str | None = None
+        self,
+        stream: Channel,
+        payload: bytes,
+        then: OnAppended,
+        sender: Sender | None = None,
+        recipient: str | None = None,
     ) -> None:
         """Record ``payload`` and send it to the other processes subscribed to the stream's channel.
 
@@ -140,15 +119,15 @@ class History(Protocol):
         BridgeDown when the store is known to be unreachable.
         """
 
-    async def recover(self, wanted: Sequence[tuple[str, Position | None]], budget: int) -> list[Recovery]:
+    async def recover(self, wanted: Sequence[tuple[Channel, Position | None]], budget: int) -> list[Recovery]:
         """For each (stream, last position seen): what followed, oldest first. The messages
         replayed, all streams together, take at most ``budget`` bytes on the wire."""
 
-    async def latest(self, stream: str, limit: int, max_bytes: int, before: Position | None = None) -> Page:
+    async def latest(self, stream: Channel, limit: int, max_bytes: int, before: Position | None = None) -> Page:
         """Up to ``limit`` of a stream's last messages within the window, before ``before`` if
         given, of at most ``max_bytes`` together (one message always)."""
 
-    async def keep(self, streams: Iterable[str]) -> None:
+    async def keep(self, streams: Iterable[Channel]) -> None:
         """Keep these streams' counters while connections use them, published to or not."""
 
     async def share_secret(self, mine: bytes) -> bytes:

@@ -6,7 +6,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from ..bridge.order import Sender
-from . import Appended, Entry, OnAppended, Page, Position, Probe, Recovery, replay_plan
+from ..channels import Channel, Position
+from . import Appended, Entry, OnAppended, Page, Probe, Recovery, replay_plan
 
 
 class _Stream:
@@ -37,13 +38,18 @@ class MemoryHistory:
         self._keep_seconds = keep_seconds
         self._present = present
         self._clock = clock
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[Channel, _Stream] = {}
 
     def __len__(self) -> int:
         return len(self._streams)
 
     def append(
-        self, stream: str, payload: bytes, then: OnAppended, sender: Sender | None = None, recipient: str | None = None
+        self,
+        stream: Channel,
+        payload: bytes,
+        then: OnAppended,
+        sender: Sender | None = None,
+        recipient: str | None = None,
     ) -> None:
         now = self._clock()
         if recipient is not None and not self._present(recipient) and self._live(stream, now) is None:
@@ -54,7 +60,7 @@ class MemoryHistory:
         ring.entries.append(Entry(ring.top, now, payload))
         then(Appended(Position(ring.epoch, ring.top), 0))
 
-    async def recover(self, wanted: Sequence[tuple[str, Position | None]], budget: int) -> list[Recovery]:
+    async def recover(self, wanted: Sequence[tuple[Channel, Position | None]], budget: int) -> list[Recovery]:
         now = self._clock()
         rings = [self._stream(stream, now) for stream, _ in wanted]
         since = [position for _, position in wanted]
@@ -83,7 +89,7 @@ class MemoryHistory:
         """The last ``count`` messages, or fewer if some were trimmed."""
         return tuple(ring.entries)[len(ring.entries) - count :] if count else ()
 
-    async def latest(self, stream: str, limit: int, max_bytes: int, before: Position | None = None) -> Page:
+    async def latest(self, stream: Channel, limit: int, max_bytes: int, before: Position | None = None) -> Page:
         ring = self._live(stream, self._clock())
         if ring is None or (before is not None and before.epoch != ring.epoch):
             return Page([], False)
@@ -101,7 +107,7 @@ class MemoryHistory:
             taken.append(entry)
         return Page(_positioned(ring, taken), False)
 
-    async def keep(self, streams: Iterable[str]) -> None:
+    async def keep(self, streams: Iterable[Channel]) -> None:
         """Keep these streams; forget those nobody published to or kept for ``keep_seconds``, and old messages."""
         now = self._clock()
         for stream in streams:
@@ -117,11 +123,11 @@ class MemoryHistory:
     async def share_secret(self, mine: bytes) -> bytes:
         return mine
 
-    def _live(self, stream: str, now: float) -> _Stream | None:
+    def _live(self, stream: Channel, now: float) -> _Stream | None:
         ring = self._streams.get(stream)
         return None if ring is None or ring.expires < now else ring
 
-    def _stream(self, stream: str, now: float) -> _Stream:
+    def _stream(self, stream: Channel, now: float) -> _Stream:
         ring = self._live(stream, now)
         if ring is None:
             ring = self._streams[stream] = _Stream(self._size)

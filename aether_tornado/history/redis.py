@@ -28,14 +28,15 @@ from ..bridge import BridgeDown
 from ..bridge.order import Sender
 from ..bridge.redis import RedisBridge
 from ..bridge.resp import ReplyError
+from ..channels import Channel, Position
 from ..presence.redis import client_index_key
-from . import Appended, Entry, OnAppended, Page, Position, Probe, Recovery, replay_plan
+from . import Appended, Entry, OnAppended, Page, Probe, Recovery, replay_plan
 
 SCRIPTS = {name: (Path(__file__).parent / "lua" / f"{name}.lua").read_bytes() for name in ("append", "probe", "latest")}
 # The most bytes one read of a recovery asks Redis for: a longer replay is read in pages.
 PAGE_BYTES = 1 << 20
 # Where the secret of recovery proofs is kept: the channel names the shard, the key the value.
-SECRET_CHANNEL = "recovery"
+SECRET_CHANNEL = Channel("recovery")
 
 
 def _sha(body: bytes) -> bytes:
@@ -64,12 +65,17 @@ class RedisHistory:
         # A new counter's epoch: this process's id and a number, never the same twice.
         self._epochs = (f"{bridge.node_id}{number:x}".encode() for number in itertools.count(1))
 
-    def _keys(self, stream: str) -> tuple[str, str]:
+    def _keys(self, stream: Channel) -> tuple[str, str]:
         key = f"{self._prefix}{{{stream}}}"
         return key, key + ":meta"
 
     def append(
-        self, stream: str, payload: bytes, then: OnAppended, sender: Sender | None = None, recipient: str | None = None
+        self,
+        stream: Channel,
+        payload: bytes,
+        then: OnAppended,
+        sender: Sender | None = None,
+        recipient: str | None = None,
     ) -> None:
         bridge = self._bridge
         subscribed_here = bridge.holds(stream)
@@ -105,7 +111,7 @@ class RedisHistory:
         position = Position(epoch.decode(), offset) if epoch else None
         then(Appended(position, max(0, receivers - subscribed_here)))
 
-    async def recover(self, wanted: Sequence[tuple[str, Position | None]], budget: int) -> list[Recovery]:
+    async def recover(self, wanted: Sequence[tuple[Channel, Position | None]], budget: int) -> list[Recovery]:
         since = [position for _, position in wanted]
         calls = [
             self._bridge.call(
@@ -132,7 +138,7 @@ class RedisHistory:
         missed = await asyncio.gather(*reads)
         return [Recovery(probe.top, entries, probe.read_at) for probe, entries in zip(probes, missed, strict=True)]
 
-    async def _read(self, stream: str, probe: Probe, since: Position) -> tuple[Entry, ...] | None:
+    async def _read(self, stream: Channel, probe: Probe, since: Position) -> tuple[Entry, ...] | None:
         """The messages after ``since`` up to the probe's top, in pages of at most PAGE_BYTES;
         None if some were trimmed since the probe."""
         first, last = since.offset + 1, probe.top.offset
@@ -158,7 +164,7 @@ class RedisHistory:
             self._bridge.mark_lost(error)
             raise BridgeDown(str(error)) from None
 
-    async def latest(self, stream: str, limit: int, max_bytes: int, before: Position | None = None) -> Page:
+    async def latest(self, stream: Channel, limit: int, max_bytes: int, before: Position | None = None) -> Page:
         reply = await self._reply(
             self._bridge.call(
                 stream,
@@ -179,7 +185,7 @@ class RedisHistory:
         epoch, more, entries = reply[0].decode(), reply[1], [_entry(entry) for entry in reversed(reply[2])]
         return Page([(Position(epoch, entry.offset), entry.payload) for entry in entries], bool(more))
 
-    async def keep(self, streams: Iterable[str]) -> None:
+    async def keep(self, streams: Iterable[Channel]) -> None:
         for stream in streams:
             self._bridge.command(stream, b"PEXPIRE", self._keys(stream)[1], self._keep_ttl)
 
