@@ -63,11 +63,8 @@ class ClientConnection(WebSocketProtocol):
         "_attached",
         "_bucket",
         "_deferred",
-        "_eager",
         "_expires",
         "_expiry",
-        "_flight_shard",
-        "_in_flight",
         "_routing",
         "_stalled",
         "_strikes",
@@ -118,14 +115,10 @@ class ClientConnection(WebSocketProtocol):
         self.record_budget = TokenBucket(self.settings.record_byte_rate, self.settings.record_byte_burst, now)
         self._strikes = 0
         self._attached: asyncio.Task[None] | None = None
-        self._in_flight = 0  # messages routed whose recording or count is not in yet
         self._deferred: list[bytes] = []  # answers to this client that wait for those
         self._routing = False  # a routing task holds the next messages
         self._answer_due = False  # a direct message in flight may still be refused: the next wait
-        self._flight_shard = 0  # the Redis shard of the messages in flight
         self._stalled: WSMessageV3 | None = None  # for another shard: waits for those to land
-        # Only Redis makes routing wait; alone, a message is routed without a Task.
-        self._eager = node.settings.redis_url is None
 
     # The connection's life: attached to the node as the 101 goes out, detached when the socket is gone.
 
@@ -177,55 +170,56 @@ class ClientConnection(WebSocketProtocol):
         except ProtocolError as problem:
             return self.refuse(problem)
         shard = self.node.shard_of(self, message)
-        if self._in_flight and shard is not None and shard != self._flight_shard:
+        waiting = self.sender.turn(shard)
+        if waiting is not None:
             # Redis keeps the order of one shard's messages only: this one waits for those in flight.
             self._stalled = message
             self.holding = True
+            waiting.add_done_callback(self._unstall)
             return None
         self._route(message, shard)
         return None
+
+    def _unstall(self, _: asyncio.Future[None]) -> None:
+        """What was in flight has landed: route the message that waited for it, and read on."""
+        message, self._stalled = self._stalled, None
+        assert message is not None  # one message stalls at a time, reads held until it goes
+        self._route(message, self.node.shard_of(self, message))  # the cluster may have changed shape meanwhile
+        self._read_on_unless_held()
 
     def _route(self, message: WSMessageV3, shard: int | None) -> None:
         try:
             rest = self.node.receive(self, message)
             if rest is not None:
-                self._finish(rest, may_refuse=message.target == "direct")
-                if isinstance(rest, asyncio.Future) and shard is not None:
-                    self._flight_shard = shard
+                self._finish(rest, shard, may_refuse=message.target == "direct")
         except Exception as error:
             self._routing_failed(error)
 
-    def _finish(self, rest: Coroutine[Any, Any, None] | asyncio.Future[Any], may_refuse: bool = False) -> None:
+    def _finish(
+        self, rest: Coroutine[Any, Any, None] | asyncio.Future[Any], shard: int | None, may_refuse: bool = False
+    ) -> None:
         """Run what routing left to do, keeping the order of what this client is sent.
 
         A future is a message in flight: being recorded, or a direct message whose receivers
-        are being counted. The next messages need not wait for it, since Redis keeps the order
-        of one shard's messages (one for another shard of a cluster waits); only an answer to
-        this client (``reply``) waits until every message in flight has landed, and the
-        messages after that answer wait with it. A coroutine (a
-        heartbeat's lease, a presence query) runs to its end right here when every backend is
-        in memory, since then nothing waits, and as a Task with Redis, the next messages
-        waiting for it. A direct message that may still be refused (``recipient_offline``)
-        holds the next messages too: answers to the sender come in the order of its messages,
-        so its error cannot come after the copy of a later message.
+        are being counted. It passes the sender's gate (bridge/order.py): the next messages
+        need not wait for it, since Redis keeps the order of one shard's messages (one for
+        another shard of a cluster waits); only an answer to this client (``reply``) waits
+        until every message in flight has landed, and the messages after that answer wait with
+        it. A coroutine (a heartbeat's lease, a presence query) runs as a Task, the next
+        messages waiting for it. A direct message that may still be refused
+        (``recipient_offline``) holds the next messages too: answers to the sender come in the
+        order of its messages, so its error cannot come after the copy of a later message.
         """
         if isinstance(rest, asyncio.Future):
-            self._in_flight += 1
+            self.sender.track(rest, shard)
             if may_refuse:
                 self._answer_due = self.holding = True
                 rest.add_done_callback(self._settled)
             else:
                 rest.add_done_callback(self._landed)
-            if self._in_flight >= MAX_IN_FLIGHT:
+            if self.sender.in_flight >= MAX_IN_FLIGHT:
                 self.holding = True
             return
-        if self._eager:
-            try:
-                rest.send(None)
-            except StopIteration:
-                return
-            rest.close()  # it waited after all: a bug in a memory backend, not a client's doing
-            raise RuntimeError("routing waited although every backend is in memory")
         self.holding = self._routing = True
         self.node.spawn(self._finished(rest))
 
@@ -244,32 +238,32 @@ class ClientConnection(WebSocketProtocol):
         self._landed(landed)
 
     def _landed(self, _: asyncio.Future[Any]) -> None:
-        self._in_flight -= 1
-        if self._in_flight:
-            if self.holding:
-                self._read_on_unless_held()
-            return
-        deferred, self._deferred = self._deferred, []
-        for frame in deferred:
-            self.send(frame)
-        if self._stalled is not None:
-            message, self._stalled = self._stalled, None
-            shard = self.node.shard_of(self, message)  # the cluster may have changed shape meanwhile
-            self._route(message, shard)
+        """A message in flight has landed (the sender's gate has counted it): once none is left,
+        the answers that waited for them go out."""
+        if not self.sender.in_flight:
+            deferred, self._deferred = self._deferred, []
+            for frame in deferred:
+                self.send(frame)
         if self.holding:
             self._read_on_unless_held()
 
     def _read_on_unless_held(self) -> None:
         """Read the next messages, unless a routing task, a refusal that may come, a deferred
         answer or a full flight holds them."""
-        if self._routing or self._answer_due or self._deferred or self._stalled or self._in_flight >= MAX_IN_FLIGHT:
+        if (
+            self._routing
+            or self._answer_due
+            or self._deferred
+            or self._stalled
+            or self.sender.in_flight >= MAX_IN_FLIGHT
+        ):
             self.holding = True
         else:
             self.resume()
 
     def reply(self, frame: bytes) -> None:
         """Answer this client (an echo, an error, a heartbeat): after its messages in flight have landed."""
-        if not self._in_flight:
+        if not self.sender.in_flight:
             self.send(frame)
             return
         self._deferred.append(frame)

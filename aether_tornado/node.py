@@ -99,12 +99,10 @@ class Node:
         self.history = history
         self._lease_numbers = itertools.count(1)
         self._sender_numbers = itertools.count(1)  # 0 marks what no connection sent
-        # The backend API sends as one more connection: one message routed at a time, and
-        # those in flight (on one shard) awaited before one for another shard.
+        # The backend API sends as one more connection: one message routed at a time, through
+        # its sender's gate.
         self._api_sender = self.new_sender()
         self._api_turn = asyncio.Lock()
-        self._api_in_flight: set[asyncio.Future[int]] = set()
-        self._api_shard: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._spawned: set[asyncio.Task[None]] = set()
         self._detached = asyncio.Event()
@@ -515,19 +513,18 @@ class Node:
         log.info("disconnected %s on an operator's order (%d %s)", client_id, code, reason)
 
     async def _route_for_the_api(self, message: WSMessageV3, payload: bytes) -> asyncio.Future[int] | None:
-        """Route a backend's message as this process's one API sender, which keeps its order as a
-        connection does: a backend that waits for each answer sees its messages arrive in order,
-        on a cluster too. One for another shard than those in flight waits until they are taken."""
+        """Route a backend's message as this process's one API sender, through the same gate as a
+        connection's: a backend that waits for each answer sees its messages arrive in order, on a
+        cluster too."""
         async with self._api_turn:
             channel = channel_of(message, message.group_id)
             shard = None if channel is None else self.bridge.shard_of(channel)
-            if self._api_in_flight and shard != self._api_shard:
-                await asyncio.wait(self._api_in_flight)
+            waiting = self._api_sender.turn(shard)
+            if waiting is not None:
+                await waiting
             receivers = self._route(message, payload, self._api_sender)
             if receivers is not None:
-                self._api_in_flight.add(receivers)
-                receivers.add_done_callback(self._api_in_flight.discard)
-                self._api_shard = shard
+                self._api_sender.track(receivers, shard)
         return receivers
 
     def _check_broadcast(self, conn: Connection) -> None:

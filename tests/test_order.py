@@ -1,8 +1,11 @@
-"""The receiving half of a sender's order across shards (bridge/order.py), read by read.
+"""A sender's order across shards (bridge/order.py): the gate its messages pass, and the
+receiving half, read by read.
 
 Real clusters reorder rarely and by chance; these are the interleavings that matter, each
 played out exactly: which shard a message is read from, and when each pong comes.
 """
+
+import asyncio
 
 import pytest
 
@@ -38,6 +41,37 @@ def test_a_sender_s_runs_are_numbered_by_switches_of_shard():
     runs = [sender.mark(shard) for shard in (0, 0, 1, 1, 0, 2)]
     assert [int.from_bytes(mark[8:], "big") for mark in runs] == [0, 0, 1, 1, 2, 3]
     assert {int.from_bytes(mark[:8], "big") for mark in runs} == {7}
+
+
+async def test_the_gate_lets_messages_for_the_shard_in_flight_through_and_holds_another_until_all_land():
+    sender = Sender(1)
+    loop = asyncio.get_running_loop()
+    assert sender.turn(2) is None  # nothing in flight
+    first, second = loop.create_future(), loop.create_future()
+    sender.track(first, 2)
+    assert sender.turn(2) is None  # the same shard: Redis keeps its order
+    sender.track(second, 2)
+    assert sender.turn(None) is None  # stays in the process: no shard to keep an order with
+    waiting = sender.turn(0)
+    assert waiting is not None and sender.in_flight == 2
+    first.set_result(1)
+    await asyncio.sleep(0)  # its callbacks run
+    assert not waiting.done() and sender.in_flight == 1
+    second.set_exception(ConnectionError("lost"))  # landed, or lost: either way no longer in flight
+    await asyncio.wait_for(waiting, 1)
+    assert sender.in_flight == 0 and sender.turn(0) is None
+    assert isinstance(second.exception(), ConnectionError)  # its owner reads it, not the gate
+
+
+async def test_callbacks_added_after_the_gate_s_see_the_message_landed():
+    sender = Sender(1)
+    landing = asyncio.get_running_loop().create_future()
+    sender.track(landing, 0)
+    seen = []
+    landing.add_done_callback(lambda _: seen.append(sender.in_flight))
+    landing.set_result(0)
+    await asyncio.sleep(0)
+    assert seen == [0]
 
 
 def test_a_first_run_and_unmarked_messages_never_wait():

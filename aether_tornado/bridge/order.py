@@ -16,10 +16,12 @@ earlier run of its sender still waits. Every wait is for an earlier publish or f
 so waits never form a circle, and each lasts about one round trip to Redis.
 """
 
+import asyncio
 import collections
 import logging
 import struct
 from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,48 @@ Ping = Callable[[int, Callable[[], None]], None]
 
 
 class Sender:
-    """The sending half for one connection: which shard its last message went to, and its run."""
+    """The sending half for one sender (a connection, or the backend API): the one gate its
+    messages pass, and the mark that tells receivers which run each belongs to.
 
-    __slots__ = ("number", "run", "shard")
+    Messages for one shard may be in flight together; one for another shard waits until every
+    one in flight has landed (Redis has taken it), and opens a new run. A message that stays
+    in its process (shard None) never waits.
+    """
+
+    __slots__ = ("_flight_shard", "_waiters", "in_flight", "number", "run", "shard")
 
     def __init__(self, number: int) -> None:
         self.number = number
-        self.shard: int | None = None
+        self.shard: int | None = None  # of the last message marked
         self.run = 0
+        self.in_flight = 0
+        self._flight_shard: int | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def turn(self, shard: int | None) -> "asyncio.Future[None] | None":
+        """None when a message for ``shard`` may go now; else a future, done once every
+        message in flight has landed."""
+        if not self.in_flight or shard is None or shard == self._flight_shard:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def track(self, landing: "asyncio.Future[Any]", shard: int | None) -> None:
+        """A message for ``shard`` is in flight until ``landing`` is done. Call before adding
+        callbacks of your own to ``landing``: they see it landed."""
+        self.in_flight += 1
+        if shard is not None:
+            self._flight_shard = shard
+        landing.add_done_callback(self._landed)
+
+    def _landed(self, _: "asyncio.Future[Any]") -> None:
+        self.in_flight -= 1
+        if not self.in_flight:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def mark(self, shard: int) -> bytes:
         if shard != self.shard:
