@@ -110,7 +110,9 @@ class History(Protocol):
         sender: Sender | None = None,
         recipient: str | None = None,
     ) -> None:
-        """Record ``payload`` and send it to the other processes subscribed to the stream's channel.
+        """Record ``payload`` and send it to the other processes subscribed to the stream's channel,
+        in one step: a message recorded is published with its position, never one without the
+        other, and in the order of the sender's other publishes.
 
         ``then`` is called once, in the order of appends, maybe before this returns (memory).
         ``sender`` is the sending connection's, if a connection sent it. ``recipient`` is the

@@ -22,12 +22,11 @@ import hashlib
 import itertools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..bridge import BridgeDown
 from ..bridge.order import Sender
-from ..bridge.redis import RedisBridge
-from ..bridge.resp import ReplyError
+from ..bridge.resp import OnReply, ReplyError
 from ..channels import Channel, Position
 from ..presence.redis import client_index_key
 from . import Appended, Entry, OnAppended, Page, Probe, Recovery, replay_plan
@@ -37,6 +36,44 @@ SCRIPTS = {name: (Path(__file__).parent / "lua" / f"{name}.lua").read_bytes() fo
 PAGE_BYTES = 1 << 20
 # Where the secret of recovery proofs is kept: the channel names the shard, the key the value.
 SECRET_CHANNEL = Channel("recovery")
+
+
+class RedisLink(Protocol):
+    """What history needs of Redis: the bridge's publishing connection on each channel's shard.
+
+    Commands run there in the order of the process's publishes, so a script that records and
+    publishes a message is ordered among them like a plain publish. The Redis bridge is one.
+    """
+
+    node_id: str
+
+    @property
+    def publish_command(self) -> bytes:
+        """``PUBLISH``, or ``SPUBLISH`` on a cluster."""
+
+    def channel_key(self, channel: Channel) -> str:
+        """The Redis name of ``channel``, whose hash tag its keys share."""
+
+    def envelope_head(self, channel: Channel, sender: Sender | None = None) -> bytes:
+        """What precedes a message published on ``channel``."""
+
+    def holds(self, channel: Channel) -> bool:
+        """Whether this process receives ``channel``."""
+
+    def replication_id(self, channel: Channel) -> bytes:
+        """The replication ID of the master that holds ``channel``. Raises BridgeDown."""
+
+    def call_then(self, channel: Channel, on_reply: OnReply, *args: str | bytes) -> None:
+        """Run a command on ``channel``'s shard, in the order of its publishes. Raises BridgeDown."""
+
+    def call(self, channel: Channel, *args: str | bytes) -> asyncio.Future[Any]:
+        """Like ``call_then``; the future gets the reply, a ReplyError, or BridgeDown."""
+
+    def command(self, channel: Channel, *args: str | bytes) -> None:
+        """A command whose reply nobody needs; dropped while Redis is down."""
+
+    def mark_lost(self, error: BaseException) -> None:
+        """Redis failed us: reconnect, and load the scripts again."""
 
 
 def _sha(body: bytes) -> bytes:
@@ -49,7 +86,7 @@ class RedisHistory:
     scripts = tuple(SCRIPTS.values())
 
     def __init__(
-        self, bridge: RedisBridge, prefix: str, size: int, seconds: float, keep_seconds: float, entry_bytes: int
+        self, bridge: RedisLink, prefix: str, size: int, seconds: float, keep_seconds: float, entry_bytes: int
     ) -> None:
         """``entry_bytes``: the most one recorded message may weigh, which sizes a page of reads."""
         self._bridge = bridge
