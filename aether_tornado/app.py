@@ -22,6 +22,7 @@ from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .bridge.resp import Address
 from .config import Settings, answered_hosts
+from .connection import socket_limits
 from .handlers import ClientSocket, NotFound
 from .history.memory import MemoryHistory
 from .history.redis import RedisHistory
@@ -126,7 +127,11 @@ def make_app(node: Node) -> tornado.web.Application:
         [
             # First: every handshake is matched against the rules in order, and handshakes are
             # most of the requests (a deploy's reconnects).
-            (r"/v3/ws/group/([^/]+)/client/([^/]+)", ClientSocket, {"node": node, "flusher": Flusher()}),
+            (
+                r"/v3/ws/group/([^/]+)/client/([^/]+)",
+                ClientSocket,
+                {"node": node, "flusher": Flusher(), "limits": socket_limits(node.settings)},
+            ),
             (r"/", Asset, {"name": "index"}),
             (r"/v3/client/(aether-v3\.js|aether-v3\.d\.ts)", Asset, {"allowed_origins": settings.allowed_origins}),
             *console,

@@ -1,19 +1,21 @@
-"""One client's V3 connection: what the node knows as a connection, on a WebSocketProtocol.
+"""One client's V3 session: what the node knows as a connection, holding its WebSocket.
 
-The protocol object (websocket.py) handles frames; this one turns each message into a
-``WSMessageV3`` for the node, answers what the node refuses, and holds the message rate
-limit. A message whose routing must wait for Redis holds back the sender's next ones, so
-every answer and delivery keeps the order the client sent in.
+The socket (websocket.py) handles frames and tells the session, its delegate, what happens;
+the session turns each message into a ``WSMessageV3`` for the node, answers what the node
+refuses, and holds the message rate limit. A message whose routing must wait for Redis holds
+back the sender's next ones, so every answer and delivery keeps the order the client sent
+in. What is sent before the snapshot is held back here until it is out.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NamedTuple
 
 from .channels import STREAMS, Position, Stream
+from .config import Settings
 from .errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
@@ -30,7 +32,7 @@ from .hub import Positioned
 from .limits import TokenBucket
 from .node import Node
 from .schema import VisionId, WSMessageV3, decode
-from .websocket import Flusher, WebSocketProtocol
+from .websocket import Flusher, Limits, WebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,23 @@ class Handshake(NamedTuple):
     expires: float | None = None
 
 
-class ClientConnection(WebSocketProtocol):
+def socket_limits(settings: Settings) -> Limits:
+    """What a client's socket lets it send and be sent, from the settings: one value for all."""
+    return Limits(
+        max_message_bytes=settings.max_message_bytes,
+        max_fragments=settings.max_fragments,
+        frame_rate=settings.frame_rate,
+        frame_burst=settings.frame_burst,
+        byte_rate=settings.byte_rate,
+        byte_burst=settings.byte_burst,
+        control_rate=settings.control_rate,
+        control_burst=settings.control_burst,
+        outbound_buffer_bytes=settings.outbound_buffer_bytes,
+        close_timeout=settings.close_timeout,
+    )
+
+
+class ClientConnection:
     """What the node knows as a connection (hub.Connection)."""
 
     __slots__ = (
@@ -65,6 +83,8 @@ class ClientConnection(WebSocketProtocol):
         "_deferred",
         "_expires",
         "_expiry",
+        "_held",
+        "_held_bytes",
         "_routing",
         "_stalled",
         "_strikes",
@@ -78,14 +98,22 @@ class ClientConnection(WebSocketProtocol):
         "positions",
         "proof",
         "record_budget",
+        "send",
         "sender",
+        "settings",
         "since",
+        "socket",
     )
+
+    # Queue one ready-made frame; never blocks, never raises (hub.Connection.send). Until the
+    # snapshot is out it holds the frame back; then it is the socket's own ``send``.
+    send: Callable[[bytes], None]
 
     def __init__(
         self,
         node: Node,
         flusher: Flusher,
+        limits: Limits,
         handshake: Handshake,
         response: bytes,
         early: bytes,
@@ -94,7 +122,11 @@ class ClientConnection(WebSocketProtocol):
 
         The handler counts it in ``node.sockets`` once it is served; ``on_lost`` gives the slot back.
         """
-        super().__init__(node.settings, flusher, response, early)
+        self.settings = node.settings
+        self.socket = WebSocketProtocol(limits, flusher, response, early, self)
+        self._held: list[bytes | Positioned] | None = []  # sent before the snapshot, held back for it
+        self._held_bytes = 0
+        self.send = self._hold
         self.node = node
         self.group_id, self.client_id, self.may_broadcast = (
             handshake.group_id,
@@ -139,7 +171,7 @@ class ClientConnection(WebSocketProtocol):
             log.error("attaching %s/%s failed", self.group_id, self.client_id, exc_info=task.exception())
             self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
             return
-        self.resume()
+        self.socket.resume()
 
     def on_lost(self) -> None:
         if self._expiry is not None:  # a connection gone before its token is not kept until then
@@ -174,7 +206,7 @@ class ClientConnection(WebSocketProtocol):
         if waiting is not None:
             # Redis keeps the order of one shard's messages only: this one waits for those in flight.
             self._stalled = message
-            self.holding = True
+            self.socket.holding = True
             waiting.add_done_callback(self._unstall)
             return None
         self._route(message, shard)
@@ -213,14 +245,14 @@ class ClientConnection(WebSocketProtocol):
         if isinstance(rest, asyncio.Future):
             self.sender.track(rest, shard)
             if may_refuse:
-                self._answer_due = self.holding = True
+                self._answer_due = self.socket.holding = True
                 rest.add_done_callback(self._settled)
             else:
                 rest.add_done_callback(self._landed)
             if self.sender.in_flight >= MAX_IN_FLIGHT:
-                self.holding = True
+                self.socket.holding = True
             return
-        self.holding = self._routing = True
+        self.socket.holding = self._routing = True
         self.node.spawn(self._finished(rest))
 
     async def _finished(self, rest: Coroutine[Any, Any, None]) -> None:
@@ -244,7 +276,7 @@ class ClientConnection(WebSocketProtocol):
             deferred, self._deferred = self._deferred, []
             for frame in deferred:
                 self.send(frame)
-        if self.holding:
+        if self.socket.holding:
             self._read_on_unless_held()
 
     def _read_on_unless_held(self) -> None:
@@ -257,9 +289,9 @@ class ClientConnection(WebSocketProtocol):
             or self._stalled
             or self.sender.in_flight >= MAX_IN_FLIGHT
         ):
-            self.holding = True
+            self.socket.holding = True
         else:
-            self.resume()
+            self.socket.resume()
 
     def reply(self, frame: bytes) -> None:
         """Answer this client (an echo, an error, a heartbeat): after its messages in flight have landed."""
@@ -267,7 +299,7 @@ class ClientConnection(WebSocketProtocol):
             self.send(frame)
             return
         self._deferred.append(frame)
-        self.holding = True  # what the client sends after this waits for it
+        self.socket.holding = True  # what the client sends after this waits for it
 
     def _routing_failed(self, error: Exception) -> None:
         if isinstance(error, ProtocolError):
@@ -293,14 +325,24 @@ class ClientConnection(WebSocketProtocol):
 
     # Recorded messages, for a client that recovers
 
+    def _hold(self, frame: bytes) -> None:
+        """``send`` until the snapshot is out: the frame waits for it."""
+        if not self.socket.closing:
+            self._keep(frame, len(frame))
+
+    def _keep(self, item: bytes | Positioned, size: int) -> None:
+        assert self._held is not None  # held until the snapshot goes out
+        self._held.append(item)
+        self._held_bytes += size
+        if self._held_bytes > self.settings.outbound_buffer_bytes:
+            self._held, self._held_bytes, self.send = None, 0, self.socket.send
+            self.socket.overflow()
+
     def send_at(self, message: Positioned) -> None:
-        if self._closing:
+        if self.socket.closing:
             return
         if self._held is not None:
-            self._held.append(message)  # sorted out by release_recovered
-            self._held_bytes += len(message.payload)
-            if self._held_bytes > self.settings.outbound_buffer_bytes:
-                self._overflow()
+            self._keep(message, len(message.payload))  # sorted out by release_recovered
             return
         assert self.positions is not None
         last = self.positions[message.stream]
@@ -318,6 +360,17 @@ class ClientConnection(WebSocketProtocol):
         """Bytes held back until the snapshot goes out: they count against the outbound buffer."""
         return self._held_bytes
 
+    @property
+    def queued_bytes(self) -> int:
+        """What this process holds for the client: held back, queued, and not yet taken by the socket."""
+        return self._held_bytes + self.socket.queued_bytes
+
+    def release(self, first: bytes) -> None:
+        """Send ``first`` (the snapshot), then what was held back for it, then everything as it comes."""
+        held = self._stop_holding()
+        self.send(first)
+        self._send_held(held)
+
     def release_recovered(
         self, first: bytes, missed: Sequence[Positioned], replayed: Sequence[Position | None]
     ) -> None:
@@ -328,16 +381,31 @@ class ClientConnection(WebSocketProtocol):
         other output, within the outbound buffer: recovery sized the replay to fit beside what
         was held.
         """
-        held, self._held, self._held_bytes = self._held or [], None, 0
+        held = self._stop_holding()
         self.positions = list(replayed)
         self.send(first)
         for message in missed:
             self.send(message.frame)
-        for frame in held:
-            if isinstance(frame, Positioned):
-                self.send_at(frame)
+        self._send_held(held)
+
+    def _stop_holding(self) -> list[bytes | Positioned]:
+        held, self._held, self._held_bytes = self._held or [], None, 0
+        self.send = self.socket.send
+        return held
+
+    def _send_held(self, held: list[bytes | Positioned]) -> None:
+        for item in held:
+            if isinstance(item, Positioned):
+                self.send_at(item)
             else:
-                self.send(frame)
+                self.send(item)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start a clean close with this code and reason."""
+        self.socket.close(code, reason)
+
+    def keepalive(self) -> None:
+        self.socket.keepalive()
 
     def refuse(self, problem: ProtocolError) -> None:
         log.debug(
@@ -348,14 +416,10 @@ class ClientConnection(WebSocketProtocol):
 
     # What the protocol reports
 
-    def fail(self, code: int, reason: str) -> None:
-        if not self._closing:
-            log.info(
-                "closing %s/%s: %d %s", self.group_id, self.client_id, code, reason, extra={"conn": self.lease_key}
-            )
-        super().fail(code, reason)
+    def on_failing(self, code: int, reason: str) -> None:
+        log.info("closing %s/%s: %d %s", self.group_id, self.client_id, code, reason, extra={"conn": self.lease_key})
 
-    def overflowed(self) -> None:
+    def on_overflow(self) -> None:
         log.warning(
             "closing %s/%s: outbound buffer full", self.group_id, self.client_id, extra={"conn": self.lease_key}
         )

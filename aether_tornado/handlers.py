@@ -24,7 +24,7 @@ from .node import Node
 from .schema import VisionId
 from .tornado_internals import take_socket
 from .web_headers import SecureHandler
-from .websocket import Flusher, handshake_response, serve_socket, upgrade_problem
+from .websocket import Flusher, Limits, handshake_response, serve_socket, upgrade_problem
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,11 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
     for a ClientConnection on the same event loop.
     """
 
-    def initialize(self, node: Node, flusher: Flusher) -> None:
+    def initialize(self, node: Node, flusher: Flusher, limits: Limits) -> None:
         self.node = node
         self.config = node.settings
         self._flusher = flusher
+        self._limits = limits
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         # Undecodable bytes become U+FFFD, which the ID check then refuses with 400.
@@ -108,12 +109,12 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
         response = handshake_response(key)
         proof = self.get_query_argument("proof", None) if since is not None else None
         handshake = Handshake(VisionId(group_id), VisionId(client_id), may_broadcast, since, proof, expires)
-        conn = ClientConnection(self.node, self._flusher, handshake, response, early)
+        conn = ClientConnection(self.node, self._flusher, self._limits, handshake, response, early)
         self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
         try:
-            await serve_socket(sock, conn)
+            await serve_socket(sock, conn.socket)
         except BaseException:
-            if not conn.made:  # otherwise the connection gives the slot back when it is lost
+            if not conn.socket.made:  # otherwise the connection gives the slot back when it is lost
                 self.node.sockets -= 1
             raise
         return None

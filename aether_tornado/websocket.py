@@ -7,32 +7,62 @@ close handshake, a violation failed with its close code after what was queued be
 and what keeps one peer from taking the process: every frame the peer sends costs from a
 budget, control frames from a smaller one, its bytes are read no faster than a byte budget
 allows, and a read handles at most ``FRAMES_PER_TURN`` frames before other sockets get theirs.
-What a message means is a subclass's (``on_message``): the server's ``ClientConnection``, or
-the conformance suite's echo.
+What a message means is its delegate's (``SocketDelegate``): the server's ``ClientConnection``,
+or the conformance suite's echo. It knows nothing of V3 and takes its limits as one small value.
 """
 
 import asyncio
 import base64
 import hashlib
-import logging
 import socket
 import time
-from typing import Any, cast
+from typing import NamedTuple, Protocol, cast
 
 from tornado.httputil import HTTPHeaders
 
 from . import frames
-from .config import Settings
 from .errors import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG, REASON_PING
 from .frames import FrameError, FrameReader
 from .limits import TokenBucket
-
-log = logging.getLogger(__name__)
 
 # Frames handled from one socket before the loop serves the others.
 FRAMES_PER_TURN = 64
 
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+class Limits(NamedTuple):
+    """What one peer may send and be sent (see config.py for each)."""
+
+    max_message_bytes: int
+    max_fragments: int
+    frame_rate: float
+    frame_burst: int
+    byte_rate: float
+    byte_burst: int
+    control_rate: float
+    control_burst: int
+    outbound_buffer_bytes: int
+    close_timeout: float
+
+
+class SocketDelegate(Protocol):
+    """What a socket tells the one it serves."""
+
+    def on_open(self) -> None:
+        """The 101 is out; set the socket's ``holding`` false (now or later) to read the peer's frames."""
+
+    def on_message(self, opcode: int, payload: bytes | str) -> None:
+        """A whole message: text as str, binary as bytes."""
+
+    def on_failing(self, code: int, reason: str) -> None:
+        """The peer broke the protocol or a limit: the connection is failed with this code."""
+
+    def on_overflow(self) -> None:
+        """The outbound buffer is full: the connection is closed with 1013."""
+
+    def on_lost(self) -> None:
+        """The socket is gone."""
 
 
 def upgrade_problem(headers: HTTPHeaders) -> tuple[int, str] | None:
@@ -108,11 +138,9 @@ class Flusher:
 class WebSocketProtocol(asyncio.Protocol):
     """A server-side WebSocket: frames in, queued frames out, closed as RFC 6455 says.
 
-    Subclasses implement ``on_message`` (a whole text message as str, binary as bytes) and
-    may implement ``on_open`` and ``on_lost``. Frames are read only while ``holding`` is
-    false; a subclass sets it while a message's handling must finish before the next one
-    (``resume`` reads on). Output is held until ``release``, so that a first frame (a
-    snapshot) can go before anything queued meanwhile.
+    Each whole message goes to the delegate. Frames are read only while ``holding`` is false;
+    the delegate sets it while a message's handling must finish before the next one
+    (``resume`` reads on).
     """
 
     # Thousands of these live at once: slots instead of a dict each (bench/RESULTS.md, memory).
@@ -121,10 +149,9 @@ class WebSocketProtocol(asyncio.Protocol):
         "_close_timer",
         "_closing",
         "_control_budget",
+        "_delegate",
         "_flusher",
         "_frame_budget",
-        "_held",
-        "_held_bytes",
         "_out",
         "_out_bytes",
         "_reader",
@@ -134,54 +161,48 @@ class WebSocketProtocol(asyncio.Protocol):
         "_turn",
         "_unanswered_ping",
         "holding",
-        "settings",
+        "limits",
     )
 
-    def __init__(self, settings: Settings, flusher: Flusher, response: bytes, early: bytes) -> None:
+    def __init__(
+        self, limits: Limits, flusher: Flusher, response: bytes, early: bytes, delegate: SocketDelegate
+    ) -> None:
         """``response`` is the handshake's 101, sent first; ``early`` what the client sent after its request."""
-        self.settings = settings
+        self.limits = limits
+        self._delegate = delegate
         self._flusher = flusher
         self._response = response
-        self._reader = FrameReader(settings.max_message_bytes, settings.max_fragments)
+        self._reader = FrameReader(limits.max_message_bytes, limits.max_fragments)
         self._reader.feed(early)
         now = time.monotonic()
-        self._frame_budget = TokenBucket(settings.frame_rate, settings.frame_burst, now)
-        self._byte_budget = TokenBucket(settings.byte_rate, settings.byte_burst, now)
+        self._frame_budget = TokenBucket(limits.frame_rate, limits.frame_burst, now)
+        self._byte_budget = TokenBucket(limits.byte_rate, limits.byte_burst, now)
         self._throttle: asyncio.TimerHandle | None = None  # reading waits for the byte budget
-        self._control_budget = TokenBucket(settings.control_rate, settings.control_burst, now)
+        self._control_budget = TokenBucket(limits.control_rate, limits.control_burst, now)
         self._unanswered_ping = False
         self._transport: asyncio.Transport | None = None
-        self.holding = True  # until on_open says otherwise
+        self.holding = True  # until the delegate's on_open says otherwise
         self._turn: asyncio.Handle | None = None  # the next turn of a long read
         self._closing = False  # our close frame is out (or the socket is gone): no more data frames
         self._close_timer: asyncio.TimerHandle | None = None
-        self._held: list[bytes | Any] | None = []  # frames, and what a subclass holds back among them
-        self._held_bytes = 0
         self._out: list[bytes] = []
         self._out_bytes = 0
 
     @property
     def queued_bytes(self) -> int:
-        """What this process holds for the peer: queued, held back, and not yet taken by the socket."""
+        """What this process holds for the peer: queued, and not yet taken by the socket."""
         buffered = self._transport.get_write_buffer_size() if self._transport is not None else 0
-        return self._out_bytes + self._held_bytes + buffered
+        return self._out_bytes + buffered
 
     @property
     def made(self) -> bool:
-        """The protocol has its transport: its ``on_lost`` will run."""
+        """The protocol has its transport: its delegate's ``on_lost`` will run."""
         return self._transport is not None
 
-    # What a subclass does.
-
-    def on_open(self) -> None:
-        """The 101 is out; set ``holding`` false (now or later) to read the client's frames."""
-        self.holding = False
-
-    def on_message(self, opcode: int, payload: bytes | str) -> None:
-        raise NotImplementedError
-
-    def on_lost(self) -> None:
-        """The socket is gone."""
+    @property
+    def closing(self) -> bool:
+        """Our close frame is out, or the socket is gone: nothing more is sent."""
+        return self._closing
 
     # asyncio.Protocol
 
@@ -189,14 +210,14 @@ class WebSocketProtocol(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses, but alike
         self._transport.write(self._response)
         self._response = b""
-        self.on_open()
+        self._delegate.on_open()
         self.read_frames()
 
     def data_received(self, data: bytes) -> None:
         if self._reader.closed:
             return  # failed, closed by the peer, or gone: what follows is discarded
         self._reader.feed(data)
-        if self._reader.pending > self.settings.max_message_bytes + 65536:
+        if self._reader.pending > self.limits.max_message_bytes + 65536:
             assert self._transport is not None  # data comes after connection_made
             self._transport.pause_reading()  # a peer far ahead of us waits in its own buffers
         self.read_frames()
@@ -213,7 +234,7 @@ class WebSocketProtocol(asyncio.Protocol):
         for handle in (self._close_timer, self._turn, self._throttle):
             if handle is not None:
                 handle.cancel()
-        self.on_lost()
+        self._delegate.on_lost()
 
     # Reading
 
@@ -247,7 +268,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._unanswered_ping = False
                 if opcode == frames.TEXT or opcode == frames.BINARY:  # whole messages, the common case
                     if not self._closing:  # after our close, only the peer's close matters
-                        self.on_message(opcode, payload)
+                        self._delegate.on_message(opcode, payload)
                 elif opcode != frames.CONTINUATION:
                     self._control(opcode, cast(bytes, payload), now)
                 if wait and not reader.closed and not self._transport.is_closing():
@@ -265,7 +286,7 @@ class WebSocketProtocol(asyncio.Protocol):
         assert self._transport is not None  # called by read_frames only
         if self._turn is not None or self._throttle is not None or self._transport.is_closing():
             return
-        if self._reader.pending <= self.settings.max_message_bytes + 14:
+        if self._reader.pending <= self.limits.max_message_bytes + 14:
             self._transport.resume_reading()
 
     def _next_turn(self) -> None:
@@ -295,29 +316,15 @@ class WebSocketProtocol(asyncio.Protocol):
         """Queue a ready frame for the next flush; past the outbound cap, close with 1013."""
         if self._closing:
             return
-        if self._held is not None:
-            self._held.append(frame)
-            self._held_bytes += len(frame)
-            if self._held_bytes > self.settings.outbound_buffer_bytes:
-                self._overflow()
-            return
         assert self._transport is not None  # frames are sent only once the connection is made
         waiting = self._out_bytes + len(frame) + self._transport.get_write_buffer_size()
-        if waiting > self.settings.outbound_buffer_bytes:
-            self._overflow()
+        if waiting > self.limits.outbound_buffer_bytes:
+            self.overflow()
             return
         if not self._out:
             self._flusher.mark(self)
         self._out.append(frame)
         self._out_bytes += len(frame)
-
-    def release(self, first: bytes = b"") -> None:
-        """Send ``first``, then what was held back for it, then everything as it comes."""
-        held, self._held = self._held or [], None
-        if first:
-            self.send(first)
-        for frame in held:
-            self.send(frame)
 
     def write_queued(self) -> None:
         out, self._out, self._out_bytes = self._out, [], 0
@@ -349,6 +356,7 @@ class WebSocketProtocol(asyncio.Protocol):
         """
         self._reader.closed = True  # the input is discarded from now on
         if not self._closing:
+            self._delegate.on_failing(code, reason)
             self._send_close(code, reason)
         if self._transport is None or self._transport.is_closing():
             return
@@ -362,18 +370,18 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _drop_later(self) -> None:
         if self._transport is not None and self._close_timer is None:
-            self._close_timer = asyncio.get_running_loop().call_later(
-                self.settings.close_timeout, self._transport.abort
-            )
+            self._close_timer = asyncio.get_running_loop().call_later(self.limits.close_timeout, self.abort)
 
-    def _overflow(self) -> None:
-        self._held, self._held_bytes, self._out, self._out_bytes = None, 0, [], 0
-        self.overflowed()
+    def abort(self) -> None:
+        """Drop the socket at once, without a close frame: what a peer that never answers gets."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def overflow(self) -> None:
+        """The peer is sent more than its outbound buffer holds: drop what is queued, close with 1013."""
+        self._out, self._out_bytes = [], 0
+        self._delegate.on_overflow()
         self.close(CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG)
-
-    def overflowed(self) -> None:
-        """The outbound buffer is full; the connection is being closed with 1013."""
-        log.warning("closing a connection: outbound buffer full")
 
     def keepalive(self) -> None:
         """Ping the peer; close it if the last ping got no frame back."""

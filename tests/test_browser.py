@@ -119,7 +119,7 @@ async def test_the_browser_client_recovers_what_it_missed_and_marks_it(page, ser
     await publish("0")
     await evaluate(page, "() => until(() => got.length === 1)")
     (conn,) = server.node.hub.client("c_br")
-    conn._transport.abort()  # the connection is lost without a close, as on a network change
+    conn.socket.abort()  # the connection is lost without a close, as on a network change
     for text in ("1", "2", "3"):
         await publish(text)  # recorded at once, before the loop even sees the loss
     await evaluate(page, "() => until(() => reports.length === 1)")

@@ -141,7 +141,7 @@ async def test_the_console_shows_what_it_recovered_after_a_lost_connection(brows
     page = await open_console(browser, server.port, "c_rec")
     await page.wait_for_selector("#log div:has-text('snapshot')")
     (conn,) = server.node.hub.client("c_rec")
-    conn._transport.abort()  # the connection is lost without a close
+    conn.socket.abort()  # the connection is lost without a close
     await server.node.publish(WSMessageV3(msg_type="msg", target="group", group_id="g_browser", msg="while away"))
     await page.wait_for_selector("#log .recovered:has-text('while away')")
     await page.wait_for_selector("#log .recovered:has-text('marked recovered')")

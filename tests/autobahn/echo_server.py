@@ -3,8 +3,8 @@
     python tests/autobahn/echo_server.py --host 127.0.0.1 --port 9001
 
 Tornado answers the handshake on any path, the socket is taken over exactly as the server
-does it (tornado_internals.take_socket), and a ``WebSocketProtocol`` serves it; every data
-message, text or binary, is echoed back verbatim. The limits are the server's, raised so
+does it (tornado_internals.take_socket), and a ``WebSocketProtocol`` serves it with an echo as
+its delegate: every data message, text or binary, is echoed back verbatim. The limits are the server's, raised so
 that the suite's largest cases fit (9.*: 16 MiB messages, 4 MiB in 64-byte fragments).
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 if not __package__:  # run as a script: the project is two folders up
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import attrs
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
@@ -24,41 +25,57 @@ import uvloop
 
 from aether_tornado import frames
 from aether_tornado.config import Settings
+from aether_tornado.connection import socket_limits
 from aether_tornado.tornado_internals import check_tornado, take_socket
 from aether_tornado.websocket import (
     Flusher,
+    Limits,
     WebSocketProtocol,
     handshake_response,
     serve_socket,
     upgrade_problem,
 )
 
-ROOMY = Settings(
-    max_message_bytes=20_000_000,
-    max_fragments=1_000_000,
-    frame_rate=1e9,
-    frame_burst=1_000_000_000,
-    control_rate=1e9,
-    control_burst=1_000_000_000,
-    byte_rate=1e12,
-    byte_burst=10**12,
-    outbound_buffer_bytes=64 * 1024 * 1024,
+ROOMY = socket_limits(
+    attrs.evolve(
+        Settings(),
+        max_message_bytes=20_000_000,
+        max_fragments=1_000_000,
+        frame_rate=1e9,
+        frame_burst=1_000_000_000,
+        control_rate=1e9,
+        control_burst=1_000_000_000,
+        byte_rate=1e12,
+        byte_burst=10**12,
+        outbound_buffer_bytes=64 * 1024 * 1024,
+    )
 )
 
 
-class EchoSocket(WebSocketProtocol):
-    __slots__ = ()
+class Echo:
+    """The delegate of one socket: every message back as it came."""
+
+    def __init__(self, limits: Limits, flusher: Flusher, response: bytes, early: bytes) -> None:
+        self.socket = WebSocketProtocol(limits, flusher, response, early, self)
 
     def on_open(self) -> None:
-        self.release()
-        self.holding = False
+        self.socket.holding = False
 
     def on_message(self, opcode: int, payload: bytes | str) -> None:
-        self.send(frames.build(opcode, payload.encode() if isinstance(payload, str) else payload))
+        self.socket.send(frames.build(opcode, payload.encode() if isinstance(payload, str) else payload))
+
+    def on_failing(self, code: int, reason: str) -> None:
+        pass
+
+    def on_overflow(self) -> None:
+        pass
+
+    def on_lost(self) -> None:
+        pass
 
 
 class EchoHandler(tornado.web.RequestHandler):
-    def initialize(self, limits: Settings, flusher: Flusher) -> None:
+    def initialize(self, limits: Limits, flusher: Flusher) -> None:
         self.limits = limits
         self.flusher = flusher
 
@@ -70,10 +87,10 @@ class EchoHandler(tornado.web.RequestHandler):
             return
         response = handshake_response(self.request.headers["Sec-WebSocket-Key"])
         sock, early = take_socket(self)
-        await serve_socket(sock, EchoSocket(self.limits, self.flusher, response, early))
+        await serve_socket(sock, Echo(self.limits, self.flusher, response, early).socket)
 
 
-async def start(host: str = "127.0.0.1", port: int = 0, limits: Settings = ROOMY) -> tuple[object, int]:
+async def start(host: str = "127.0.0.1", port: int = 0, limits: Limits = ROOMY) -> tuple[object, int]:
     """Listen; return the HTTP server (``stop`` it) and its port."""
     app = tornado.web.Application([(r"(.*)", EchoHandler, {"limits": limits, "flusher": Flusher()})])
     server = tornado.httpserver.HTTPServer(app)
