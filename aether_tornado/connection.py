@@ -17,8 +17,6 @@ from typing import Any, NamedTuple
 from .channels import STREAMS, Position, Stream
 from .config import Settings
 from .errors import (
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_POLICY_VIOLATION,
     CLOSE_TOKEN_EXPIRED,
     RATE_LIMITED,
     REASON_INTERNAL,
@@ -27,7 +25,7 @@ from .errors import (
     UNSUPPORTED_FRAME,
     ProtocolError,
 )
-from .frames import BINARY
+from .frames import BINARY, CloseCode
 from .hub import Positioned
 from .limits import TokenBucket
 from .node import Node
@@ -169,7 +167,7 @@ class ClientConnection:
     def _after_attach(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("attaching %s/%s failed", self.group_id, self.client_id, exc_info=task.exception())
-            self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
+            self.close(CloseCode.INTERNAL_ERROR, REASON_INTERNAL)
             return
         self.socket.resume()
 
@@ -306,7 +304,7 @@ class ClientConnection:
             self.refuse(error)
             return
         log.error("routing a message of %s/%s failed", self.group_id, self.client_id, exc_info=error)
-        self.close(CLOSE_INTERNAL_ERROR, REASON_INTERNAL)
+        self.close(CloseCode.INTERNAL_ERROR, REASON_INTERNAL)
 
     def _rate_limited(self) -> None:
         if self._strikes >= self.settings.rate_strikes:
@@ -317,7 +315,7 @@ class ClientConnection:
                 self._strikes,
                 extra={"conn": self.lease_key},
             )
-            self.close(CLOSE_POLICY_VIOLATION, REASON_RATE)
+            self.close(CloseCode.POLICY_VIOLATION, REASON_RATE)
             return
         self._strikes += 1
         rate = self.settings.rate_limit

@@ -1,4 +1,4 @@
-"""Protocol error codes and WebSocket close codes, in one place."""
+"""Protocol error codes, the V3 close code and the close reasons, in one place."""
 
 from typing import Final
 
@@ -24,17 +24,11 @@ INVALID_LIMIT: Final = "invalid_limit"
 # A request for a host the server does not answer for (allowed_hosts): HTTP 421.
 MISDIRECTED: Final = "misdirected_request"
 
-# WebSocket close codes (RFC 6455 section 7.4.1) and the reasons sent with them.
-CLOSE_NORMAL: Final = 1000
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_POLICY_VIOLATION: Final = 1008
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_TOO_BIG: Final = 1009
-CLOSE_INTERNAL_ERROR: Final = 1011
-CLOSE_TRY_AGAIN_LATER: Final = 1013
-# The client's token expired (IANA's 3000, "Unauthorized"): it gets a fresh one and reconnects at once.
+# The close codes of RFC 6455 are frames.CloseCode. The client's token expired (IANA's 3000,
+# "Unauthorized"): it gets a fresh one and reconnects at once.
 CLOSE_TOKEN_EXPIRED: Final = 3000
 
+# The reasons sent with close codes.
 REASON_IDLE: Final = "idle timeout"
 REASON_SHUTDOWN: Final = "server shutdown"
 REASON_RATE: Final = "rate limit exceeded"

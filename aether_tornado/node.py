@@ -33,7 +33,6 @@ from .channels import (
 )
 from .config import Settings
 from .errors import (
-    CLOSE_GOING_AWAY,
     FORBIDDEN,
     INVALID_MESSAGE,
     RATE_LIMITED,
@@ -43,7 +42,7 @@ from .errors import (
     UNAVAILABLE,
     ProtocolError,
 )
-from .frames import text_frame
+from .frames import CloseCode, text_frame
 from .history import Appended, History, Page, Recovery
 from .history.proof import Proofs
 from .hub import Added, Connection, Hub, Positioned
@@ -177,7 +176,7 @@ class Node:
     async def stop(self) -> None:
         """Close every connection with 1001 and wait, up to the shutdown timeout, for them to go."""
         for conn in tuple(self.hub.all()):
-            conn.close(CLOSE_GOING_AWAY, REASON_SHUTDOWN)
+            conn.close(CloseCode.GOING_AWAY, REASON_SHUTDOWN)
         deadline = time.monotonic() + self.settings.shutdown_timeout
         while (self.connection_count or self._spawned) and time.monotonic() < deadline:
             self._detached.clear()
@@ -796,7 +795,7 @@ class Node:
         for conn in tuple(self.hub.all()):
             if conn.last_seen < cutoff:
                 log.debug("idle %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
-                conn.close(CLOSE_GOING_AWAY, REASON_IDLE)
+                conn.close(CloseCode.GOING_AWAY, REASON_IDLE)
 
     async def _ping(self) -> None:
         """One sweep for every connection, instead of a ping task per connection (2 KB each)."""

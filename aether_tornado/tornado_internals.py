@@ -4,8 +4,7 @@ The server lets Tornado answer the HTTP handshake and then serves the socket its
 (websocket.py). Taking the socket over needs what Tornado keeps private: the stream's socket,
 what it has already read from it, and the handler's own way of breaking the reference cycle
 it is in. The server also accepts connections itself
-(accept.py), handing each to Tornado's HTTP server and counting those it holds. Masking
-borrows Tornado's C speedup.
+(accept.py), handing each to Tornado's HTTP server and counting those it holds.
 ``check_tornado`` refuses to start on a release these were not tested with.
 """
 
@@ -17,14 +16,9 @@ import tornado
 import tornado.httpserver
 import tornado.web
 from tornado.http1connection import HTTP1Connection
-from tornado.util import _websocket_mask
 
 # Tornado releases (major, minor) whose internals below were tested.
 TESTED_TORNADO = ((6, 6),)
-
-# mask(key, data): ``data`` XORed with the 4-byte ``key`` (RFC 6455 section 5.3), in C when
-# Tornado was built with its speedups.
-mask = _websocket_mask
 
 
 def check_tornado(version: tuple[int, ...] = tornado.version_info) -> None:

@@ -21,8 +21,8 @@ from typing import NamedTuple, Protocol, cast
 from tornado.httputil import HTTPHeaders
 
 from . import frames
-from .errors import CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG, REASON_PING
-from .frames import FrameError, FrameReader
+from .errors import REASON_BACKLOG, REASON_PING
+from .frames import CloseCode, FrameError, FrameReader
 from .limits import TokenBucket
 
 # Frames handled from one socket before the loop serves the others.
@@ -262,7 +262,7 @@ class WebSocketProtocol(asyncio.Protocol):
                     break
                 handled += 1
                 if not self._frame_budget.take(now):
-                    return self.fail(CLOSE_POLICY_VIOLATION, "too many frames")
+                    return self.fail(CloseCode.POLICY_VIOLATION, "too many frames")
                 wait = self._byte_budget.spend(reader.frame_size, now)
                 opcode, payload = event
                 self._unanswered_ping = False
@@ -297,7 +297,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if opcode == frames.CLOSE:
             return self._peer_closed(payload)
         if not self._control_budget.take(now):
-            return self.fail(CLOSE_POLICY_VIOLATION, "too many pings or pongs")
+            return self.fail(CloseCode.POLICY_VIOLATION, "too many pings or pongs")
         if opcode == frames.PING and not self._closing:
             self.send(frames.build(frames.PONG, payload))
         return None
@@ -306,7 +306,7 @@ class WebSocketProtocol(asyncio.Protocol):
         """Answer the peer's close with its code (unless ours went first), then end the connection."""
         if not self._closing:
             code = frames.close_code(payload)
-            self._send_close(CLOSE_NORMAL if code == frames.NO_STATUS else code, "")
+            self._send_close(CloseCode.NORMAL if code == CloseCode.NO_STATUS else code, "")
         assert self._transport is not None  # the peer's close was read from it
         self._transport.close()  # after what is buffered; the server ends the TCP connection first
 
@@ -381,14 +381,14 @@ class WebSocketProtocol(asyncio.Protocol):
         """The peer is sent more than its outbound buffer holds: drop what is queued, close with 1013."""
         self._out, self._out_bytes = [], 0
         self._delegate.on_overflow()
-        self.close(CLOSE_TRY_AGAIN_LATER, REASON_BACKLOG)
+        self.close(CloseCode.TRY_AGAIN_LATER, REASON_BACKLOG)
 
     def keepalive(self) -> None:
         """Ping the peer; close it if the last ping got no frame back."""
         if self._closing:
             return
         if self._unanswered_ping:
-            self.close(CLOSE_NORMAL, REASON_PING)
+            self.close(CloseCode.NORMAL, REASON_PING)
             return
         self._unanswered_ping = True
         self._write(frames.build(frames.PING))

@@ -143,7 +143,7 @@ def test_close_payloads_of_one_byte_or_with_a_reason_not_utf8_fail():
 
 def test_nothing_is_read_after_a_close():
     assert events(masked(CLOSE) + masked(TEXT, b"late") + masked(PONG)) == [(CLOSE, b"")]
-    assert frames.close_code(b"") == frames.NO_STATUS
+    assert frames.close_code(b"") == frames.CloseCode.NO_STATUS
 
 
 def test_a_close_reason_is_cut_on_a_character_boundary():
@@ -155,3 +155,20 @@ def test_a_close_reason_is_cut_on_a_character_boundary():
 def test_text_frame_is_the_same_as_build():
     for length in (0, 125, 126, 65535, 65536):
         assert frames.text_frame(b"x" * length) == frames.build(TEXT, b"x" * length)
+
+
+@given(st.binary(min_size=4, max_size=4), st.binary(max_size=300))
+def test_the_python_mask_masks_as_the_c_one_does(key, data):
+    masked = frames._xor_mask(key, data)
+    assert masked == frames.mask(key, data)
+    assert frames._xor_mask(key, masked) == data  # masking twice gives the payload back
+
+
+def test_opcodes_and_close_codes_are_named_values_with_the_rfc_s_numbers():
+    assert (frames.TEXT, frames.CLOSE, frames.PONG) == (frames.Opcode.TEXT, 0x8, 0xA)
+    assert frames.CloseCode.PROTOCOL_ERROR == 1002 and frames.CloseCode.TRY_AGAIN_LATER == 1013
+    reader = FrameReader()
+    reader.feed(b"\x83\x80abcd")  # a reserved opcode
+    with pytest.raises(FrameError) as failed:
+        reader.next()
+    assert failed.value.code is frames.CloseCode.PROTOCOL_ERROR
