@@ -8,7 +8,7 @@ import uvloop
 from .app import serve
 from .config import SettingsError, load_settings
 from .logs import setup_logging
-from .tornado_internals import check_tornado
+from .web.tornado_internals import check_tornado
 
 # Allocations between collections of the youngest generation (CPython's default: 700).
 GC_YOUNG_ALLOCATIONS = 7000

@@ -16,22 +16,22 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .accept import Acceptor
-from .api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Groups, Health, Metrics, Processes, Publish
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
 from .bridge.resp import Address
 from .config import Settings, answered_hosts
-from .connection import socket_limits
-from .handlers import ClientSocket, NotFound
+from .core.hub import Hub
+from .core.node import Node
+from .core.session import socket_limits
 from .history.memory import MemoryHistory
 from .history.redis import RedisHistory
-from .hub import Hub
-from .node import Node
 from .presence.memory import MemoryPresence
 from .presence.redis import RedisPresence
 from .sd_notify import notify
-from .websocket import Flusher
+from .web.accept import Acceptor
+from .web.api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Groups, Health, Metrics, Processes, Publish
+from .web.handlers import ClientSocket, NotFound
+from .ws.websocket import Flusher
 
 log = logging.getLogger(__name__)
 

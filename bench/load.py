@@ -8,7 +8,7 @@
 
 Each run prints one JSON line: throughput, latency p50/p99/p99.9 (ms) and problems (lost,
 reordered, errors, dropped). Clients are plain asyncio protocols that parse with the
-server's own sans-I/O frame module (aether_tornado/frames.py); frames are sent with a zero
+server's own sans-I/O frame module (aether_tornado/ws/frames.py); frames are sent with a zero
 mask (valid, and cheap to apply), so the generator costs a few microseconds a message.
 Every loop is bounded by a count and by --timeout.
 """
@@ -28,7 +28,7 @@ import orjson
 if not __package__:  # run as a script: the project is one folder up
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aether_tornado import frames
+from aether_tornado.ws import frames
 
 ZERO_MASK = b"\x00\x00\x00\x00"
 

@@ -6,7 +6,7 @@ import time
 import jwt
 import pytest
 
-from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
+from aether_tornado.v3.schema import WSMessageV3, encode, utc_timestamp
 
 from .conftest import CHROMIUM_MISSING, evaluate, ws_url
 from .processes import free_port

@@ -3,7 +3,7 @@
 import pytest
 
 from aether_tornado.bridge import CONTROL_CHANNEL, RESYNC_CHANNEL
-from aether_tornado.channels import (
+from aether_tornado.v3.channels import (
     BROADCAST_CHANNEL,
     STREAMS,
     Position,
@@ -14,7 +14,7 @@ from aether_tornado.channels import (
     split,
     streams_of,
 )
-from aether_tornado.schema import WSMessageV3, decode
+from aether_tornado.v3.schema import WSMessageV3, decode
 
 
 def message(**fields) -> WSMessageV3:

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from aether_tornado.client import AetherClient, QueueFull, Refused
 from aether_tornado.history import redis as history_redis
-from aether_tornado.schema import WSMessageV3, encode, utc_timestamp
+from aether_tornado.v3.schema import WSMessageV3, encode, utc_timestamp
 
 from .processes import ServerProcess, free_port
 from .timing import scaled, until

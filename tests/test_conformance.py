@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from aether_tornado.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT
+from aether_tornado.ws.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT
 
 from .autobahn import echo_server
 from .wsclient import RawSocket

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from playwright.async_api import expect
 
-from aether_tornado.schema import WSMessageV3
+from aether_tornado.v3.schema import WSMessageV3
 
 from .conftest import CHROMIUM_MISSING, evaluate, watched_page
 from .processes import ServerProcess

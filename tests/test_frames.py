@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aether_tornado import frames
-from aether_tornado.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, FrameError, FrameReader
+from aether_tornado.ws import frames
+from aether_tornado.ws.frames import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, FrameError, FrameReader
 
 
 def masked(opcode: int, payload: bytes = b"", final: bool = True) -> bytes:

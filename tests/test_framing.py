@@ -10,8 +10,8 @@ import tornado.web
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.httputil import HTTPServerRequest
 
-from aether_tornado import frames
-from aether_tornado.frames import CLOSE, PING, PONG, TEXT
+from aether_tornado.ws import frames
+from aether_tornado.ws.frames import CLOSE, PING, PONG, TEXT
 
 from .conftest import ws_url
 from .timing import scaled

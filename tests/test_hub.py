@@ -1,6 +1,6 @@
 """The hub's indices and its first/last reports."""
 
-from aether_tornado.hub import Added, Hub, Removed
+from aether_tornado.core.hub import Added, Hub, Removed
 
 
 class Conn:

@@ -12,16 +12,16 @@ import attrs
 import orjson
 import pytest
 
-from aether_tornado import frames
 from aether_tornado.app import build_node
 from aether_tornado.bridge.order import Sender
-from aether_tornado.channels import Position, Stream
 from aether_tornado.config import Settings
-from aether_tornado.errors import ProtocolError
-from aether_tornado.hub import Positioned
-from aether_tornado.limits import TokenBucket
-from aether_tornado.node import Node
-from aether_tornado.schema import VisionId, WSMessageV3, decode
+from aether_tornado.core.hub import Positioned
+from aether_tornado.core.node import Node
+from aether_tornado.v3.channels import Position, Stream
+from aether_tornado.v3.errors import ProtocolError
+from aether_tornado.v3.schema import VisionId, WSMessageV3, decode
+from aether_tornado.ws import frames
+from aether_tornado.ws.limits import TokenBucket
 
 
 class Session:

@@ -16,10 +16,10 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from aether_tornado.channels import Position
-from aether_tornado.frames import TEXT, FrameReader
 from aether_tornado.history.memory import MemoryHistory
-from aether_tornado.schema import FIELDS
+from aether_tornado.v3.channels import Position
+from aether_tornado.v3.schema import FIELDS
+from aether_tornado.ws.frames import TEXT, FrameReader
 
 from .conftest import ws_url
 from .timing import scaled

@@ -20,9 +20,9 @@ import pytest
 from redis.asyncio import Redis
 from tornado.httpclient import AsyncHTTPClient
 
-from aether_tornado.channels import Position
-from aether_tornado.frames import FrameReader
 from aether_tornado.history.proof import Proofs
+from aether_tornado.v3.channels import Position
+from aether_tornado.ws.frames import FrameReader
 
 from .conftest import ws_url
 from .processes import RedisLatency

@@ -1,10 +1,10 @@
 """How a recovering client's replay is put together, without a socket or a store: which positions
 its proof vouches for, the merge of its streams, what is dropped when it does not fit."""
 
-from aether_tornado.channels import Position
+from aether_tornado.core.hub import Positioned
+from aether_tornado.core.recovery import NOT_RECOVERED, plan, vouched
 from aether_tornado.history import Entry, Recovery
-from aether_tornado.hub import Positioned
-from aether_tornado.recovery import NOT_RECOVERED, plan, vouched
+from aether_tornado.v3.channels import Position
 
 GROUP, CLIENT, BROADCAST = range(3)
 ROOMY = 1 << 20

@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 
-from aether_tornado import node as node_module
+from aether_tornado.core import node as node_module
 
 from .conftest import ws_url
 from .wsclient import Client, errors_of

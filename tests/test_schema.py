@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aether_tornado.errors import ProtocolError
-from aether_tornado.ids import id_problem
-from aether_tornado.schema import FIELDS, WSMessageV3, decode, encode
+from aether_tornado.v3.errors import ProtocolError
+from aether_tornado.v3.ids import id_problem
+from aether_tornado.v3.schema import FIELDS, WSMessageV3, decode, encode
 
 json_values = st.recursive(
     # What orjson can carry: 64-bit integers and finite floats (it parses nothing else).

@@ -10,7 +10,7 @@ import orjson
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from aether_tornado import frames
+from aether_tornado.ws import frames
 
 from .timing import scaled
 

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
-from ..channels import Channel, Position
+from ..v3.channels import Channel, Position
 from .order import Sender
 
 # Called with (channel, payload, published_at, position, own) for every message another process

@@ -3,7 +3,7 @@
 import asyncio
 from collections.abc import Callable
 
-from ..channels import Channel
+from ..v3.channels import Channel
 from . import OnMessage, OnUp, Wanted
 from .order import Sender
 

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..channels import Channel, Position
+from ..v3.channels import Channel, Position
 from . import CONTROL_CHANNEL, RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
 from .order import MARK, UNMARKED, Reorder, Sender
 from .resp import Address, OnReply, ReplyError, RespConnection, connect

@@ -37,7 +37,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketError, websocket_connect
 
-from ..ids import id_problem
+from ..v3.ids import id_problem
 
 log = logging.getLogger(__name__)
 

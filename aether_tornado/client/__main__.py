@@ -8,7 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from ..ids import MAX_ID_LENGTH
+from ..v3.ids import MAX_ID_LENGTH
 from . import AetherClient, Refused
 
 DESCRIPTION = """\

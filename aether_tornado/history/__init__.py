@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
 from ..bridge.order import Sender
-from ..channels import REPLAY_ORDER, Channel, Position
+from ..v3.channels import REPLAY_ORDER, Channel, Position
 
 
 class Entry(NamedTuple):

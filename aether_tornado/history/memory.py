@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from ..bridge.order import Sender
-from ..channels import Channel, Position
+from ..v3.channels import Channel, Position
 from . import Appended, Entry, OnAppended, Page, Probe, Recovery, replay_plan
 
 

@@ -16,7 +16,7 @@ import hmac
 import secrets
 from collections.abc import Sequence
 
-from ..channels import Position
+from ..v3.channels import Position
 
 # A proof longer than this is no proof of ours: three positions, their signature and separators.
 MAX_PROOF = 512

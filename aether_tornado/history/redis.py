@@ -27,8 +27,8 @@ from typing import Any, Protocol
 from ..bridge import BridgeDown
 from ..bridge.order import Sender
 from ..bridge.resp import OnReply, ReplyError
-from ..channels import Channel, Position
 from ..presence.redis import client_index_key
+from ..v3.channels import Channel, Position
 from . import Appended, Entry, OnAppended, Page, Probe, Recovery, replay_plan
 
 SCRIPTS = {name: (Path(__file__).parent / "lua" / f"{name}.lua").read_bytes() for name in ("append", "probe", "latest")}

@@ -23,11 +23,11 @@ import tornado.netutil
 import tornado.web
 import uvloop
 
-from aether_tornado import frames
 from aether_tornado.config import Settings
-from aether_tornado.connection import socket_limits
-from aether_tornado.tornado_internals import check_tornado, take_socket
-from aether_tornado.websocket import (
+from aether_tornado.core.session import socket_limits
+from aether_tornado.web.tornado_internals import check_tornado, take_socket
+from aether_tornado.ws import frames
+from aether_tornado.ws.websocket import (
     Flusher,
     Limits,
     WebSocketProtocol,

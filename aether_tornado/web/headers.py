@@ -16,8 +16,8 @@ import re
 import orjson
 import tornado.web
 
-from .config import host_name
-from .errors import MISDIRECTED
+from ..config import host_name
+from ..v3.errors import MISDIRECTED
 
 DEFAULT_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -2,7 +2,7 @@
 
 Claims: ``sub`` (the client_id), ``group`` (the group_id), ``exp`` (required), and an
 optional ``broadcast: true`` that grants the right to send target ``broadcast``. A connection
-lives no longer than its token: it is closed at ``exp`` (connection.py).
+lives no longer than its token: it is closed at ``exp`` (core/session.py).
 """
 
 import attrs

@@ -7,7 +7,7 @@ close handshake, a violation failed with its close code after what was queued be
 and what keeps one peer from taking the process: every frame the peer sends costs from a
 budget, control frames from a smaller one, its bytes are read no faster than a byte budget
 allows, and a read handles at most ``FRAMES_PER_TURN`` frames before other sockets get theirs.
-What a message means is its delegate's (``SocketDelegate``): the server's ``ClientConnection``,
+What a message means is its delegate's (``SocketDelegate``): the server's ``ClientSession``,
 or the conformance suite's echo. It knows nothing of V3 and takes its limits as one small value.
 """
 
@@ -20,8 +20,8 @@ from typing import NamedTuple, Protocol, cast
 
 from tornado.httputil import HTTPHeaders
 
+from ..v3.errors import REASON_BACKLOG, REASON_PING
 from . import frames
-from .errors import REASON_BACKLOG, REASON_PING
 from .frames import CloseCode, FrameError, FrameReader
 from .limits import TokenBucket
 

@@ -17,10 +17,16 @@ from typing import Any, cast
 
 import orjson
 
-from . import __version__, messages, recovery
-from .bridge import CONTROL_CHANNEL, RESYNC_CHANNEL, Bridge, BridgeDown
-from .bridge.order import Sender
-from .channels import (
+from .. import __version__
+from ..bridge import CONTROL_CHANNEL, RESYNC_CHANNEL, Bridge, BridgeDown
+from ..bridge.order import Sender
+from ..config import Settings
+from ..history import Appended, History, Page, Recovery
+from ..history.proof import Proofs
+from ..metrics import Metrics
+from ..presence import Lease, Presence
+from ..v3 import messages
+from ..v3.channels import (
     BROADCAST_CHANNEL,
     Channel,
     Position,
@@ -31,8 +37,7 @@ from .channels import (
     split,
     streams_of,
 )
-from .config import Settings
-from .errors import (
+from ..v3.errors import (
     FORBIDDEN,
     INVALID_MESSAGE,
     RATE_LIMITED,
@@ -42,13 +47,10 @@ from .errors import (
     UNAVAILABLE,
     ProtocolError,
 )
-from .frames import CloseCode, text_frame
-from .history import Appended, History, Page, Recovery
-from .history.proof import Proofs
+from ..v3.schema import VisionId, WSMessageV3, encode, utc_timestamp
+from ..ws.frames import CloseCode, text_frame
+from . import recovery
 from .hub import Added, Connection, Hub, Positioned
-from .metrics import Metrics
-from .presence import Lease, Presence
-from .schema import VisionId, WSMessageV3, encode, utc_timestamp
 
 log = logging.getLogger(__name__)
 

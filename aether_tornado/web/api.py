@@ -7,9 +7,10 @@ from typing import Any
 
 import orjson
 
-from .bridge import BridgeDown
-from .channels import Position
-from .errors import (
+from ..bridge import BridgeDown
+from ..core.node import Node
+from ..v3.channels import Position
+from ..v3.errors import (
     HISTORY_OFF,
     INVALID_ID,
     INVALID_JSON,
@@ -21,10 +22,9 @@ from .errors import (
     UNAVAILABLE,
     ProtocolError,
 )
-from .ids import id_problem, is_id_prefix
-from .node import Node
-from .schema import decode
-from .web_headers import SecureHandler, page_policy
+from ..v3.ids import id_problem, is_id_prefix
+from ..v3.schema import decode
+from .headers import SecureHandler, page_policy
 
 # Messages GET /v3/groups/{id}/history returns without a limit, and groups GET /v3/groups.
 DEFAULT_LIMIT = 100
@@ -262,7 +262,8 @@ class Metrics(JSONHandler):
         self.finish(self.node.metrics.render())
 
 
-# Files shipped with the package: name -> (path beside this module, content type).
+PACKAGE = Path(__file__).parent.parent
+# Files shipped with the package: name -> (path in the package, content type).
 ASSETS: dict[str, tuple[str, str]] = {
     "index": ("pages/index.html", "text/html; charset=utf-8"),
     "console": ("pages/console.html", "text/html; charset=utf-8"),
@@ -274,7 +275,7 @@ ASSETS: dict[str, tuple[str, str]] = {
 
 @functools.cache
 def _asset(name: str) -> bytes:
-    return (Path(__file__).parent / ASSETS[name][0]).read_bytes()
+    return (PACKAGE / ASSETS[name][0]).read_bytes()
 
 
 class Asset(SecureHandler):

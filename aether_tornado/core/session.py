@@ -1,6 +1,6 @@
 """One client's V3 session: what the node knows as a connection, holding its WebSocket.
 
-The socket (websocket.py) handles frames and tells the session, its delegate, what happens;
+The socket (ws/websocket.py) handles frames and tells the session, its delegate, what happens;
 the session turns each message into a ``WSMessageV3`` for the node, answers what the node
 refuses, and holds the message rate limit. A message whose routing must wait for Redis holds
 back the sender's next ones, so every answer and delivery keeps the order the client sent
@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, NamedTuple
 
-from .channels import STREAMS, Position, Stream
-from .config import Settings
-from .errors import (
+from ..config import Settings
+from ..v3.channels import STREAMS, Position, Stream
+from ..v3.errors import (
     CLOSE_TOKEN_EXPIRED,
     RATE_LIMITED,
     REASON_INTERNAL,
@@ -25,12 +25,12 @@ from .errors import (
     UNSUPPORTED_FRAME,
     ProtocolError,
 )
-from .frames import BINARY, CloseCode
+from ..v3.schema import VisionId, WSMessageV3, decode
+from ..ws.frames import BINARY, CloseCode
+from ..ws.limits import TokenBucket
+from ..ws.websocket import Flusher, Limits, WebSocketProtocol
 from .hub import Positioned
-from .limits import TokenBucket
 from .node import Node
-from .schema import VisionId, WSMessageV3, decode
-from .websocket import Flusher, Limits, WebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def socket_limits(settings: Settings) -> Limits:
     )
 
 
-class ClientConnection:
+class ClientSession:
     """What the node knows as a connection (hub.Connection)."""
 
     __slots__ = (

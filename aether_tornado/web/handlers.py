@@ -7,10 +7,10 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .auth import AuthError, verify_token
-from .channels import STREAMS, Position
-from .connection import ClientConnection, Handshake
-from .errors import (
+from ..core.node import Node
+from ..core.session import ClientSession, Handshake
+from ..v3.channels import STREAMS, Position
+from ..v3.errors import (
     FORBIDDEN_ORIGIN,
     INVALID_ID,
     INVALID_POSITION,
@@ -19,12 +19,12 @@ from .errors import (
     OVER_CAPACITY,
     UNAUTHORIZED,
 )
-from .ids import id_problem
-from .node import Node
-from .schema import VisionId
+from ..v3.ids import id_problem
+from ..v3.schema import VisionId
+from ..ws.websocket import Flusher, Limits, handshake_response, serve_socket, upgrade_problem
+from .auth import AuthError, verify_token
+from .headers import SecureHandler
 from .tornado_internals import take_socket
-from .web_headers import SecureHandler
-from .websocket import Flusher, Limits, handshake_response, serve_socket, upgrade_problem
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
     """The handshake at ``/v3/ws/group/{group_id}/client/{client_id}``, then the socket moves on.
 
     Every refusal is answered before the upgrade, in JSON; an accepted socket leaves Tornado
-    for a ClientConnection on the same event loop.
+    for a ClientSession on the same event loop.
     """
 
     def initialize(self, node: Node, flusher: Flusher, limits: Limits) -> None:
@@ -109,7 +109,7 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
         response = handshake_response(key)
         proof = self.get_query_argument("proof", None) if since is not None else None
         handshake = Handshake(VisionId(group_id), VisionId(client_id), may_broadcast, since, proof, expires)
-        conn = ClientConnection(self.node, self._flusher, self._limits, handshake, response, early)
+        conn = ClientSession(self.node, self._flusher, self._limits, handshake, response, early)
         self.node.sockets += 1  # taken before any await: simultaneous handshakes cannot overshoot
         try:
             await serve_socket(sock, conn.socket)

@@ -1,7 +1,7 @@
 """Every use of Tornado's private API, in one place, for the Tornado releases it was tested with.
 
 The server lets Tornado answer the HTTP handshake and then serves the socket itself
-(websocket.py). Taking the socket over needs what Tornado keeps private: the stream's socket,
+(ws/websocket.py). Taking the socket over needs what Tornado keeps private: the stream's socket,
 what it has already read from it, and the handler's own way of breaking the reference cycle
 it is in. The server also accepts connections itself
 (accept.py), handing each to Tornado's HTTP server and counting those it holds.

@@ -10,8 +10,8 @@ report says, per stream, where the client is and whether what it missed follows.
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from .channels import REPLAY_ORDER, STREAMS, Position, Stream
-from .history import Recovery
+from ..history import Recovery
+from ..v3.channels import REPLAY_ORDER, STREAMS, Position, Stream
 from .hub import Positioned
 
 # The report of a client whose history could not be read at all: no stream is recovered, and

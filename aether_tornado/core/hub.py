@@ -7,12 +7,12 @@ empty, which is when the node subscribes to or unsubscribes from its bridge chan
 from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple, Protocol
 
-from .bridge.order import Sender
-from .channels import Position, Stream
-from .errors import ProtocolError
-from .frames import text_frame
-from .limits import TokenBucket
-from .schema import VisionId
+from ..bridge.order import Sender
+from ..v3.channels import Position, Stream
+from ..v3.errors import ProtocolError
+from ..v3.schema import VisionId
+from ..ws.frames import text_frame
+from ..ws.limits import TokenBucket
 
 
 class Positioned:

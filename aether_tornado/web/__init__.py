@@ -1,0 +1,1 @@
+"""The web layer, on Tornado: the WebSocket handshake, the HTTP API and pages, accepting connections."""
