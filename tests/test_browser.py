@@ -114,7 +114,7 @@ async def test_the_browser_client_recovers_what_it_missed_and_marks_it(page, ser
     )
 
     async def publish(text: str) -> None:
-        await server.node.publish(WSMessageV3(msg_type="msg", target="group", group_id="g_br", msg=text))
+        await server.node.router.publish(WSMessageV3(msg_type="msg", target="group", group_id="g_br", msg=text))
 
     await publish("0")
     await evaluate(page, "() => until(() => got.length === 1)")

@@ -142,10 +142,14 @@ async def test_the_console_shows_what_it_recovered_after_a_lost_connection(brows
     await page.wait_for_selector("#log div:has-text('snapshot')")
     (conn,) = server.node.hub.client("c_rec")
     conn.socket.abort()  # the connection is lost without a close
-    await server.node.publish(WSMessageV3(msg_type="msg", target="group", group_id="g_browser", msg="while away"))
+    await server.node.router.publish(
+        WSMessageV3(msg_type="msg", target="group", group_id="g_browser", msg="while away")
+    )
     await page.wait_for_selector("#log .recovered:has-text('while away')")
     await page.wait_for_selector("#log .recovered:has-text('marked recovered')")
-    await server.node.publish(WSMessageV3(msg_type="msg", target="group", group_id="g_browser", msg="live again"))
+    await server.node.router.publish(
+        WSMessageV3(msg_type="msg", target="group", group_id="g_browser", msg="live again")
+    )
     await page.wait_for_selector("#log div:has-text('live again')")
     assert await page.locator("#log .recovered:has-text('live again')").count() == 0
     assert page.csp_violations == []

@@ -55,7 +55,7 @@ class Session:
         self.send(frame)
 
     def refuse(self, problem: ProtocolError) -> None:
-        self.reply(self.node.error_frame(self, problem))
+        self.reply(self.node.router.error_frame(self, problem))
 
     def send_at(self, message: Positioned) -> None:
         self.send(message.frame)
@@ -95,7 +95,7 @@ class Session:
         message = decode(orjson.dumps(fields))
         assert isinstance(message, WSMessageV3)
         try:
-            rest = self.node.receive(self, message)
+            rest = self.node.router.receive(self, message)
             if rest is not None:
                 await asyncio.wait_for(rest, 5)
         except ProtocolError as problem:
@@ -179,15 +179,15 @@ async def test_broadcast_is_refused_when_the_operator_turned_it_off():
 async def test_the_api_publishes_as_the_backend_says_and_in_order(node):
     member = await joined(node, "g", "a")
     for n in range(5):
-        await node.publish(WSMessageV3(msg_type="msg", target="group", group_id=VisionId("g"), msg=str(n)))
-    await node.publish(
+        await node.router.publish(WSMessageV3(msg_type="msg", target="group", group_id=VisionId("g"), msg=str(n)))
+    await node.router.publish(
         WSMessageV3(msg_type="msg", target="direct", from_id=VisionId("ops"), to_id=VisionId("a"), msg="direct")
     )
     received = member.messages()
     assert [m["msg"] for m in received] == ["0", "1", "2", "3", "4", "direct"]
     assert received[-1]["from_id"] == "ops"
     with pytest.raises(ProtocolError) as refused:
-        await node.publish(WSMessageV3(msg_type="msg", target="direct", to_id=VisionId("nobody"), msg="x"))
+        await node.router.publish(WSMessageV3(msg_type="msg", target="direct", to_id=VisionId("nobody"), msg="x"))
     assert refused.value.code == "recipient_offline"
 
 

@@ -137,14 +137,14 @@ async def test_silent_http_connections_past_the_bound_are_closed_at_once():
 async def test_a_bug_while_routing_closes_that_connection_1011_and_no_other(server, monkeypatch):
     client = await Client.joined(ws_url(server, "g_bug", "c_bug"))
     other = await Client.joined(ws_url(server, "g_bug", "c_other"))
-    receive = server.node.receive
+    receive = server.node.router.receive
 
     def broken(conn, message):
         if conn.client_id == "c_bug":
             raise RuntimeError("a bug in routing")
         return receive(conn, message)
 
-    monkeypatch.setattr(server.node, "receive", broken)
+    monkeypatch.setattr(server.node.router, "receive", broken)
     await client.send(msg_type="msg", target="group", msg="boom")
     assert await client.closed() == (1011, "internal error")
     await other.send(msg_type="msg", target="echo", msg="still served")

@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 
-from aether_tornado.core import node as node_module
+from aether_tornado.core import router as router_module
 
 from .conftest import ws_url
 from .wsclient import Client, errors_of
@@ -171,8 +171,8 @@ async def test_fan_out_encodes_once_for_all_receivers(start_server, monkeypatch)
     server = await start_server()
     clients = await room(partial(ws_url, server), "g_f", *[f"c_{n}" for n in range(5)])
     calls = []
-    original = node_module.encode
-    monkeypatch.setattr(node_module, "encode", lambda message: calls.append(message) or original(message))
+    original = router_module.encode
+    monkeypatch.setattr(router_module, "encode", lambda message: calls.append(message) or original(message))
     await clients[0].send(msg_type="msg", target="group", msg="once")
     received = await asyncio.gather(*(client.recv() for client in clients))
     assert {message["msg"] for message in received} == {"once"}

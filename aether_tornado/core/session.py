@@ -96,6 +96,7 @@ class ClientSession:
         "positions",
         "proof",
         "record_budget",
+        "router",
         "send",
         "sender",
         "settings",
@@ -126,6 +127,7 @@ class ClientSession:
         self._held_bytes = 0
         self.send = self._hold
         self.node = node
+        self.router = node.router
         self.group_id, self.client_id, self.may_broadcast = (
             handshake.group_id,
             handshake.client_id,
@@ -199,7 +201,7 @@ class ClientSession:
             message = decode(payload)
         except ProtocolError as problem:
             return self.refuse(problem)
-        shard = self.node.shard_of(self, message)
+        shard = self.router.shard_of(self, message)
         waiting = self.sender.turn(shard)
         if waiting is not None:
             # Redis keeps the order of one shard's messages only: this one waits for those in flight.
@@ -214,12 +216,12 @@ class ClientSession:
         """What was in flight has landed: route the message that waited for it, and read on."""
         message, self._stalled = self._stalled, None
         assert message is not None  # one message stalls at a time, reads held until it goes
-        self._route(message, self.node.shard_of(self, message))  # the cluster may have changed shape meanwhile
+        self._route(message, self.router.shard_of(self, message))  # the cluster may have changed shape meanwhile
         self._read_on_unless_held()
 
     def _route(self, message: WSMessageV3, shard: int | None) -> None:
         try:
-            rest = self.node.receive(self, message)
+            rest = self.router.receive(self, message)
             if rest is not None:
                 self._finish(rest, shard, may_refuse=message.target == "direct")
         except Exception as error:
@@ -410,7 +412,7 @@ class ClientSession:
             "%s/%s: %s: %s", self.group_id, self.client_id, problem.code, problem.msg, extra={"conn": self.lease_key}
         )
         self.node.metrics.errors.inc(problem.code)
-        self.reply(self.node.error_frame(self, problem))
+        self.reply(self.router.error_frame(self, problem))
 
     # What the protocol reports
 

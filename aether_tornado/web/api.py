@@ -88,7 +88,7 @@ class Publish(BackendHandler):
         if self.json_refused():
             return None
         try:
-            sent_at = await self.node.publish(decode(self.request.body))
+            sent_at = await self.node.router.publish(decode(self.request.body))
         except ProtocolError as problem:
             return self.fail(problem)
         self.reply(202, {"status": "accepted", "sent_at": sent_at})
