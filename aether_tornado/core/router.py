@@ -98,7 +98,7 @@ class Router:
                     del self._echoes[key]
                 else:
                     self._echoes[key] = None
-            positioned = Positioned(stream, position.epoch, position.offset, payload)
+            positioned = _positioned(stream, position, payload)
         receivers = self.members(stream, name)
         self.metrics.deliveries.inc(amount=self.hub.deliver(receivers, text_frame(payload), positioned))
 
@@ -360,7 +360,7 @@ class Router:
                     return
             recorded.set_result(receivers)
             return
-        positioned = None if position is None else _positioned(channel, position, payload)
+        positioned = None if position is None else _positioned(stream, position, payload)
         count = self.hub.deliver(local, text_frame(payload), positioned)
         self.metrics.deliveries.inc(amount=count)
         if isinstance(outcome, Appended):
@@ -376,7 +376,10 @@ class Router:
         payload = self._echoes.pop(key, None)
         if payload is not None:
             channel, position = key
-            count = self.hub.deliver(self.local(channel), text_frame(payload), _positioned(channel, position, payload))
+            stream, name = split(channel)
+            count = self.hub.deliver(
+                self.members(stream, name), text_frame(payload), _positioned(stream, position, payload)
+            )
             self.metrics.deliveries.inc(amount=count)
         if settle is not None:
             settle.set_result(receivers)
@@ -444,10 +447,9 @@ def lease_of(conn: Connection) -> Lease:
     return Lease(conn.group_id, conn.client_id, conn.lease_key)
 
 
-def _positioned(channel: Channel, position: Position, payload: bytes) -> Positioned:
-    """A recorded message of ``channel`` at ``position`` as recovering clients get it."""
-    stream, _ = split(channel)
-    assert stream is not None  # only client channels are recorded
+def _positioned(stream: Stream | None, position: Position, payload: bytes) -> Positioned:
+    """A recorded message of ``stream`` at ``position`` as recovering clients get it."""
+    assert stream is not None  # only the channels of client streams are recorded
     return Positioned(stream, position.epoch, position.offset, payload)
 
 
