@@ -19,6 +19,7 @@ STARTUP_TIMEOUT = 15.0  # scaled where it is used, as every timeout given to wai
 # How long a stopping server may take to close its sockets (its --shutdown-timeout unless the
 # test gives one), so that stopping every server of a test is quick.
 SHUTDOWN_TIMEOUT = 0.2
+LISTENING = "aether-tornado serving"  # logged once the port is open ("Redis bridge down, serving ..." may come first)
 
 
 def free_port() -> int:
@@ -168,12 +169,12 @@ class ServerProcess(LoggedProcess):
     """``python -m aether_tornado`` on a free port, ready once ``ready`` is logged."""
 
     def __init__(
-        self, *args: str, ready: str = "serving", port: int | None = None, open_files: int | None = None
+        self, *args: str, ready: str = LISTENING, port: int | None = None, open_files: int | None = None
     ) -> None:
         self.port = port or free_port()
         argv = [sys.executable, "-m", "aether_tornado", "--port", str(self.port), "--shutdown-timeout"]
         super().__init__([*argv, str(SHUTDOWN_TIMEOUT), *args], open_files)  # a later flag wins
-        self.wait_for_start("serving")
+        self.wait_for_start(LISTENING)
         self.wait_for_start(ready)
 
     @classmethod

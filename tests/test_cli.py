@@ -11,7 +11,7 @@ import pytest
 from aether_tornado.__main__ import GC_YOUNG_ALLOCATIONS
 from aether_tornado.config import Settings, SettingsError, load_settings
 
-from .processes import free_port
+from .processes import LISTENING, free_port
 from .timing import scaled
 from .wsclient import Client
 
@@ -84,7 +84,7 @@ async def test_a_real_process_serves_and_shuts_down_gracefully_on_sigterm():
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        while b"serving" not in (line := await asyncio.wait_for(process.stderr.readline(), scaled(10))):
+        while LISTENING.encode() not in (line := await asyncio.wait_for(process.stderr.readline(), scaled(10))):
             assert line, "the server exited before serving"
         client = await Client.joined(f"ws://127.0.0.1:{port}/v3/ws/group/g_cli/client/c_cli")
         await client.send(msg_type="msg", target="echo", msg="ping")

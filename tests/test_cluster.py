@@ -91,7 +91,7 @@ async def test_a_process_takes_clients_only_once_it_reaches_redis(redis_server, 
     once (a reconnection after a restart) that it could not recover, and serve it alone."""
     pausing = redis.Redis.from_url(redis_server.url)
     pausing.execute_command("CLIENT", "PAUSE", 1800, "ALL")  # Redis answers nothing for 1.8 s
-    process = await start_process(ready="serving")
+    process = await start_process()
     assert len(process.lines("Redis bridge up")) == 1, "".join(process.log)
     assert (await health(process))["status"] == "ok"
     pausing.close()

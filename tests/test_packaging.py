@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient
 
-from .processes import LoggedProcess, free_port
+from .processes import LISTENING, LoggedProcess, free_port
 from .timing import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,7 +28,7 @@ async def test_the_built_package_s_command_serves_every_page(tmp_path):
     command = [str(target / "bin" / "aether-tornado"), "--port", str(port)]
     server = LoggedProcess(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)})
     try:
-        await server.logged("serving")
+        await server.logged(LISTENING)
         for path in SERVED:
             response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{path}", request_timeout=scaled(5))
             assert response.code == 200 and response.body, path

@@ -17,7 +17,6 @@ async def test_tokens_and_keys_never_reach_the_log(redis_server):
     server = await ServerProcess.launch(
         "--jwt-secret", SECRET, "--api-key", API_KEY, "--log-level", "debug",
         "--redis-url", redis_server.url.replace("redis://", "redis://:hunter2-password@"),
-        ready="serving",
     )  # fmt: skip
     try:
         fetch = AsyncHTTPClient().fetch
