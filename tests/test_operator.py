@@ -66,6 +66,10 @@ async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_cli
             await expect(page.locator("#sum-deliveries")).not_to_have_text("0.0")
         finally:
             traffic.cancel()
+        # The rates may show before 20 were sent: 20 more, so the group has a full page of history.
+        for n in range(20):
+            await alice.send(msg_type="msg", target="group", msg=f"busy again {n}")
+        await bob.recv_where(msg="busy again 19")
 
         # The search narrows the groups; a group opens with its members and recent messages.
         await page.fill("#prefix", "g_o")
