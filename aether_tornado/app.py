@@ -18,7 +18,6 @@ from redis.retry import Retry
 
 from .bridge.memory import MemoryBridge
 from .bridge.redis import RedisBridge
-from .bridge.resp import Address
 from .config import Settings, answered_hosts
 from .core.hub import Hub
 from .core.node import Node
@@ -27,6 +26,8 @@ from .history.memory import MemoryHistory
 from .history.redis import RedisHistory
 from .presence.memory import MemoryPresence
 from .presence.redis import RedisPresence
+from .redis.link import Link
+from .redis.resp import Address
 from .sd_notify import notify
 from .web.accept import Acceptor
 from .web.api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Groups, Health, Metrics, Processes, Publish
@@ -60,19 +61,17 @@ def build_node(settings: Settings) -> Node:
                 present=lambda client_id: bool(hub.client(client_id)),
             )
         return Node(settings, node_id, hub, MemoryBridge(), MemoryPresence(settings.lease_seconds), history)
-    redis = _presence_client(settings.redis_url, settings.redis_cluster)
-    # One outage for both: presence tells the bridge when it loses Redis, and the other way round.
+    link = Link()  # one outage for all: what one backend loses, the others stop using
     bridge = RedisBridge(
         Address.from_url(settings.redis_url),
         settings.redis_prefix,
         node_id,
-        on_down=lambda: presence.mark_down(),
+        link,
         scripts=RedisHistory.scripts if settings.history_size else (),
         cluster=settings.redis_cluster,
     )
-    presence = RedisPresence(
-        redis, settings.redis_prefix, settings.lease_seconds, on_lost=bridge.mark_lost, max_calls=PRESENCE_CONNECTIONS
-    )
+    redis = _presence_client(settings.redis_url, settings.redis_cluster)
+    presence = RedisPresence(redis, settings.redis_prefix, settings.lease_seconds, link, max_calls=PRESENCE_CONNECTIONS)
     redis_history = None
     if settings.history_size:
         redis_history = RedisHistory(

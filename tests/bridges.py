@@ -4,7 +4,7 @@ import asyncio
 import time
 
 from aether_tornado.bridge.redis import RedisBridge
-from aether_tornado.bridge.resp import Address
+from aether_tornado.redis.resp import Address
 
 from .timing import scaled
 

@@ -10,7 +10,7 @@ from aether_tornado.bridge import BridgeDown
 from aether_tornado.bridge.memory import MemoryBridge
 from aether_tornado.bridge.order import Sender
 from aether_tornado.bridge.redis import RedisBridge
-from aether_tornado.bridge.resp import Address
+from aether_tornado.redis.resp import Address
 
 from .bridges import Process, redis_bridge, stop
 from .processes import RedisServer
@@ -132,7 +132,7 @@ async def test_after_redis_restarts_the_bridge_resubscribes_from_the_hub(redis_s
     redis_server.start()
     await a.wait_up()
     await b.wait_up()
-    assert a.bridge.up and b.bridge.up
+    assert a.bridge.link.connected and b.bridge.link.connected
     await b.bridge.publish("group:before", b"1")
     await b.bridge.publish("group:meanwhile", b"2")
     assert [await a.next(), await a.next()] == [("group:before", b"1"), ("group:meanwhile", b"2")]
@@ -142,7 +142,7 @@ async def test_redis_unreachable_at_start_then_found(redis_server):
     redis_server.kill()
     process = Process(redis_bridge(redis_server))
     await process.start()
-    assert not process.bridge.up
+    assert not process.bridge.link.connected
     with pytest.raises(BridgeDown):
         await process.bridge.publish("group:g", b"x")
     redis_server.start()
@@ -161,7 +161,7 @@ async def test_a_backlog_past_its_bound_counts_as_redis_down(bridged_processes, 
     with pytest.raises(BridgeDown):
         for _ in range(100):  # sent in one go: no reply can come back, nothing is written yet
             b.bridge.send("group:g", b"x" * 1000)
-    assert not b.bridge.up and b.bridge.backlog_bytes == 0  # what waited was dropped: at most once
+    assert not b.bridge.link.connected and b.bridge.backlog_bytes == 0  # what waited was dropped: at most once
     monkeypatch.setattr(redis_bridge, bound, 10**9)
     await b.wait_up()  # reconnected by itself
     await b.bridge.publish("group:g", b"after")
@@ -181,7 +181,7 @@ async def test_a_redis_that_stops_answering_is_noticed_and_rejoined(quick_pings,
     await a.subscribe("group:g")
     redis_server.process.send_signal(signal.SIGSTOP)  # its sockets stay open: only pings can tell
     try:
-        await until(lambda: not a.bridge.up and not b.bridge.up)
+        await until(lambda: not a.bridge.link.connected and not b.bridge.link.connected)
         with pytest.raises(BridgeDown):
             b.bridge.send("group:g", b"lost")
     finally:
@@ -202,8 +202,8 @@ async def test_a_direct_publish_waits_at_most_a_second_for_a_frozen_redis(redis_
             await asyncio.wait_for(b.bridge.publish("client:c", b"to a frozen Redis"), scaled(5))
         waited = time.monotonic() - started
         assert waited < scaled(2), f"waited {waited:.2f} s"  # the contract's 1 s, with room for a busy machine
-        assert not b.bridge.up
-        await until(lambda: not a.bridge.up)  # the idle one notices by its pings
+        assert not b.bridge.link.connected
+        await until(lambda: not a.bridge.link.connected)  # the idle one notices by its pings
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
     await a.wait_up()
@@ -217,7 +217,7 @@ async def test_a_wrong_password_keeps_the_bridge_down_and_logs_why(caplog):
     try:
         await process.start()
         await until(lambda: "WRONGPASS" in caplog.text)
-        assert not process.bridge.up
+        assert not process.bridge.link.connected
         assert "Redis bridge down" in caplog.text
     finally:
         await stop(process)
@@ -235,6 +235,6 @@ async def test_a_channel_left_and_taken_again_at_once_keeps_the_bridge_up(bridge
         await a.unsubscribe("group:again")
         await a.subscribe("group:again")  # sent before the unsubscription's confirmation comes back
     await a.bridge.synced()
-    assert a.bridge.up and a.ups.empty()  # never down, so never up again
+    assert a.bridge.link.connected and a.ups.empty()  # never down, so never up again
     assert await b.bridge.publish("group:again", b"still here") == 1
     assert await a.next() == ("group:again", b"still here")

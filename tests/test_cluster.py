@@ -112,7 +112,8 @@ async def test_redis_unreachable_at_start(redis_server, start_process):
     assert (await get(lone, "/v3/groups"))["groups"] == [{"group_id": "g_u", "clients": 2}]
     redis_server.start()
     await lone.logged("presence back in Redis", timeout=15)
-    assert (await health(lone))["status"] == "ok"
+    # Up once the whole resync is done: presence put back, the process announced.
+    await until_answer(lambda: health(lone), lambda answer: answer["status"] == "ok")
     other = await start_process()
     carol = await Client.joined(other.url("g_u", "c_carol"))
     assert carol.snapshot["payload"]["clients"] == ["c_alice", "c_bob", "c_carol"]
@@ -305,16 +306,17 @@ async def test_recipient_offline_only_when_presence_agrees(redis_server, start_p
 async def test_presence_follows_the_bridge_through_an_outage(redis_server, start_server):
     """Presence must not use a connection from before an outage it did not see itself."""
     server = await start_server(redis_url=redis_server.url)
-    await until(lambda: server.node.bridge.up)
+    await until(lambda: server.node.bridge.link.up)
     client = await Client.joined(ws_url(server, "g_out", "c_out"))
     redis_server.kill()
     # Told by the bridge at once, before any presence call of its own (expiry runs every 5 s).
     await until(lambda: server.node.presence.down, timeout=2)
     redis_server.start()
-    await until(lambda: server.node.bridge.up and not server.node.presence.down, timeout=10)
+    await until(lambda: server.node.bridge.link.up, timeout=10)  # the node's resync, presence's included, done
+    assert not server.node.presence.down
     await client.send(msg_type="presence", target="echo")
     assert (await client.recv_where(event="snapshot"))["payload"]["clients"] == ["c_out"]
-    assert server.node.bridge.up  # no second outage from a stale presence connection
+    assert server.node.bridge.link.up  # no second outage from a stale presence connection
 
 
 async def test_every_process_shows_all_processes_and_groups_and_forgets_a_dead_one(start_bridged_process):

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
+from ..redis.link import Link
 from ..v3.channels import Channel, Position
 from .order import Sender
 
@@ -37,9 +38,9 @@ class BridgeDown(Exception):
 
 
 class Bridge(Protocol):
-    @property
-    def up(self) -> bool:
-        """Whether other processes can be reached now."""
+    # Whether other processes can be reached now: the process's one view, which the bridge's
+    # supervisor keeps and presence shares (a memory bridge's is always up).
+    link: Link
 
     @property
     def sharded(self) -> bool:

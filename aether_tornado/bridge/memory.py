@@ -3,15 +3,20 @@
 import asyncio
 from collections.abc import Callable
 
+from ..redis.link import Link
 from ..v3.channels import Channel
 from . import OnMessage, OnUp, Wanted
 from .order import Sender
 
 
 class MemoryBridge:
-    up = True
     sharded = False
     backlog_bytes = 0  # nothing leaves the process
+
+    def __init__(self) -> None:
+        self.link = Link()  # up from the start: there is nobody to lose
+        self.link.subscribed()
+        self.link.restored()
 
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         pass

@@ -31,11 +31,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..redis.link import Link
+from ..redis.resp import Address, OnReply, ReplyError, RespConnection, connect
+from ..redis.topology import Topology, alone, discover
 from ..v3.channels import Channel, Position
 from . import CONTROL_CHANNEL, RESYNC_CHANNEL, BridgeDown, OnMessage, OnUp, Wanted
 from .order import MARK, UNMARKED, Reorder, Sender
-from .resp import Address, OnReply, ReplyError, RespConnection, connect
-from .topology import Topology, alone, discover
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,17 @@ class RedisBridge:
         address: Address,
         prefix: str,
         node_id: str,
-        on_down: Callable[[], None] | None = None,
+        link: Link | None = None,
         scripts: Sequence[bytes] = (),
         cluster: bool = False,
     ) -> None:
-        """``on_down`` is told each time Redis is lost, so presence stops using it too.
-
-        With ``cluster``, ``address`` is any node of a Redis Cluster, whose masters are found from it.
+        """``link`` is the process's one view of Redis, which the bridge's supervisor keeps
+        (presence shares it). With ``cluster``, ``address`` is any node of a Redis Cluster,
+        whose masters are found from it.
         """
         self._address = address
-        self._on_down = on_down
+        self.link = link or Link()
+        self.link.when_lost(self._drop)
         self._scripts = scripts
         self._cluster = cluster
         self._commands = _Commands(cluster)
@@ -129,7 +131,6 @@ class RedisBridge:
         self._task: asyncio.Task[None] | None = None
         self._first_attempt: asyncio.Future[None] | None = None  # settled: up and resynced, or failed
         self._reported_up: bool | None = None
-        self.up = False
 
     async def start(self, on_message: OnMessage, wanted: Wanted, on_up: OnUp) -> None:
         self._on_message, self._wanted, self._on_up = on_message, wanted, on_up
@@ -197,7 +198,7 @@ class RedisBridge:
     def command(self, channel: Channel, *args: str | bytes) -> None:
         """Run a command whose reply nobody needs on ``channel``'s shard; dropped while Redis is down."""
         shard = self._shard_for(channel)
-        if self.up and shard is not None:
+        if self.link.connected and shard is not None:
             shard.publisher.command(*args)
 
     def _ready_publisher(self, channel: Channel) -> RespConnection:
@@ -208,7 +209,7 @@ class RedisBridge:
         dropped, at most once) and the supervisor reconnects.
         """
         shard = self._shard_for(channel)
-        if not self.up or shard is None:
+        if not self.link.connected or shard is None:
             raise BridgeDown
         publisher = shard.publisher
         if publisher.unanswered >= MAX_OUTBOX or publisher.unsent_bytes >= MAX_BACKLOG_BYTES:
@@ -276,7 +277,7 @@ class RedisBridge:
 
         After this, whatever is published to those channels reaches this process.
         """
-        if not self.up or not self._shards:
+        if not self.link.connected or not self._shards:
             raise BridgeDown
         loop = asyncio.get_running_loop()
         pongs: list[asyncio.Future[None]] = []
@@ -314,15 +315,11 @@ class RedisBridge:
         subscriber.command(_PING)
         shard.sharing_mark = (subscriber.flushes, subscriber.queued)
 
-    def mark_lost(self, error: BaseException) -> None:
-        """Another user of Redis lost it: reconnect, resubscribe and resync presence."""
-        self._lost(error)
-
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self.up = False
+        self.link.closed()
         await self._disconnect()
 
     # Supervision
@@ -382,7 +379,7 @@ class RedisBridge:
         # Redis answers in order: each pong says every channel of its shard is subscribed.
         for shard in shards:
             await _ping(shard)
-        self.up = True
+        self.link.subscribed()
         spread = f" on {len(self._shards)} shards" if self._cluster else ""
         self._report(True, f"subscribed to {len(channels)} channels{spread}")
 
@@ -511,6 +508,7 @@ class RedisBridge:
                 log.error("resync after connecting failed", exc_info=error)
             self._lost(error)
         elif not task.cancelled():
+            self.link.restored()
             self._settle_first_attempt()
 
     def _settle_first_attempt(self) -> None:
@@ -518,15 +516,16 @@ class RedisBridge:
             self._first_attempt.set_result(None)
 
     def _lost(self, error: BaseException) -> None:
-        """Down until the supervisor has reconnected; dropping the connections wakes it.
+        self.link.lost(error)
+
+    def _drop(self, error: BaseException) -> None:
+        """Redis was lost, here or by another backend: down until the supervisor has
+        reconnected, which dropping the connections wakes.
 
         They are aborted, not closed: a close would wait to write what a frozen Redis does not
         read, and what waits for a reply would wait with it; aborted, it is told at once.
         """
         log.debug("Redis bridge: %r", error)  # every failed attempt, where _report logs the first
-        if self.up and self._on_down is not None:
-            self._on_down()
-        self.up = False
         self._report(False, str(error) or type(error).__name__)
         self._settle_first_attempt()
         for shard in self._shards:

@@ -97,7 +97,7 @@ class Node:
         self._announcement_life = 3 * self._announce_every
         self.metrics = Metrics(
             connections=lambda: len(hub),
-            bridge_up=lambda: float(bridge.up),
+            bridge_up=lambda: float(bridge.link.up),
             bridge_backlog=lambda: float(bridge.backlog_bytes),
             presence_backlog=lambda: float(presence.backlog),
         )
@@ -111,10 +111,11 @@ class Node:
 
     @property
     def bridge_state(self) -> str:
-        """``memory`` when serving alone, else whether the Redis bridge is ``up`` or ``down``."""
+        """``memory`` when serving alone, else whether Redis is ``up`` (reached, and the node's
+        state put back there) or ``down``."""
         if self.settings.redis_url is None:
             return "memory"
-        return "up" if self.bridge.up and not self.presence.down else "down"
+        return "up" if self.bridge.link.up else "down"
 
     def new_lease_key(self) -> str:
         """A lease key unique across the cluster: this node's id and a counter."""

@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 from ..bridge import BridgeDown
 from ..bridge.order import Sender
-from ..bridge.resp import OnReply, ReplyError
 from ..presence.redis import client_index_key
+from ..redis.link import Link
+from ..redis.resp import OnReply, ReplyError
 from ..v3.channels import Channel, Position
 from . import Appended, Entry, OnAppended, Page, Probe, Recovery, replay_plan
 
@@ -38,14 +39,15 @@ PAGE_BYTES = 1 << 20
 SECRET_CHANNEL = Channel("recovery")
 
 
-class RedisLink(Protocol):
-    """What history needs of Redis: the bridge's publishing connection on each channel's shard.
+class ShardCommands(Protocol):
+    """What history needs of Redis: the publishing connection on each channel's shard, and the link.
 
     Commands run there in the order of the process's publishes, so a script that records and
     publishes a message is ordered among them like a plain publish. The Redis bridge is one.
     """
 
     node_id: str
+    link: Link  # told when Redis refuses what it must take: reconnecting loads the scripts again
 
     @property
     def publish_command(self) -> bytes:
@@ -72,9 +74,6 @@ class RedisLink(Protocol):
     def command(self, channel: Channel, *args: str | bytes) -> None:
         """A command whose reply nobody needs; dropped while Redis is down."""
 
-    def mark_lost(self, error: BaseException) -> None:
-        """Redis failed us: reconnect, and load the scripts again."""
-
 
 def _sha(body: bytes) -> bytes:
     return hashlib.sha1(body).hexdigest().encode()
@@ -86,10 +85,10 @@ class RedisHistory:
     scripts = tuple(SCRIPTS.values())
 
     def __init__(
-        self, bridge: RedisLink, prefix: str, size: int, seconds: float, keep_seconds: float, entry_bytes: int
+        self, redis: ShardCommands, prefix: str, size: int, seconds: float, keep_seconds: float, entry_bytes: int
     ) -> None:
         """``entry_bytes``: the most one recorded message may weigh, which sizes a page of reads."""
-        self._bridge = bridge
+        self._redis = redis
         self._redis_prefix = prefix
         self._prefix = f"{prefix}:history:"
         self._size = str(size).encode()
@@ -100,7 +99,7 @@ class RedisHistory:
         self._per_page = max(1, PAGE_BYTES // entry_bytes)
         self._append, self._probe, self._latest = (_sha(SCRIPTS[name]) for name in ("append", "probe", "latest"))
         # A new counter's epoch: this process's id and a number, never the same twice.
-        self._epochs = (f"{bridge.node_id}{number:x}".encode() for number in itertools.count(1))
+        self._epochs = (f"{redis.node_id}{number:x}".encode() for number in itertools.count(1))
 
     def _keys(self, stream: Channel) -> tuple[str, str]:
         key = f"{self._prefix}{{{stream}}}"
@@ -114,10 +113,10 @@ class RedisHistory:
         sender: Sender | None = None,
         recipient: str | None = None,
     ) -> None:
-        bridge = self._bridge
-        subscribed_here = bridge.holds(stream)
+        redis = self._redis
+        subscribed_here = redis.holds(stream)
         stream_key, meta_key = self._keys(stream)
-        bridge.call_then(
+        redis.call_then(
             stream,
             functools.partial(self._appended, then, subscribed_here),
             b"EVALSHA",
@@ -126,22 +125,22 @@ class RedisHistory:
             stream_key,
             meta_key,
             meta_key if recipient is None else client_index_key(self._redis_prefix, recipient),
-            bridge.channel_key(stream),
-            bridge.envelope_head(stream, sender),
+            redis.channel_key(stream),
+            redis.envelope_head(stream, sender),
             payload,
             self._size,
             self._ttl,
             self._keep_ttl,
             next(self._epochs),
-            bridge.publish_command,
-            bridge.replication_id(stream),
+            redis.publish_command,
+            redis.replication_id(stream),
             self._window,
         )
 
     def _appended(self, then: OnAppended, subscribed_here: bool, reply: Any) -> None:
         if isinstance(reply, Exception):
             if isinstance(reply, ReplyError):
-                self._bridge.mark_lost(reply)  # a script flushed, say: reconnecting loads them again
+                self._redis.link.lost(reply)  # a script flushed, say: reconnecting loads them again
             then(reply)
             return
         epoch, offset, receivers = reply
@@ -151,7 +150,7 @@ class RedisHistory:
     async def recover(self, wanted: Sequence[tuple[Channel, Position | None]], budget: int) -> list[Recovery]:
         since = [position for _, position in wanted]
         calls = [
-            self._bridge.call(
+            self._redis.call(
                 stream,
                 b"EVALSHA",
                 self._probe,
@@ -162,7 +161,7 @@ class RedisHistory:
                 self._window,
                 self._keep_ttl,
                 next(self._epochs),
-                self._bridge.replication_id(stream),
+                self._redis.replication_id(stream),
             )
             for stream, position in wanted
         ]
@@ -185,7 +184,7 @@ class RedisHistory:
         per_page = last - first + 1 if probe.missed_bytes <= PAGE_BYTES else self._per_page
         key = self._keys(stream)[0]
         pages = [
-            self._reply(self._bridge.call(stream, b"XRANGE", key, f"{start}-0", f"{min(start + per_page - 1, last)}-0"))
+            self._reply(self._redis.call(stream, b"XRANGE", key, f"{start}-0", f"{min(start + per_page - 1, last)}-0"))
             for start in range(first, last + 1, per_page)
         ]
         entries = tuple(_entry(entry) for page in await asyncio.gather(*pages) for entry in page)
@@ -198,12 +197,12 @@ class RedisHistory:
         try:
             return await call
         except ReplyError as error:
-            self._bridge.mark_lost(error)
+            self._redis.link.lost(error)
             raise BridgeDown(str(error)) from None
 
     async def latest(self, stream: Channel, limit: int, max_bytes: int, before: Position | None = None) -> Page:
         reply = await self._reply(
-            self._bridge.call(
+            self._redis.call(
                 stream,
                 b"EVALSHA",
                 self._latest,
@@ -224,11 +223,11 @@ class RedisHistory:
 
     async def keep(self, streams: Iterable[Channel]) -> None:
         for stream in streams:
-            self._bridge.command(stream, b"PEXPIRE", self._keys(stream)[1], self._keep_ttl)
+            self._redis.command(stream, b"PEXPIRE", self._keys(stream)[1], self._keep_ttl)
 
     async def share_secret(self, mine: bytes) -> bytes:
-        key = self._bridge.channel_key(SECRET_CHANNEL) + ":secret"
-        theirs = await self._reply(self._bridge.call(SECRET_CHANNEL, b"SET", key, mine, b"NX", b"GET"))
+        key = self._redis.channel_key(SECRET_CHANNEL) + ":secret"
+        theirs = await self._reply(self._redis.call(SECRET_CHANNEL, b"SET", key, mine, b"NX", b"GET"))
         return mine if theirs is None else theirs
 
 

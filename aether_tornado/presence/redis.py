@@ -18,9 +18,10 @@ Each process announces itself in ``{prefix}:presence:{processes}:announced`` (no
 JSON), with ``...:until`` saying when each announcement runs out: a process that died drops
 out of the operator's view by itself.
 
-While Redis is unreachable, answers come from this process's own leases; ``on_lost``
-tells the bridge, whose reconnection calls ``resync``, which puts them back into Redis,
-silently, as the protocol asks.
+Presence shares the process's link (redis/link.py) with the bridge: a call that fails here
+tells the bridge, and the bridge's losses reach here. While Redis is lost, answers come from
+this process's own leases (``down``), until the bridge's reconnection calls ``resync``, which
+puts them back into Redis, silently, as the protocol asks.
 """
 
 import asyncio
@@ -36,6 +37,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from ..redis.link import Link
 from . import Joined, Lease
 from .batch import IterationBatch
 from .memory import MemoryPresence
@@ -64,7 +66,7 @@ class RedisPresence:
         redis: Redis | RedisCluster,
         prefix: str,
         lease_seconds: float,
-        on_lost: Callable[[BaseException], None] | None = None,
+        link: Link | None = None,
         max_calls: int = 32,
     ) -> None:
         """At most ``max_calls`` calls wait for Redis at once: a cluster client refuses, rather
@@ -75,7 +77,8 @@ class RedisPresence:
         self._calls = asyncio.Semaphore(max_calls)
         self._initializing = asyncio.Lock()
         self._initialized = False
-        self._on_lost = on_lost
+        self._link = link or Link()
+        self._link.when_lost(self._fall_back)
         self._redis_prefix = prefix
         self._prefix = f"{prefix}:presence:"
         self._lease_ms = int(lease_seconds * 1000)
@@ -410,22 +413,17 @@ class RedisPresence:
     def _client_key(self, client_id: str) -> str:
         return client_index_key(self._redis_prefix, client_id)
 
-    def mark_down(self) -> None:
-        """The bridge lost Redis: answer locally until ``resync``, and so use no connection from before."""
+    def _lost(self, error: BaseException) -> None:
+        """A call here failed: the whole link is lost, for the bridge too."""
+        self._link.lost(error)
+
+    def _fall_back(self, error: BaseException) -> None:
+        """Redis was lost (here, or by the bridge): answer locally until ``resync``, using no
+        connection from before; a cluster's shape may have changed, so it is read again first."""
         self._initialized = False
         if not self.down:
-            log.warning("presence falls back to this process's own leases: Redis was lost")
+            log.warning("presence falls back to this process's own leases: %s", error)
         self.down = True
-
-    def _lost(self, error: BaseException) -> None:
-        """Answer locally from now on, until ``resync`` after Redis is reached again."""
-        self._initialized = False  # a cluster's shape may have changed: read it again first
-        if self.down:
-            return
-        self.down = True
-        log.warning("presence falls back to this process's own leases: %s", error)
-        if self._on_lost is not None:
-            self._on_lost(error)
 
 
 async def _at_most(limit: int, calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
