@@ -28,7 +28,7 @@ from ..v3.errors import (
 from ..v3.schema import VisionId, WSMessageV3, decode
 from ..ws.frames import BINARY, CloseCode
 from ..ws.limits import TokenBucket
-from ..ws.websocket import Flusher, Limits, WebSocketProtocol
+from ..ws.websocket import Flusher, Limits, State, WebSocketProtocol
 from .hub import Positioned
 from .node import Node
 
@@ -327,7 +327,7 @@ class ClientSession:
 
     def _hold(self, frame: bytes) -> None:
         """``send`` until the snapshot is out: the frame waits for it."""
-        if not self.socket.closing:
+        if self.socket.state is State.OPEN:
             self._keep(frame, len(frame))
 
     def _keep(self, item: bytes | Positioned, size: int) -> None:
@@ -339,7 +339,7 @@ class ClientSession:
             self.socket.overflow()
 
     def send_at(self, message: Positioned) -> None:
-        if self.socket.closing:
+        if self.socket.state is not State.OPEN:
             return
         if self._held is not None:
             self._keep(message, len(message.payload))  # sorted out by release_recovered

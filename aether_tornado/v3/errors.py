@@ -28,12 +28,10 @@ MISDIRECTED: Final = "misdirected_request"
 # "Unauthorized"): it gets a fresh one and reconnects at once.
 CLOSE_TOKEN_EXPIRED: Final = 3000
 
-# The reasons sent with close codes.
+# The reasons sent with close codes (besides the socket's own, in ws/websocket.py).
 REASON_IDLE: Final = "idle timeout"
 REASON_SHUTDOWN: Final = "server shutdown"
 REASON_RATE: Final = "rate limit exceeded"
-REASON_BACKLOG: Final = "outbound buffer full"
-REASON_PING: Final = "ping timed out"
 REASON_INTERNAL: Final = "internal error"
 REASON_TOKEN_EXPIRED: Final = "token expired"
 

@@ -21,7 +21,7 @@ from ..v3.errors import (
 )
 from ..v3.ids import id_problem
 from ..v3.schema import VisionId
-from ..ws.websocket import Flusher, Limits, handshake_response, serve_socket, upgrade_problem
+from ..ws.websocket import Flusher, Limits, State, handshake_response, serve_socket, upgrade_problem
 from .auth import AuthError, verify_token
 from .headers import SecureHandler
 from .tornado_internals import take_socket
@@ -114,7 +114,7 @@ class ClientSocket(JSONErrorMixin, SecureHandler):
         try:
             await serve_socket(sock, conn.socket)
         except BaseException:
-            if not conn.socket.made:  # otherwise the connection gives the slot back when it is lost
+            if conn.socket.state is State.CONNECTING:  # otherwise the connection gives the slot back when it is lost
                 self.node.sockets -= 1
             raise
         return None

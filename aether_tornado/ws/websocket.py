@@ -13,6 +13,7 @@ or the conformance suite's echo. It knows nothing of V3 and takes its limits as 
 
 import asyncio
 import base64
+import enum
 import hashlib
 import socket
 import time
@@ -20,7 +21,6 @@ from typing import NamedTuple, Protocol, cast
 
 from tornado.httputil import HTTPHeaders
 
-from ..v3.errors import REASON_BACKLOG, REASON_PING
 from . import frames
 from .frames import CloseCode, FrameError, FrameReader
 from .limits import TokenBucket
@@ -29,6 +29,20 @@ from .limits import TokenBucket
 FRAMES_PER_TURN = 64
 
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
+
+
+# The reasons the socket itself gives when it closes.
+REASON_BACKLOG = "outbound buffer full"
+REASON_PING = "ping timed out"
+
+
+class State(enum.Enum):
+    """Where a socket is in its life, as RFC 6455 names it (websockets' ``State``)."""
+
+    CONNECTING = "connecting"  # the handshake's answer is not sent yet
+    OPEN = "open"
+    CLOSING = "closing"  # our close frame is out, or we failed the connection: nothing more is sent
+    CLOSED = "closed"  # the TCP connection is gone
 
 
 class Limits(NamedTuple):
@@ -94,7 +108,7 @@ async def serve_socket(sock: socket.socket, protocol: "WebSocketProtocol") -> No
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=sock)
     except BaseException:
-        if not protocol.made:
+        if protocol.state is State.CONNECTING:
             sock.close()
         raise
 
@@ -152,6 +166,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_delegate",
         "_flusher",
         "_frame_budget",
+        "_lost",
         "_out",
         "_out_bytes",
         "_reader",
@@ -183,7 +198,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.holding = True  # until the delegate's on_open says otherwise
         self._turn: asyncio.Handle | None = None  # the next turn of a long read
+        # The socket's State, as plain flags read on every frame (see ``state``).
         self._closing = False  # our close frame is out (or the socket is gone): no more data frames
+        self._lost = False
         self._close_timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -195,14 +212,13 @@ class WebSocketProtocol(asyncio.Protocol):
         return self._out_bytes + buffered
 
     @property
-    def made(self) -> bool:
-        """The protocol has its transport: its delegate's ``on_lost`` will run."""
-        return self._transport is not None
-
-    @property
-    def closing(self) -> bool:
-        """Our close frame is out, or the socket is gone: nothing more is sent."""
-        return self._closing
+    def state(self) -> State:
+        """Past CONNECTING, the delegate's ``on_lost`` will run; from CLOSING, nothing more is sent."""
+        if self._transport is None:
+            return State.CONNECTING
+        if self._lost:
+            return State.CLOSED
+        return State.CLOSING if self._closing else State.OPEN
 
     # asyncio.Protocol
 
@@ -230,7 +246,7 @@ class WebSocketProtocol(asyncio.Protocol):
         return False  # the peer is done: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = self._reader.closed = True
+        self._lost = self._closing = self._reader.closed = True
         for handle in (self._close_timer, self._turn, self._throttle):
             if handle is not None:
                 handle.cancel()
