@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from tornado.httpclient import AsyncHTTPClient
 
 from aether_tornado import app
@@ -182,3 +183,20 @@ async def test_a_housekeeping_step_that_fails_is_logged_once_and_again_when_it_w
     monkeypatch.setattr(server.node.presence, "expire", failing_a_few_times)
     await until(lambda: "_expire_leases works again" in caplog.text)
     assert caplog.text.count("_expire_leases failed; retrying") == 1  # once per episode, not per failure
+
+
+async def test_output_held_for_a_joining_client_is_bounded_like_its_socket(redis_server, start_server):
+    """Until its snapshot is out, what a client is sent waits in its session: past the outbound
+    buffer it is closed 1013, as a socket that does not read is, instead of held without end."""
+    server = await start_server(redis_url=redis_server.url, history_size=0, outbound_buffer_bytes=100_000)
+    sender = await Client.joined(ws_url(server, "g_held", "c_sender"))
+    pausing = redis.asyncio.Redis.from_url(redis_server.url)
+    await pausing.execute_command("CLIENT", "PAUSE", int(scaled(3000)), "WRITE")  # its join waits for Redis
+    try:
+        joiner = await Client.connect(ws_url(server, "g_held", "c_joiner"))
+        for _ in range(4):
+            await sender.send(msg_type="msg", target="group", msg="x" * 40_000)
+        assert await joiner.closed() == (1013, "outbound buffer full")
+    finally:
+        await pausing.execute_command("CLIENT", "UNPAUSE")
+        await pausing.aclose()
