@@ -36,7 +36,6 @@ class Session:
         self.last_seen = now
         self.may_broadcast = False
         self.broadcast_budget = TokenBucket(100.0, 100, now)
-        self.record_budget = TokenBucket(1e9, 10**9, now)
         self.positions: list[Position | None] | None = None
         self.since = None
         self.proof: str | None = None
@@ -47,6 +46,12 @@ class Session:
     @property
     def held_bytes(self) -> int:
         return sum(map(len, self._held or ()))
+
+    def take_broadcast(self, now: float) -> bool:
+        return self.broadcast_budget.take(now)
+
+    def take_record(self, now: float, amount: int) -> bool:
+        return True
 
     def send(self, frame: bytes) -> None:
         (self.frames if self._held is None else self._held).append(frame)

@@ -53,7 +53,7 @@ class Sender:
         self.run = 0
         self.in_flight = 0
         self._flight_shard: int | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] | None = None  # made when one waits: most never do
 
     def turn(self, shard: int | None) -> "asyncio.Future[None] | None":
         """None when a message for ``shard`` may go now; else a future, done once every
@@ -61,6 +61,8 @@ class Sender:
         if not self.in_flight or shard is None or shard == self._flight_shard:
             return None
         waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
         self._waiters.append(waiter)
         return waiter
 
@@ -75,8 +77,8 @@ class Sender:
     def _landed(self, _: "asyncio.Future[Any]") -> None:
         self.in_flight -= 1
         if not self.in_flight:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
+            waiters, self._waiters = self._waiters, None
+            for waiter in waiters or ():
                 if not waiter.done():
                     waiter.set_result(None)
 

@@ -12,7 +12,6 @@ from ..v3.channels import Position, Stream
 from ..v3.errors import ProtocolError
 from ..v3.schema import VisionId
 from ..ws.frames import text_frame
-from ..ws.limits import TokenBucket
 
 
 class Positioned:
@@ -44,8 +43,6 @@ class Connection(Protocol):
     sender: Sender  # marks what it sends, for its order across a cluster's shards
     last_seen: float
     may_broadcast: bool
-    broadcast_budget: TokenBucket
-    record_budget: TokenBucket  # bytes of its messages that may be recorded for recovery
     # For a client that recovers: the last position it was sent per stream (channels.Stream),
     # those it presented on connecting, and the proof it presented with them. None for the others.
     positions: list[Position | None] | None
@@ -55,6 +52,12 @@ class Connection(Protocol):
     @property
     def held_bytes(self) -> int:
         """Bytes held back until the snapshot goes out."""
+
+    def take_broadcast(self, now: float) -> bool:
+        """Whether one more broadcast fits this client's broadcast budget (and spend it)."""
+
+    def take_record(self, now: float, amount: int) -> bool:
+        """Whether ``amount`` more bytes of its messages may be recorded for recovery (and spend them)."""
 
     def send(self, frame: bytes) -> None:
         """Queue one ready-made WebSocket frame; never blocks, never raises.

@@ -122,7 +122,7 @@ class Router:
             self._send_one(conn, stamped)
             return None
         payload = encode(stamped)
-        if self.history is not None and not conn.record_budget.take(time.monotonic(), len(payload) + RECORD_COST):
+        if self.history is not None and not conn.take_record(time.monotonic(), len(payload) + RECORD_COST):
             rate = self.settings.record_byte_rate
             raise ProtocolError(
                 RATE_LIMITED,
@@ -244,7 +244,7 @@ class Router:
             why = "broadcast is disabled for clients"
         elif self.settings.broadcast_requires_grant and not conn.may_broadcast:
             why = "broadcast needs a token that grants it"
-        elif not conn.broadcast_budget.take(time.monotonic()):
+        elif not conn.take_broadcast(time.monotonic()):
             rate = self.settings.broadcast_rate
             raise ProtocolError(RATE_LIMITED, f"Too many broadcasts: at most {rate:g} a second; this one was dropped.")
         else:

@@ -77,16 +77,17 @@ class ClientSession:
     __slots__ = (
         "_answer_due",
         "_attached",
+        "_broadcast_budget",
         "_bucket",
         "_deferred",
         "_expires",
         "_expiry",
         "_held",
         "_held_bytes",
+        "_record_budget",
         "_routing",
         "_stalled",
         "_strikes",
-        "broadcast_budget",
         "client_id",
         "group_id",
         "last_seen",
@@ -95,7 +96,6 @@ class ClientSession:
         "node",
         "positions",
         "proof",
-        "record_budget",
         "router",
         "send",
         "sender",
@@ -143,11 +143,12 @@ class ClientSession:
         now = time.monotonic()
         self.last_seen = now
         self._bucket = TokenBucket(self.settings.rate_limit, self.settings.rate_burst, now)
-        self.broadcast_budget = TokenBucket(self.settings.broadcast_rate, self.settings.broadcast_burst, now)
-        self.record_budget = TokenBucket(self.settings.record_byte_rate, self.settings.record_byte_burst, now)
+        # Made on first use: most connections never broadcast, and an idle one records nothing.
+        self._broadcast_budget: TokenBucket | None = None
+        self._record_budget: TokenBucket | None = None
         self._strikes = 0
         self._attached: asyncio.Task[None] | None = None
-        self._deferred: list[bytes] = []  # answers to this client that wait for those
+        self._deferred: list[bytes] | None = None  # answers to this client that wait for those
         self._routing = False  # a routing task holds the next messages
         self._answer_due = False  # a direct message in flight may still be refused: the next wait
         self._stalled: WSMessageV3 | None = None  # for another shard: waits for those to land
@@ -273,8 +274,8 @@ class ClientSession:
         """A message in flight has landed (the sender's gate has counted it): once none is left,
         the answers that waited for them go out."""
         if not self.sender.in_flight:
-            deferred, self._deferred = self._deferred, []
-            for frame in deferred:
+            deferred, self._deferred = self._deferred, None
+            for frame in deferred or ():
                 self.send(frame)
         if self.socket.holding:
             self._read_on_unless_held()
@@ -298,8 +299,20 @@ class ClientSession:
         if not self.sender.in_flight:
             self.send(frame)
             return
+        if self._deferred is None:
+            self._deferred = []
         self._deferred.append(frame)
         self.socket.holding = True  # what the client sends after this waits for it
+
+    def take_broadcast(self, now: float) -> bool:
+        if self._broadcast_budget is None:
+            self._broadcast_budget = TokenBucket(self.settings.broadcast_rate, self.settings.broadcast_burst, now)
+        return self._broadcast_budget.take(now)
+
+    def take_record(self, now: float, amount: int) -> bool:
+        if self._record_budget is None:
+            self._record_budget = TokenBucket(self.settings.record_byte_rate, self.settings.record_byte_burst, now)
+        return self._record_budget.take(now, amount)
 
     def _routing_failed(self, error: Exception) -> None:
         if isinstance(error, ProtocolError):
