@@ -213,7 +213,7 @@ class RedisBridge:
             raise BridgeDown
         publisher = shard.publisher
         if publisher.unanswered >= MAX_OUTBOX or publisher.unsent_bytes >= MAX_BACKLOG_BYTES:
-            self._lost(
+            self.link.lost(
                 OverflowError(
                     f"Redis cannot keep up: {publisher.unanswered} publishes, {publisher.unsent_bytes} bytes wait"
                 )
@@ -223,7 +223,7 @@ class RedisBridge:
 
     def _check(self, reply: Any) -> None:
         if isinstance(reply, ReplyError):
-            self._lost(reply)
+            self.link.lost(reply)
 
     def _count_others(self, receivers: asyncio.Future[int], subscribed_here: bool, reply: int | Exception) -> None:
         """Settle a publish: the receiving processes other than this one (never below zero, since a
@@ -337,10 +337,10 @@ class RedisBridge:
                 on_up.add_done_callback(self._check_on_up)
                 await self._watch()
             except (OSError, ReplyError, TimeoutError, ValueError) as error:
-                self._lost(error)
+                self.link.lost(error)
             except Exception as error:
                 log.exception("Redis bridge failed; reconnecting")
-                self._lost(error)
+                self.link.lost(error)
             finally:
                 if on_up is not None:
                     on_up.cancel()
@@ -450,7 +450,7 @@ class RedisBridge:
         """``reply`` is as hiredis read it: a list (``[b"message", channel, data]``, a subscription's
         confirmation, a subscriber's pong), a plain ``b"PONG"``, or a ReplyError."""
         if isinstance(reply, ReplyError):  # a subscription refused: the cluster changed under us
-            self._lost(reply)
+            self.link.lost(reply)
             return
         # A subscriber with no channel (a cluster's shard may hold none of ours) answers a ping plainly.
         kind = reply[0] if isinstance(reply, list) else reply.lower()
@@ -488,11 +488,11 @@ class RedisBridge:
                 if not shard.unsubscribing[name]:
                     del shard.unsubscribing[name]
             elif name in shard.subscribed:  # not asked for: the cluster moved the channel's slot
-                self._lost(ConnectionError(f"the cluster moved channel {name} to another shard"))
+                self.link.lost(ConnectionError(f"the cluster moved channel {name} to another shard"))
 
     def _check_master(self, shard: _Shard, reply: Any) -> None:
         if isinstance(reply, bytes) and _field(reply, b"master_replid") != shard.replication_id:
-            self._lost(ConnectionError("a master's replication ID changed: it failed over"))
+            self.link.lost(ConnectionError("a master's replication ID changed: it failed over"))
 
     def _deliver(
         self, name: Channel, payload: bytes, published_at: float, position: Position | None, own: bool
@@ -506,7 +506,7 @@ class RedisBridge:
         if not task.cancelled() and (error := task.exception()) is not None:
             if not isinstance(error, OSError | ReplyError | TimeoutError):
                 log.error("resync after connecting failed", exc_info=error)
-            self._lost(error)
+            self.link.lost(error)
         elif not task.cancelled():
             self.link.restored()
             self._settle_first_attempt()
@@ -514,9 +514,6 @@ class RedisBridge:
     def _settle_first_attempt(self) -> None:
         if self._first_attempt is not None and not self._first_attempt.done():
             self._first_attempt.set_result(None)
-
-    def _lost(self, error: BaseException) -> None:
-        self.link.lost(error)
 
     def _drop(self, error: BaseException) -> None:
         """Redis was lost, here or by another backend: down until the supervisor has
