@@ -137,7 +137,13 @@ class Router:
         return answered
 
     def shard_of(self, conn: Connection, message: WSMessageV3) -> int | None:
-        """The Redis shard that carries ``message``, or None for one that stays in this process."""
+        """The Redis shard that carries ``message``, or None for one that stays in this process.
+
+        Without a cluster every message is on the one shard (0), where the gate never holds one
+        back: its channel is not worked out twice for nothing.
+        """
+        if not self.bridge.sharded:
+            return 0
         channel = channel_of(message, conn.group_id)
         return None if channel is None else self.bridge.shard_of(channel)
 
