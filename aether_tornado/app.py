@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import attrs
 import tornado.httpserver
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -31,7 +32,8 @@ from .redis.resp import Address
 from .sd_notify import notify
 from .web.accept import Acceptor
 from .web.api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Groups, Health, Metrics, Processes, Publish
-from .web.handlers import ClientSocket, NotFound
+from .web.handlers import NotFound
+from .web.handshake import Handshakes, KeptAlive
 from .ws.websocket import Flusher
 
 log = logging.getLogger(__name__)
@@ -119,18 +121,13 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
-def make_app(node: Node) -> tornado.web.Application:
+def make_app(node: Node, handshakes: Handshakes) -> tornado.web.Application:
     settings = node.settings
     console = [(r"/v3/console", Asset, {"name": "console"})] if settings.console else []
     return tornado.web.Application(
         [
-            # First: every handshake is matched against the rules in order, and handshakes are
-            # most of the requests (a deploy's reconnects).
-            (
-                r"/v3/ws/group/([^/]+)/client/([^/]+)",
-                ClientSocket,
-                {"node": node, "flusher": Flusher(), "limits": socket_limits(node.settings)},
-            ),
+            # Only a handshake on a connection kept alive by a proxy: the others never reach Tornado.
+            (r"/v3/ws/.*", KeptAlive, {"handshakes": handshakes}),
             (r"/", Asset, {"name": "index"}),
             (r"/v3/client/(aether-v3\.js|aether-v3\.d\.ts)", Asset, {"allowed_origins": settings.allowed_origins}),
             *console,
@@ -156,19 +153,26 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.node = build_node(settings)
+        # Handshakes do not go through Tornado: they are most of the requests (a deploy's reconnects).
+        handshakes = Handshakes(
+            self.node, Flusher(), socket_limits(settings), answered_hosts(settings), HTTP_IDLE_TIMEOUT
+        )
         # A published message is one message: its body has the WebSocket frame limit. A
         # connection that sends no request soon is closed: each one holds a descriptor.
         self.http = tornado.httpserver.HTTPServer(
-            make_app(self.node),
+            make_app(self.node, handshakes),
             xheaders=True,
             max_body_size=settings.max_message_bytes,
             idle_connection_timeout=HTTP_IDLE_TIMEOUT,
             body_timeout=HTTP_IDLE_TIMEOUT,
         )
-        self.acceptor = Acceptor(self.http, settings.max_http_connections)
+        self.acceptor = Acceptor(self.http, handshakes, settings.max_http_connections, HTTP_IDLE_TIMEOUT)
         self.port = settings.port
 
     async def start(self) -> None:
+        # Tornado's IOLoop for this loop, made now: the first request Tornado serves may come
+        # when the process is out of descriptors, too late to import what it needs.
+        tornado.ioloop.IOLoop.current()
         await self.node.start()
         sockets = tornado.netutil.bind_sockets(self.settings.port, self.settings.host)
         self.port = sockets[0].getsockname()[1]

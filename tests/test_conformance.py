@@ -25,7 +25,7 @@ async def echo():
         return await RawSocket.open(port, "/")
 
     yield connect
-    server.stop()
+    server.close()
 
 
 async def echoed(raw: RawSocket, opcode: int, payload: bytes) -> None:

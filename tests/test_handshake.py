@@ -6,12 +6,13 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
+from aether_tornado import app
 from aether_tornado.app import FILES_RESERVED
 
 from .conftest import ws_url
 from .processes import ServerProcess
-from .timing import scaled
-from .wsclient import Client
+from .timing import scaled, until
+from .wsclient import Client, RawSocket, upgrade_request
 
 UPGRADE = {
     "Upgrade": "websocket",
@@ -179,3 +180,103 @@ async def test_one_client_may_hold_several_connections(url):
 async def test_a_request_that_is_no_websocket_upgrade_we_take_is_refused_with_why(server, headers, status, says):
     code, body = await handshake(server.port, "/v3/ws/group/g_up/client/c_up", **headers)
     assert (code, body["code"]) == (status, "not_websocket") and says in body["msg"]
+
+
+async def read_answer(raw: RawSocket) -> bytes:
+    """Everything the server sends until it closes."""
+    return await asyncio.wait_for(raw.reader.read(), scaled(5))
+
+
+@pytest.mark.parametrize("body", [b"Content-Length: 2\r\n\r\nxx", b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"])
+async def test_an_upgrade_request_with_a_body_is_refused(server, body):
+    raw = await RawSocket.connected(server.port)
+    raw.writer.write(upgrade_request(server.port, "/v3/ws/group/g_up/client/c_up")[:-2] + body)
+    head, _, answer = (await read_answer(raw)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert orjson.loads(answer) == {"code": "not_websocket", "field": None, "msg": "An upgrade request has no body."}
+
+
+@pytest.mark.parametrize("pieces", [[1, 5, 40], [3], [11, 1]])
+async def test_a_handshake_that_arrives_in_pieces_is_served(server, pieces):
+    """The first bytes decide where a connection goes: a client that sends them a few at a time is waited for."""
+    raw = await RawSocket.connected(server.port)
+    request = upgrade_request(server.port, "/v3/ws/group/g_slow/client/c_slow")
+    start = 0
+    for size in pieces:
+        raw.writer.write(request[start : start + size])
+        await raw.writer.drain()
+        await asyncio.sleep(0.02)  # lets the server look at what came so far: the point of the test
+        start += size
+    raw.writer.write(request[start:])
+    response = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), scaled(5))
+    assert response.startswith(b"HTTP/1.1 101")
+    snapshot = orjson.loads((await raw.read_frame())[1])
+    assert snapshot["payload"] == {"event": "snapshot", "clients": ["c_slow"]}
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /v3/ws/group/g/client/c HTTP/9\r\n\r\n",
+        b"GET /v3/ws/group/g/client/c HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET /v3/ws/group/g/client/c HTTP/1.1\r\nX: " + b"y" * 70_000 + b"\r\n\r\n",
+    ],
+)
+async def test_a_request_head_that_is_no_http_or_too_large_is_answered_400_and_closed(server, request_head):
+    raw = await RawSocket.connected(server.port)
+    raw.writer.write(request_head)
+    answer = await read_answer(raw)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and answer.endswith(
+        b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    fresh = await Client.joined(f"ws://127.0.0.1:{server.port}/v3/ws/group/g_after/client/c_after")
+    fresh.close()
+
+
+async def test_a_refused_client_gets_its_whole_answer_even_with_frames_sent_after_its_request(server):
+    """Closing with the client's bytes unread would reset the connection: the answer goes first, then the end."""
+    raw = await RawSocket.connected(server.port)
+    frame = RawSocket.frame(0x1, b"x" * 100_000)
+    raw.writer.write(upgrade_request(server.port, "/v3/ws/group/12345/client/c_early") + frame)
+    answer = await read_answer(raw)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request") and b"X-Content-Type-Options: nosniff" in head
+    assert orjson.loads(body)["code"] == "invalid_id"
+
+
+async def test_a_connection_that_stops_within_its_request_head_is_closed(start_server, monkeypatch):
+    monkeypatch.setattr(app, "HTTP_IDLE_TIMEOUT", 0.3)
+    server = await start_server()
+    for first in (b"GET /v3", b"GET /v3/ws/group/g/client/c HTTP/1.1\r\nHost: x\r\n"):
+        raw = await RawSocket.connected(server.port)
+        raw.writer.write(first)
+        assert await read_answer(raw) == b""
+    await until(lambda: server.acceptor.open_connections == 0)
+
+
+async def read_response(raw: RawSocket) -> tuple[bytes, bytes]:
+    """One HTTP response with a Content-Length: its head and its body."""
+    head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), scaled(5))
+    length = next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    return head, await asyncio.wait_for(raw.reader.readexactly(int(length.split(b":")[1])), scaled(5))
+
+
+async def test_a_handshake_on_a_connection_kept_alive_after_another_request_is_served(server):
+    """A proxy (nginx with upstream keepalive) sends a handshake on a connection that served the API before."""
+    raw = await RawSocket.connected(server.port)
+    raw.writer.write(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+    head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), scaled(5))
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1]
+    )
+    await asyncio.wait_for(raw.reader.readexactly(length), scaled(5))
+    raw.writer.write(upgrade_request(server.port, "/v3/ws/group/12345/client/c_kept"))
+    refused = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), scaled(5))
+    assert refused.startswith(b"HTTP/1.1 400 ") and b"X-Frame-Options: DENY" in refused
+    length = int(next(line for line in refused.split(b"\r\n") if line.startswith(b"Content-Length")).split(b":")[1])
+    assert orjson.loads(await raw.reader.readexactly(length))["code"] == "invalid_id"
+    raw.writer.write(upgrade_request(server.port, "/v3/ws/group/g_kept/client/c_kept"))
+    response = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), scaled(5))
+    assert response.startswith(b"HTTP/1.1 101")
+    snapshot = orjson.loads((await raw.read_frame())[1])
+    assert snapshot["payload"] == {"event": "snapshot", "clients": ["c_kept"]}

@@ -7,7 +7,7 @@ from aether_tornado.config import Settings
 from aether_tornado.core.session import socket_limits
 from aether_tornado.ws import frames
 from aether_tornado.ws.frames import CloseCode
-from aether_tornado.ws.websocket import Flusher, State, WebSocketProtocol, serve_socket
+from aether_tornado.ws.websocket import Flusher, State, WebSocketProtocol
 
 from .timing import scaled
 
@@ -49,6 +49,11 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     return ours, peer
 
 
+async def serve(ours: socket.socket, protocol: WebSocketProtocol) -> None:
+    ours.setblocking(False)
+    await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=ours)
+
+
 async def read_until(peer: socket.socket, marker: bytes) -> bytes:
     loop, data = asyncio.get_running_loop(), b""
     async with asyncio.timeout(scaled(5)):
@@ -63,7 +68,7 @@ async def test_a_socket_is_connecting_then_open_then_closing_then_closed():
     ours, peer = tcp_pair()
     watcher = Watcher()
     assert watcher.socket.state is State.CONNECTING
-    await serve_socket(ours, watcher.socket)
+    await serve(ours, watcher.socket)
     assert watcher.socket.state is State.OPEN
     await asyncio.get_running_loop().sock_sendall(peer, frames.build(frames.TEXT, b"hi", mask_key=b"abcd"))
     await read_until(peer, b"101")
@@ -81,7 +86,7 @@ async def test_a_socket_is_connecting_then_open_then_closing_then_closed():
 async def test_a_failed_socket_is_closing_when_its_delegate_hears_it():
     ours, peer = tcp_pair()
     watcher = Watcher()
-    await serve_socket(ours, watcher.socket)
+    await serve(ours, watcher.socket)
     await asyncio.get_running_loop().sock_sendall(peer, frames.build(frames.TEXT, b"unmasked"))  # a protocol error
     await read_until(peer, b"\x88")
     assert watcher.socket.state is State.CLOSING

@@ -1,10 +1,10 @@
 """Every use of Tornado's private API, in one place, for the Tornado releases it was tested with.
 
-The server lets Tornado answer the HTTP handshake and then serves the socket itself
-(ws/websocket.py). Taking the socket over needs what Tornado keeps private: the stream's socket,
-what it has already read from it, and the handler's own way of breaking the reference cycle
-it is in. The server also accepts connections itself
-(accept.py), handing each to Tornado's HTTP server and counting those it holds.
+The server accepts connections itself (accept.py), handing those that do not open with a
+WebSocket handshake to Tornado's HTTP server, and counts those it holds. A handshake that
+comes on a connection Tornado already serves (a proxy reuses its keep-alive connections) is
+taken from Tornado, which needs what Tornado keeps private: the stream's socket, what it has
+already read from it, and the handler's own way of breaking the reference cycle it is in.
 ``check_tornado`` refuses to start on a release these were not tested with.
 """
 

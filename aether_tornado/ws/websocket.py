@@ -1,6 +1,6 @@
 """One WebSocket after its handshake, on an asyncio transport: RFC 6455's rules and the frame budget.
 
-Tornado answers the HTTP handshake; the socket then moves to a ``WebSocketProtocol``, which
+After the HTTP handshake (upgrade.py) the transport moves to a ``WebSocketProtocol``, which
 reads every whole frame a read brings (frames.py parses them) and writes queued frames
 straight to the transport. It owns what RFC 6455 asks of a server (pings answered, the
 close handshake, a violation failed with its close code after what was queued before it)
@@ -12,14 +12,9 @@ or the conformance suite's echo. It knows nothing of V3 and takes its limits as 
 """
 
 import asyncio
-import base64
 import enum
-import hashlib
-import socket
 import time
 from typing import NamedTuple, Protocol, cast
-
-from tornado.httputil import HTTPHeaders
 
 from . import frames
 from .frames import CloseCode, FrameError, FrameReader
@@ -27,9 +22,6 @@ from .limits import TokenBucket
 
 # Frames handled from one socket before the loop serves the others.
 FRAMES_PER_TURN = 64
-
-WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
-
 
 # The reasons the socket itself gives when it closes.
 REASON_BACKLOG = "outbound buffer full"
@@ -77,40 +69,6 @@ class SocketDelegate(Protocol):
 
     def on_lost(self) -> None:
         """The socket is gone."""
-
-
-def upgrade_problem(headers: HTTPHeaders) -> tuple[int, str] | None:
-    """Why a request is no WebSocket upgrade this server takes, as (HTTP status, sentence); None if it is."""
-    upgrade = headers.get("Upgrade", "").lower() == "websocket"
-    connection = "upgrade" in (part.strip().lower() for part in headers.get("Connection", "").split(","))
-    if not upgrade or not connection:
-        return 400, "This is a WebSocket endpoint: send an upgrade request."
-    if headers.get("Sec-WebSocket-Version") != "13":
-        return 426, "Only WebSocket version 13 is supported."
-    if not headers.get("Sec-WebSocket-Key"):
-        return 400, "Sec-WebSocket-Key is missing."
-    return None
-
-
-def handshake_response(key: str) -> bytes:
-    """The 101 response that accepts a client's Sec-WebSocket-Key (RFC 6455 section 4.2.2)."""
-    digest = base64.b64encode(hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest()).decode()
-    return (
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {digest}\r\n\r\n"
-    ).encode()
-
-
-async def serve_socket(sock: socket.socket, protocol: "WebSocketProtocol") -> None:
-    """Serve a socket taken from Tornado (tornado_internals.take_socket) from ``protocol``."""
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=sock)
-    except BaseException:
-        if protocol.state is State.CONNECTING:
-            sock.close()
-        raise
 
 
 class Flusher:

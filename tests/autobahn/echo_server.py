@@ -2,9 +2,9 @@
 
     python tests/autobahn/echo_server.py --host 127.0.0.1 --port 9001
 
-Tornado answers the handshake on any path, the socket is taken over exactly as the server
-does it (tornado_internals.take_socket), and a ``WebSocketProtocol`` serves it with an echo as
-its delegate: every data message, text or binary, is echoed back verbatim. The limits are the server's, raised so
+The handshake is read as the server reads it (ws/upgrade.py), on any path, and a
+``WebSocketProtocol`` serves the socket with an echo as its delegate: every data message,
+text or binary, is echoed back verbatim. The limits are the server's, raised so
 that the suite's largest cases fit (9.*: 16 MiB messages, 4 MiB in 64-byte fragments).
 """
 
@@ -12,29 +12,21 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 if not __package__:  # run as a script: the project is two folders up
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import attrs
-import tornado.httpserver
-import tornado.netutil
-import tornado.web
+import orjson
 import uvloop
 
 from aether_tornado.config import Settings
 from aether_tornado.core.session import socket_limits
-from aether_tornado.web.tornado_internals import check_tornado, take_socket
 from aether_tornado.ws import frames
-from aether_tornado.ws.websocket import (
-    Flusher,
-    Limits,
-    WebSocketProtocol,
-    handshake_response,
-    serve_socket,
-    upgrade_problem,
-)
+from aether_tornado.ws.upgrade import Head, Refusal, UpgradeReader, handshake_response, upgrade_problem
+from aether_tornado.ws.websocket import Flusher, Limits, WebSocketProtocol
 
 ROOMY = socket_limits(
     attrs.evolve(
@@ -74,29 +66,26 @@ class Echo:
         pass
 
 
-class EchoHandler(tornado.web.RequestHandler):
-    def initialize(self, limits: Limits, flusher: Flusher) -> None:
-        self.limits = limits
-        self.flusher = flusher
+def accept(limits: Limits, flusher: Flusher) -> Callable[[Head, bytes], WebSocketProtocol | Refusal]:
+    """Take any upgrade request, on any path."""
 
-    async def get(self, _: str) -> None:
-        problem = upgrade_problem(self.request.headers)
+    def decide(head: Head, early: bytes) -> WebSocketProtocol | Refusal:
+        problem = upgrade_problem(head.headers)
         if problem is not None:
-            self.set_status(problem[0])
-            self.finish(problem[1])
-            return
-        response = handshake_response(self.request.headers["Sec-WebSocket-Key"])
-        sock, early = take_socket(self)
-        await serve_socket(sock, Echo(self.limits, self.flusher, response, early).socket)
+            return Refusal(problem[0], orjson.dumps({"msg": problem[1]}))
+        response = handshake_response(head.headers["Sec-WebSocket-Key"])
+        return Echo(limits, flusher, response, early).socket
+
+    return decide
 
 
-async def start(host: str = "127.0.0.1", port: int = 0, limits: Limits = ROOMY) -> tuple[object, int]:
-    """Listen; return the HTTP server (``stop`` it) and its port."""
-    app = tornado.web.Application([(r"(.*)", EchoHandler, {"limits": limits, "flusher": Flusher()})])
-    server = tornado.httpserver.HTTPServer(app)
-    sockets = tornado.netutil.bind_sockets(port, host)
-    server.add_sockets(sockets)
-    return server, sockets[0].getsockname()[1]
+async def start(host: str = "127.0.0.1", port: int = 0, limits: Limits = ROOMY) -> tuple[asyncio.Server, int]:
+    """Listen; return the server (``close`` it) and its port."""
+    decide = accept(limits, Flusher())
+    server = await asyncio.get_running_loop().create_server(
+        lambda: UpgradeReader(decide, timeout=10.0, ended=lambda: None), host, port
+    )
+    return server, server.sockets[0].getsockname()[1]
 
 
 async def serve(host: str, port: int) -> None:
@@ -110,7 +99,6 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
     args = parser.parse_args()
-    check_tornado()
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(args.host, args.port))
 
