@@ -3,6 +3,7 @@
     python bench/load.py fanout --url ws://127.0.0.1:8888 --groups 10 --clients 100 --msgs 2000
     python bench/load.py echo   --url ws://127.0.0.1:8888 --clients 50 --seconds 5
     python bench/load.py direct --url ws://127.0.0.1:8001 --url2 ws://127.0.0.1:8002 --pairs 50 --seconds 5
+    python bench/load.py direct --url ws://127.0.0.1:8001 --url2 ws://127.0.0.1:8002 --pairs 10 --window 16
     python bench/load.py connect --url ws://127.0.0.1:8888 --clients 5000 [--pid SERVER_PID] [--hold 0]
     python bench/load.py flood --url ws://127.0.0.1:8888 --kind ping|pong|continuation|text --seconds 5
 
@@ -188,36 +189,47 @@ async def fanout(args) -> dict:
 
 
 async def round_trips(args, make_pair) -> dict:
-    """Clients doing one message at a time for --seconds; ``make_pair`` gives (sender, receiver, message)."""
+    """Clients with up to --window messages in flight for --seconds; ``make_pair`` gives (sender, message).
+
+    Each answer must come in the order sent: one that overtakes another counts as reordered.
+    """
     stats = Stats()
-    count = [0]
+    count, reordered = [0], [0]
     deadline = time.monotonic() + args.seconds
 
     async def loop(index: int) -> None:
         arrived = asyncio.Event()
-        box = {}
+        flight = {"sent": 0, "back": 0}
 
         def on_message(payload: bytes) -> None:
             message = parse(payload)
             if message["cmd"] == "ERROR":
                 stats.errors += 1  # the round trip ends: the run reports it, and does not hang
-                arrived.set()
             elif message["msg_type"] in ("msg", "heartbeat") and message.get("payload"):
-                box["t"] = message["payload"]["t"]
-                arrived.set()
+                stats.latencies.append(time.monotonic_ns() - message["payload"]["t"])
+                reordered[0] += message["payload"]["n"] != flight["back"]
+                count[0] += 1
+            else:
+                return
+            flight["back"] += 1
+            arrived.set()
 
         sender, message = await make_pair(index, on_message)
         while time.monotonic() < deadline:
+            while flight["sent"] - flight["back"] < args.window:
+                sender.send({**message, "payload": {"t": time.monotonic_ns(), "n": flight["sent"]}})
+                flight["sent"] += 1
             arrived.clear()
-            sent = time.monotonic_ns()
-            sender.send({**message, "payload": {"t": sent}})
             await asyncio.wait_for(arrived.wait(), args.timeout)
-            stats.latencies.append(time.monotonic_ns() - sent)
-            count[0] += 1
+        async with asyncio.timeout(args.timeout):  # what is still in flight comes back, or the run fails
+            while flight["back"] < flight["sent"]:
+                arrived.clear()
+                await arrived.wait()
 
     started = time.monotonic()
     await asyncio.gather(*(loop(index) for index in range(args.clients)))
-    return {"rate_per_s": round(count[0] / (time.monotonic() - started)), **stats.percentiles(), "errors": stats.errors}
+    return {"rate_per_s": round(count[0] / (time.monotonic() - started)), **stats.percentiles(),
+            "errors": stats.errors, "reordered": reordered[0]}  # fmt: skip
 
 
 async def echo(args) -> dict:
@@ -229,7 +241,7 @@ async def echo(args) -> dict:
 
 
 async def direct(args) -> dict:
-    """A on --url sends to B on --url2, B's server delivers; one message in flight per pair."""
+    """A on --url sends to B on --url2, B's server delivers; --window messages in flight per pair."""
 
     async def make_pair(index, on_message):
         snapshot = asyncio.Event()  # B's server has subscribed it once B has its snapshot
@@ -347,7 +359,9 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--msgs", type=int, default=2000)
-    parser.add_argument("--window", type=int, default=10, help="fanout: messages in flight per group sender")
+    parser.add_argument(
+        "--window", type=int, help="messages in flight: per fan-out group sender (10), per echo or direct client (1)"
+    )
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=200, help="connect: handshakes in flight")
@@ -359,6 +373,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
     args.url2 = args.url2 or args.url
+    if args.window is None:
+        args.window = 10 if args.scenario == "fanout" else 1
     result = asyncio.run(SCENARIOS[args.scenario](args))
     print(orjson.dumps({"scenario": args.scenario, **result}).decode())
     sys.exit(0)

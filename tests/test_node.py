@@ -101,8 +101,9 @@ class Session:
         assert isinstance(message, WSMessageV3)
         try:
             rest = self.node.router.receive(self, message)
-            if rest is not None:
-                await asyncio.wait_for(rest, 5)
+            answer = None if rest is None else await asyncio.wait_for(rest, 5)
+            if isinstance(answer, ProtocolError):  # a direct message nobody took
+                raise answer
         except ProtocolError as problem:
             self.refuse(problem)
 

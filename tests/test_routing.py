@@ -214,6 +214,36 @@ async def test_a_sender_gets_its_own_messages_and_the_answers_to_them_in_the_ord
     assert received == expected
 
 
+async def test_pipelined_direct_messages_and_their_answers_keep_the_order_sent(url):
+    """Direct messages are not held one by one for their answer; every answer still comes in
+    the order of the messages, and a copy of a later message comes after them."""
+    alice, bob = await room(url, "g_pipe", "c_alice", "c_bob")
+    expected: list[str] = []
+    for n in range(120):
+        kind = n % 6
+        if kind in (0, 1):
+            await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg=f"bob {n}")
+        elif kind == 2:
+            await alice.send(msg_type="msg", target="direct", to_id="c_ghost", msg=f"ghost {n}")
+            expected.append("recipient_offline")
+        elif kind == 3:
+            await alice.send_raw("{")
+            expected.append("invalid_json")
+        elif kind == 4:
+            await alice.send(msg_type="msg", target="echo", msg=f"echo {n}")
+            expected.append(f"echo {n}")
+        else:
+            await alice.send(msg_type="msg", target="group", msg=f"group {n}")
+            expected.append(f"group {n}")
+    received = []
+    for _ in expected:
+        message = await alice.recv()
+        received.append(errors_of(message)[0] if message["cmd"] == "ERROR" else message["msg"])
+    assert received == expected
+    to_bob = [(await bob.recv())["msg"] for n in range(120) if n % 6 in (0, 1, 5)]
+    assert to_bob == [f"bob {n}" if n % 6 != 5 else f"group {n}" for n in range(120) if n % 6 in (0, 1, 5)]
+
+
 async def test_without_history_a_direct_message_reaches_a_client_on_the_same_process(start_server):
     server = await start_server(history_size=0)
     alice = await Client.joined(ws_url(server, "g_nh", "c_alice"))

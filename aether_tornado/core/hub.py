@@ -9,7 +9,6 @@ from typing import NamedTuple, Protocol
 
 from ..bridge.order import Sender
 from ..v3.channels import Position, Stream
-from ..v3.errors import ProtocolError
 from ..v3.schema import VisionId
 from ..ws.frames import text_frame
 
@@ -68,9 +67,6 @@ class Connection(Protocol):
 
     def reply(self, frame: bytes) -> None:
         """Send an answer to this client's own message, after its earlier messages reached it."""
-
-    def refuse(self, problem: ProtocolError) -> None:
-        """Answer the client with an error frame; the connection stays open."""
 
     def send_at(self, message: Positioned) -> None:
         """Like ``send``, for a client that recovers: skipped if it had that position already."""

@@ -106,8 +106,9 @@ class Router:
         """Route one valid message from ``conn``; problems come back as ProtocolError.
 
         What needs no answer from Redis is done here and now. The rest (a heartbeat's lease, a
-        presence query, a direct message's receiver count) is returned, for the caller to run
-        before the sender's next message.
+        presence query, a recording) is returned, for the caller to run before the sender's next
+        message. For a direct message it is a future of its answer: the ProtocolError to send
+        back once it is known that nobody took it, or None.
         """
         _check_identity(conn, message)
         if message.target == "broadcast":
@@ -132,8 +133,8 @@ class Router:
         if receivers is None or message.target != "direct":
             return receivers  # in flight until recorded and delivered here
         assert message.to_id is not None  # the schema requires it for target 'direct'
-        answered = asyncio.get_running_loop().create_future()
-        receivers.add_done_callback(functools.partial(self._answer_unreached, conn, message.to_id, answered))
+        answered: asyncio.Future[ProtocolError | None] = asyncio.get_running_loop().create_future()
+        receivers.add_done_callback(functools.partial(self._answer_unreached, message.to_id, answered))
         return answered
 
     def shard_of(self, conn: Connection, message: WSMessageV3) -> int | None:
@@ -148,22 +149,22 @@ class Router:
         return None if channel is None else self.bridge.shard_of(channel)
 
     def _answer_unreached(
-        self, conn: Connection, to_id: str, answered: asyncio.Future[None], receivers: asyncio.Future[int]
+        self, to_id: str, answered: "asyncio.Future[ProtocolError | None]", receivers: asyncio.Future[int]
     ) -> None:
-        """Once the other processes' count is in: nothing, unavailable, or (after presence) an answer."""
+        """Once the other processes' count is in: no answer, unavailable, or (after presence) an answer."""
         if receivers.exception() is None and receivers.result():
             answered.set_result(None)
         elif receivers.exception() is not None:
-            conn.refuse(_unavailable(to_id))
-            answered.set_result(None)
+            answered.set_result(_unavailable(to_id))
         else:
-            self.spawn(self._answer_nobody_took(conn, to_id, answered))
+            self.spawn(self._answer_nobody_took(to_id, answered))
 
-    async def _answer_nobody_took(self, conn: Connection, to_id: str, answered: asyncio.Future[None]) -> None:
+    async def _answer_nobody_took(self, to_id: str, answered: "asyncio.Future[ProtocolError | None]") -> None:
+        problem = None
         try:
-            conn.refuse(await self.nobody_took(to_id))
+            problem = await self.nobody_took(to_id)
         finally:
-            answered.set_result(None)
+            answered.set_result(problem)
 
     async def nobody_took(self, to_id: str) -> ProtocolError:
         """No process took a direct message: ``recipient_offline`` once presence agrees.

@@ -2,12 +2,14 @@
 
 The socket (ws/websocket.py) handles frames and tells the session, its delegate, what happens;
 the session turns each message into a ``WSMessageV3`` for the node, answers what the node
-refuses, and holds the message rate limit. A message whose routing must wait for Redis holds
-back the sender's next ones, so every answer and delivery keeps the order the client sent
-in. What is sent before the snapshot is held back here until it is out.
+refuses, and holds the message rate limit. Every answer to the client (an echo, an error, a
+heartbeat's reply) comes in the order of the messages it answers, after the copies of the
+client's earlier messages: its messages in flight and its answers wait in one queue, in the
+order sent. What is sent before the snapshot is held back here until it is out.
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -34,7 +36,8 @@ from .node import Node
 
 log = logging.getLogger(__name__)
 
-# Messages of one client being recorded at once; past this many, its next ones wait.
+# Messages of one client in flight and answers waiting for them, at once; past this many, its
+# next messages wait.
 MAX_IN_FLIGHT = 64
 
 
@@ -75,15 +78,15 @@ class ClientSession:
     """What the node knows as a connection (hub.Connection)."""
 
     __slots__ = (
-        "_answer_due",
+        "_answers",
         "_attached",
         "_broadcast_budget",
         "_bucket",
-        "_deferred",
         "_expires",
         "_expiry",
         "_held",
         "_held_bytes",
+        "_queue",
         "_record_budget",
         "_routing",
         "_stalled",
@@ -148,10 +151,12 @@ class ClientSession:
         self._record_budget: TokenBucket | None = None
         self._strikes = 0
         self._attached: asyncio.Task[None] | None = None
-        self._deferred: list[bytes] | None = None  # answers to this client that wait for those
+        # In the order sent: messages in flight (a future, and whether it gives an answer: a
+        # direct message's) and answers to this client that wait for them. Made on first use.
+        self._queue: collections.deque[bytes | tuple[asyncio.Future[Any], bool]] | None = None
+        self._answers = 0  # answers in the queue, and messages in it whose answer may come
         self._routing = False  # a routing task holds the next messages
-        self._answer_due = False  # a direct message in flight may still be refused: the next wait
-        self._stalled: WSMessageV3 | None = None  # for another shard: waits for those to land
+        self._stalled: WSMessageV3 | None = None  # waits for an answer to go out, or for another shard
 
     # The connection's life: attached to the node as the 101 goes out, detached when the socket is gone.
 
@@ -202,56 +207,64 @@ class ClientSession:
             message = decode(payload)
         except ProtocolError as problem:
             return self.refuse(problem)
+        self._dispatch(message)
+        return None
+
+    def _dispatch(self, message: WSMessageV3) -> None:
+        """Route a message now, or hold it (and what follows) until what it must come after is out.
+
+        A message that reaches its own sender (to its group, to everybody, to itself) waits for
+        the answers queued before it: its copy is a delivery, which would overtake them. On a
+        cluster, one for another shard waits for those in flight (bridge/order.py).
+        """
+        if self._answers and (message.target in ("group", "broadcast") or message.to_id == self.client_id):
+            self._stall(message)
+            return
         shard = self.router.shard_of(self, message)
         waiting = self.sender.turn(shard)
         if waiting is not None:
-            # Redis keeps the order of one shard's messages only: this one waits for those in flight.
-            self._stalled = message
-            self.socket.holding = True
+            self._stall(message)
             waiting.add_done_callback(self._unstall)
-            return None
+            return
         self._route(message, shard)
-        return None
 
-    def _unstall(self, _: asyncio.Future[None]) -> None:
-        """What was in flight has landed: route the message that waited for it, and read on."""
+    def _stall(self, message: WSMessageV3) -> None:
+        self._stalled = message
+        self.socket.holding = True
+
+    def _unstall(self, _: object = None) -> None:
+        """What a stalled message waited for is done: dispatch it again, and read on."""
         message, self._stalled = self._stalled, None
-        assert message is not None  # one message stalls at a time, reads held until it goes
-        self._route(message, self.router.shard_of(self, message))  # the cluster may have changed shape meanwhile
+        if message is None:  # a second reason to wake it, after the first did
+            return
+        self._dispatch(message)  # the cluster may have changed shape meanwhile
         self._read_on_unless_held()
 
     def _route(self, message: WSMessageV3, shard: int | None) -> None:
         try:
             rest = self.router.receive(self, message)
             if rest is not None:
-                self._finish(rest, shard, may_refuse=message.target == "direct")
+                self._finish(rest, shard, answers=message.target == "direct")
         except Exception as error:
             self._routing_failed(error)
 
     def _finish(
-        self, rest: Coroutine[Any, Any, None] | asyncio.Future[Any], shard: int | None, may_refuse: bool = False
+        self, rest: Coroutine[Any, Any, None] | asyncio.Future[Any], shard: int | None, answers: bool = False
     ) -> None:
         """Run what routing left to do, keeping the order of what this client is sent.
 
-        A future is a message in flight: being recorded, or a direct message whose receivers
-        are being counted. It passes the sender's gate (bridge/order.py): the next messages
-        need not wait for it, since Redis keeps the order of one shard's messages (one for
-        another shard of a cluster waits); only an answer to this client (``reply``) waits
-        until every message in flight has landed, and the messages after that answer wait with
-        it. A coroutine (a heartbeat's lease, a presence query) runs as a Task, the next
-        messages waiting for it. A direct message that may still be refused
-        (``recipient_offline``) holds the next messages too: answers to the sender come in the
-        order of its messages, so its error cannot come after the copy of a later message.
+        A future is a message in flight: being recorded, or a direct message whose answer
+        (``answers``: None, or the error that nobody took it) is being worked out. It passes the
+        sender's gate (bridge/order.py) and joins the queue: the next messages need not wait
+        for it, since Redis keeps the order of one shard's messages, but what answers them
+        does. A coroutine (a heartbeat's lease, a presence query) runs as a Task, the next
+        messages waiting for it.
         """
         if isinstance(rest, asyncio.Future):
             self.sender.track(rest, shard)
-            if may_refuse:
-                self._answer_due = self.socket.holding = True
-                rest.add_done_callback(self._settled)
-            else:
-                rest.add_done_callback(self._landed)
-            if self.sender.in_flight >= MAX_IN_FLIGHT:
-                self.socket.holding = True
+            self._enqueue((rest, answers))
+            self._answers += answers
+            rest.add_done_callback(self._landed)
             return
         self.socket.holding = self._routing = True
         self.node.spawn(self._finished(rest))
@@ -265,44 +278,50 @@ class ClientSession:
             self._routing = False
             self._read_on_unless_held()
 
-    def _settled(self, landed: asyncio.Future[Any]) -> None:
-        """A direct message in flight is settled: refused (the answer is queued) or not."""
-        self._answer_due = False
-        self._landed(landed)
+    def _enqueue(self, item: "bytes | tuple[asyncio.Future[Any], bool]") -> None:
+        if self._queue is None:
+            self._queue = collections.deque()
+        self._queue.append(item)
+        if len(self._queue) >= MAX_IN_FLIGHT:
+            self.socket.holding = True
 
     def _landed(self, _: asyncio.Future[Any]) -> None:
-        """A message in flight has landed (the sender's gate has counted it): once none is left,
-        the answers that waited for them go out."""
-        if not self.sender.in_flight:
-            deferred, self._deferred = self._deferred, None
-            for frame in deferred or ():
-                self.send(frame)
-        if self.socket.holding:
+        """A message in flight has landed: send what the queue holds up to the first still in flight."""
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if isinstance(head, bytes):
+                self._answers -= 1
+                self.send(head)
+            else:
+                landing, answers = head
+                if not landing.done():
+                    break
+                if answers:
+                    self._answers -= 1
+                    problem = landing.result()
+                    if problem is not None:  # nobody took the direct message: its answer's place is now
+                        self.send(self._error_frame(problem))
+            queue.popleft()
+        if self._stalled is not None and not self._answers:
+            self._unstall()
+        elif self.socket.holding:
             self._read_on_unless_held()
 
     def _read_on_unless_held(self) -> None:
-        """Read the next messages, unless a routing task, a refusal that may come, a deferred
-        answer or a full flight holds them."""
-        if (
-            self._routing
-            or self._answer_due
-            or self._deferred
-            or self._stalled
-            or self.sender.in_flight >= MAX_IN_FLIGHT
-        ):
+        """Read the next messages, unless a routing task, a stalled message or a full queue holds them."""
+        if self._routing or self._stalled or (self._queue is not None and len(self._queue) >= MAX_IN_FLIGHT):
             self.socket.holding = True
         else:
             self.socket.resume()
 
     def reply(self, frame: bytes) -> None:
         """Answer this client (an echo, an error, a heartbeat): after its messages in flight have landed."""
-        if not self.sender.in_flight:
+        if not self._queue:
             self.send(frame)
             return
-        if self._deferred is None:
-            self._deferred = []
-        self._deferred.append(frame)
-        self.socket.holding = True  # what the client sends after this waits for it
+        self._enqueue(frame)
+        self._answers += 1
 
     def take_broadcast(self, now: float) -> bool:
         if self._broadcast_budget is None:
@@ -421,11 +440,15 @@ class ClientSession:
         self.socket.keepalive()
 
     def refuse(self, problem: ProtocolError) -> None:
+        """Answer the client's message with an error frame; the connection stays open."""
+        self.reply(self._error_frame(problem))
+
+    def _error_frame(self, problem: ProtocolError) -> bytes:
         log.debug(
             "%s/%s: %s: %s", self.group_id, self.client_id, problem.code, problem.msg, extra={"conn": self.lease_key}
         )
         self.node.metrics.errors.inc(problem.code)
-        self.reply(self.router.error_frame(self, problem))
+        return self.router.error_frame(self, problem)
 
     # What the protocol reports
 
