@@ -72,39 +72,27 @@ class SocketDelegate(Protocol):
 
 
 class Flusher:
-    """Writes every connection's queued frames in one pass, as often as the load allows.
+    """Writes every connection's queued frames in one pass, at the next loop iteration.
 
-    A pass runs at the next loop iteration, unless the last one began less than twice its own
-    length ago: then it waits until then. The length of a pass measures the load. Under a light
-    one (an echo, a chat) passes are short and frames leave at once. A fan-out queues a frame on
-    each receiver and its passes are long, so the frames that meet on a socket meanwhile leave
-    in one write: the system call per frame is what a fan-out costs most (see bench/RESULTS.md).
-    Throughput grows with load, and no frame waits for a fixed interval.
+    Whatever one iteration reads and routes is queued first, then written: the frames that meet
+    on a socket meanwhile leave in one write, which is what a fan-out costs most (a system
+    call per frame). The pass comes at once after: a client waiting for its answer is not kept
+    waiting while the process has nothing else to do (bench/RESULTS.md, "The flusher without a
+    rest").
     """
 
     def __init__(self) -> None:
         self._dirty: list[WebSocketProtocol] = []
-        self._next = 0.0
 
     def mark(self, conn: "WebSocketProtocol") -> None:
         if not self._dirty:
-            loop = asyncio.get_running_loop()
-            wait = self._next - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self._flush)
-            else:
-                loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         self._dirty.append(conn)
 
     def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.write_queued()
-        # Rest as long as the pass took: meanwhile messages are read and routed, and the frames
-        # they bring meet on their sockets for the next pass.
-        self._next = start + 2 * (loop.time() - start)
 
 
 class WebSocketProtocol(asyncio.Protocol):
