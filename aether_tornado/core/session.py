@@ -90,6 +90,7 @@ class ClientSession:
         "_record_budget",
         "_routing",
         "_stalled",
+        "_stalled_on_answers",
         "_strikes",
         "client_id",
         "group_id",
@@ -156,7 +157,8 @@ class ClientSession:
         self._queue: collections.deque[bytes | tuple[asyncio.Future[Any], bool]] | None = None
         self._answers = 0  # answers in the queue, and messages in it whose answer may come
         self._routing = False  # a routing task holds the next messages
-        self._stalled: WSMessageV3 | None = None  # waits for an answer to go out, or for another shard
+        self._stalled: WSMessageV3 | None = None  # waits for the answers queued, or for another shard
+        self._stalled_on_answers = False
 
     # The connection's life: attached to the node as the 101 goes out, detached when the socket is gone.
 
@@ -218,25 +220,24 @@ class ClientSession:
         cluster, one for another shard waits for those in flight (bridge/order.py).
         """
         if self._answers and (message.target in ("group", "broadcast") or message.to_id == self.client_id):
-            self._stall(message)
+            self._stall(message, on_answers=True)  # _landed dispatches it once they are out
             return
         shard = self.router.shard_of(self, message)
         waiting = self.sender.turn(shard)
         if waiting is not None:
-            self._stall(message)
+            self._stall(message, on_answers=False)
             waiting.add_done_callback(self._unstall)
             return
         self._route(message, shard)
 
-    def _stall(self, message: WSMessageV3) -> None:
-        self._stalled = message
+    def _stall(self, message: WSMessageV3, on_answers: bool) -> None:
+        self._stalled, self._stalled_on_answers = message, on_answers
         self.socket.holding = True
 
     def _unstall(self, _: object = None) -> None:
         """What a stalled message waited for is done: dispatch it again, and read on."""
         message, self._stalled = self._stalled, None
-        if message is None:  # a second reason to wake it, after the first did
-            return
+        assert message is not None  # one message stalls at a time, for one reason, reads held until it goes
         self._dispatch(message)  # the cluster may have changed shape meanwhile
         self._read_on_unless_held()
 
@@ -303,7 +304,7 @@ class ClientSession:
                     if problem is not None:  # nobody took the direct message: its answer's place is now
                         self.send(self._error_frame(problem))
             queue.popleft()
-        if self._stalled is not None and not self._answers:
+        if self._stalled is not None and self._stalled_on_answers and not self._answers:
             self._unstall()
         elif self.socket.holding:
             self._read_on_unless_held()
