@@ -149,7 +149,7 @@ class Router:
         return None if channel is None else self.bridge.shard_of(channel)
 
     def _answer_unreached(
-        self, to_id: str, answered: "asyncio.Future[ProtocolError | None]", receivers: asyncio.Future[int]
+        self, to_id: str, answered: asyncio.Future[ProtocolError | None], receivers: asyncio.Future[int]
     ) -> None:
         """Once the other processes' count is in: no answer, unavailable, or (after presence) an answer."""
         if receivers.exception() is None and receivers.result():
@@ -159,7 +159,7 @@ class Router:
         else:
             self.spawn(self._answer_nobody_took(to_id, answered))
 
-    async def _answer_nobody_took(self, to_id: str, answered: "asyncio.Future[ProtocolError | None]") -> None:
+    async def _answer_nobody_took(self, to_id: str, answered: asyncio.Future[ProtocolError | None]) -> None:
         problem = None
         try:
             problem = await self.nobody_took(to_id)

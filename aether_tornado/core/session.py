@@ -279,7 +279,7 @@ class ClientSession:
             self._routing = False
             self._read_on_unless_held()
 
-    def _enqueue(self, item: "bytes | tuple[asyncio.Future[Any], bool]") -> None:
+    def _enqueue(self, item: bytes | tuple[asyncio.Future[Any], bool]) -> None:
         if self._queue is None:
             self._queue = collections.deque()
         self._queue.append(item)
