@@ -34,6 +34,7 @@ from .web.accept import Acceptor
 from .web.api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Groups, Health, Metrics, Processes, Publish
 from .web.handlers import NotFound
 from .web.handshake import Handshakes, KeptAlive
+from .web.headers import log_answer
 from .ws.websocket import Flusher
 
 log = logging.getLogger(__name__)
@@ -106,18 +107,9 @@ def _presence_client(url: str, cluster: bool) -> Redis | RedisCluster:
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """Upgrades and successes at debug (one line per connection), refusals at info, failures at warning."""
-    status = handler.get_status()
-    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
     request = handler.request
-    log.log(
-        level,
-        "%d %s %s (%s) %.1f ms",
-        status,
-        request.method,
-        request.path,  # not the query: it may hold a client's token
-        request.remote_ip,
-        1000 * request.request_time(),
+    log_answer(
+        handler.get_status(), request.method or "", request.path, request.remote_ip or "", 1000 * request.request_time()
     )
 
 

@@ -2,8 +2,7 @@
 
 import orjson
 
-from ..v3.errors import NOT_FOUND
-from .headers import SecureHandler
+from .headers import SecureHandler, not_found
 
 
 class NotFound(SecureHandler):
@@ -14,4 +13,4 @@ class NotFound(SecureHandler):
         if not self._finished:
             self.set_status(404)
             self.set_header("Content-Type", "application/json")
-            self.finish(orjson.dumps({"code": NOT_FOUND, "field": None, "msg": f"No route for {self.request.path}."}))
+            self.finish(orjson.dumps(not_found(self.request.path)))

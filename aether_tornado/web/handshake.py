@@ -25,7 +25,6 @@ import tornado.web
 from tornado.escape import parse_qs_bytes, url_unescape
 from tornado.netutil import is_valid_ip
 
-from ..config import host_name
 from ..core.node import Node
 from ..core.session import ClientSession, Handshake
 from ..v3.channels import STREAMS, Position
@@ -33,8 +32,6 @@ from ..v3.errors import (
     FORBIDDEN_ORIGIN,
     INVALID_ID,
     INVALID_POSITION,
-    MISDIRECTED,
-    NOT_FOUND,
     NOT_WEBSOCKET,
     OVER_CAPACITY,
     UNAUTHORIZED,
@@ -44,7 +41,7 @@ from ..v3.schema import VisionId
 from ..ws.upgrade import Head, Refusal, UpgradeReader, handshake_response, upgrade_problem
 from ..ws.websocket import Flusher, Limits, WebSocketProtocol
 from .auth import AuthError, verify_token
-from .headers import DEFAULT_HEADERS
+from .headers import DEFAULT_HEADERS, log_answer, misdirected, not_found
 from .tornado_internals import take_socket
 
 log = logging.getLogger(__name__)
@@ -112,13 +109,12 @@ class Handshakes:
 
     def admit(self, head: Head) -> Admitted | Refusal:
         """Check a handshake, in the protocol's order."""
-        host = host_name(head.headers.get("Host", ""))
-        if host not in self._hosts and "*" not in self._hosts:
-            msg = f"This server does not answer for host {host[:100]!r}; see allowed_hosts."
-            return _refusal(421, {"code": MISDIRECTED, "field": None, "msg": msg, "errors": []})
+        wrong_host = misdirected(head.headers.get("Host", ""), self._hosts)
+        if wrong_host is not None:
+            return _refusal(421, wrong_host)
         match = _PATH.fullmatch(head.path)
         if match is None:
-            return _refusal(404, {"code": NOT_FOUND, "field": None, "msg": f"No route for {head.path}."})
+            return _refusal(404, not_found(head.path))
         group_id, client_id = (_path_argument(value) for value in match.groups())
         query = parse_qs_bytes(head.query, keep_blank_values=True)
         for field, value in (("group_id", group_id), ("client_id", client_id)):
@@ -202,11 +198,9 @@ class KeptAlive(tornado.web.RequestHandler):
 
 
 def _log_refusal(head: Head, refusal: Refusal) -> None:
-    """As Tornado logs a request it answered (app.py): refusals at info, failures at warning."""
-    level = logging.INFO if refusal.status < 500 else logging.WARNING
+    """As Tornado's answers are logged (app.py)."""
     elapsed = 1000 * (asyncio.get_running_loop().time() - head.started)
-    # The path, not the query: it may hold a client's token.
-    log.log(level, "%d %s %s (%s) %.1f ms", refusal.status, head.method, head.path, _remote_ip(head), elapsed)
+    log_answer(refusal.status, head.method, head.path, _remote_ip(head), elapsed)
 
 
 def _remote_ip(head: Head) -> str:

@@ -11,13 +11,17 @@ and connect only here.
 import base64
 import functools
 import hashlib
+import logging
 import re
+from typing import Any
 
 import orjson
 import tornado.web
 
 from ..config import host_name
-from ..v3.errors import MISDIRECTED
+from ..v3.errors import MISDIRECTED, NOT_FOUND
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -39,14 +43,34 @@ class SecureHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         """Answer 421 to a request for a host this server does not answer for (``allowed_hosts``)."""
-        hosts: frozenset[str] = self.application.settings["answered_hosts"]
-        host = host_name(self.request.headers.get("Host", ""))
-        if host in hosts or "*" in hosts:
-            return
-        self.set_status(421)
-        self.set_header("Content-Type", "application/json")
-        msg = f"This server does not answer for host {host[:100]!r}; see allowed_hosts."
-        self.finish(orjson.dumps({"code": MISDIRECTED, "field": None, "msg": msg, "errors": []}))
+        refusal = misdirected(self.request.headers.get("Host", ""), self.application.settings["answered_hosts"])
+        if refusal is not None:
+            self.set_status(421)
+            self.set_header("Content-Type", "application/json")
+            self.finish(orjson.dumps(refusal))
+
+
+def misdirected(host_header: str, hosts: frozenset[str]) -> dict[str, Any] | None:
+    """The body of the 421 for a request to a host the server does not answer for; None if it answers."""
+    host = host_name(host_header)
+    if host in hosts or "*" in hosts:
+        return None
+    msg = f"This server does not answer for host {host[:100]!r}; see allowed_hosts."
+    return {"code": MISDIRECTED, "field": None, "msg": msg, "errors": []}
+
+
+def not_found(path: str) -> dict[str, Any]:
+    """The body of the 404 for a path that no route takes."""
+    return {"code": NOT_FOUND, "field": None, "msg": f"No route for {path}."}
+
+
+def log_answer(status: int, method: str, path: str, remote_ip: str, milliseconds: float) -> None:
+    """One line per HTTP answer: successes and upgrades at debug, refusals at info, failures at warning.
+
+    The path, never the query: it may hold a client's token.
+    """
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+    log.log(level, "%d %s %s (%s) %.1f ms", status, method, path, remote_ip, milliseconds)
 
 
 @functools.cache
