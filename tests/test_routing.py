@@ -214,6 +214,29 @@ async def test_a_sender_gets_its_own_messages_and_the_answers_to_them_in_the_ord
     assert received == expected
 
 
+async def test_a_direct_message_whose_answer_is_pending_does_not_hold_the_next_ones(start_server, monkeypatch):
+    """Deciding recipient_offline waits for presence; the sender's next direct message goes meanwhile."""
+    server = await start_server()
+    alice, bob = await room(partial(ws_url, server), "g_held", "c_alice", "c_bob")
+    asked, decided = asyncio.Event(), asyncio.Event()
+    nobody_took = server.node.router.nobody_took
+
+    async def slow_presence(to_id):
+        asked.set()
+        await decided.wait()
+        return await nobody_took(to_id)
+
+    monkeypatch.setattr(server.node.router, "nobody_took", slow_presence)
+    await alice.send(msg_type="msg", target="direct", to_id="c_ghost", msg="anyone?")
+    await asyncio.wait_for(asked.wait(), 5)
+    await alice.send(msg_type="msg", target="direct", to_id="c_bob", msg="then bob")
+    await alice.send(msg_type="msg", target="echo", msg="then me")
+    assert (await bob.recv())["msg"] == "then bob"  # while the first one's answer is still pending
+    decided.set()
+    assert errors_of(await alice.recv())[0] == "recipient_offline"
+    assert (await alice.recv())["msg"] == "then me"
+
+
 async def test_pipelined_direct_messages_and_their_answers_keep_the_order_sent(url):
     """Direct messages are not held one by one for their answer; every answer still comes in
     the order of the messages, and a copy of a later message comes after them."""
