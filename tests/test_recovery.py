@@ -366,6 +366,19 @@ async def test_memory_history_forgets_a_stream_nobody_used_for_its_keep_time():
     assert fresh.missed is None and fresh.top.epoch != position.epoch and fresh.top.offset == 0
 
 
+async def test_memory_history_does_not_recover_what_aged_out_of_its_ring():
+    now = [1000.0]
+    history = MemoryHistory(size=3, seconds=10, keep_seconds=60, present=lambda client_id: False, clock=lambda: now[0])
+    appended = []
+    for text in (b'{"n":1}', b'{"n":2}'):
+        history.append("group:g", text, appended.append)
+    first = appended[0].position
+    now[0] += 11
+    await history.keep(["group:g"])  # the window passed: both messages are dropped from the ring
+    (aged,) = await history.recover([("group:g", first)], 99)
+    assert aged.missed is None  # the second one was missed and is gone: not "nothing missed"
+
+
 class Newcomer(asyncio.Protocol):
     """A client that asks to recover with no position yet; the instant its 101 arrives, the
     sender speaks to the group."""

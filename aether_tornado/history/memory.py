@@ -77,9 +77,9 @@ class MemoryHistory:
         top = Position(ring.epoch, ring.top)
         if since is None or since.epoch != ring.epoch or since.offset > ring.top:
             return Probe(top, now, None)
-        missed = self._missed(ring, ring.top - since.offset)
-        if not missed:
+        if since.offset == ring.top:
             return Probe(top, now, 0)
+        missed = self._missed(ring, ring.top - since.offset)
         if len(missed) < ring.top - since.offset or missed[0].time < now - self._seconds:
             return Probe(top, now, None)  # trimmed, or too old
         return Probe(top, now, sum(len(entry.payload) for entry in missed))
