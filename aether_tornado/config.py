@@ -154,6 +154,13 @@ class Settings:
     api_key: str | None = _setting(
         None, "key (16 characters or more) backends send as 'Authorization: Bearer KEY' on /v3/ HTTP routes", _api_key
     )
+    api_read_key: str | None = _setting(
+        None,
+        "key (16 characters or more) for the /v3/ routes that only read (the operator's page, groups, "
+        "processes, presence, history, watching a group); publishing, disconnecting and removing history "
+        "need api_key",
+        _api_key,
+    )
     api_open: bool = _setting(
         False, "serve the /v3/ HTTP API without a key on a non-loopback address (without it, that refuses to start)"
     )
@@ -260,7 +267,7 @@ class Settings:
 
 # Secrets may also come from a file (--api-key-file) or a systemd credential of the same name
 # (LoadCredential=api_key:/etc/...), so that they never stand in a command line or environment.
-SECRETS = ("api_key", "jwt_secret", "recovery_secret")
+SECRETS = ("api_key", "api_read_key", "jwt_secret", "recovery_secret")
 
 
 def _check_together(settings: "Settings") -> None:
@@ -271,6 +278,10 @@ def _check_together(settings: "Settings") -> None:
             f"listening on {settings.host!r} without an API key would open the backend API (POST /v3/publish) "
             "to everyone: set --api-key or --api-key-file, or --api-open true if that is meant"
         )
+    if settings.api_read_key is not None and settings.api_key is None:
+        raise SettingsError("api_read_key needs api_key: without api_key every /v3/ route is open, writing included")
+    if settings.api_read_key is not None and settings.api_read_key == settings.api_key:
+        raise SettingsError("api_read_key must differ from api_key, or reading would allow writing")
     if settings.record_byte_burst < settings.max_message_bytes:
         raise SettingsError("record_byte_burst must be at least max_message_bytes, or the largest messages never pass")
     if not settings.allowed_hosts and not is_loopback(settings.host):
@@ -307,7 +318,7 @@ def _read_secret(path: str, source: str) -> str:
 
 
 def _secrets_from_files(values: dict[str, Any], args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """Fill api_key and jwt_secret from --NAME-file, AETHER_NAME_FILE or a systemd credential NAME."""
+    """Fill the secrets from --NAME-file, AETHER_NAME_FILE or a systemd credential NAME."""
     for name in SECRETS:
         flagged, file_env = getattr(args, name + "_file"), _env_name(name) + "_FILE"
         path, source = (flagged, _flag(name) + "-file") if flagged else (environ.get(file_env), file_env)

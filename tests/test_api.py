@@ -91,6 +91,42 @@ async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_ser
     assert (await http(server, "GET", "/metrics"))[0] == 200
 
 
+async def test_the_read_only_key_reads_everything_and_changes_nothing(start_server):
+    full, read = {"Authorization": "Bearer s3cret-of-16-chars"}, {"Authorization": "Bearer r3ad-only-of-16-chars"}
+    server = await start_server(api_key=full["Authorization"][7:], api_read_key=read["Authorization"][7:])
+    bob = await member(server, "g_ro", "c_bob")
+    await bob.send(msg_type="msg", target="group", msg="kept")
+    await bob.recv_where(msg="kept")
+    for route in ("/v3/groups/g_ro/presence", "/v3/groups", "/v3/processes"):
+        assert (await http(server, "GET", route, **read))[0] == 200, route
+    status, body = await http(server, "GET", "/v3/groups/g_ro/history", **read)
+    assert status == 200 and [message["msg"] for message in body["messages"]] == ["kept"]
+    message = {"msg_type": "msg", "target": "group", "group_id": "g_ro", "msg": "not with this key"}
+    for method, route, body in (
+        ("POST", "/v3/publish", message),
+        ("POST", "/v3/clients/c_bob/disconnect", {}),
+        ("DELETE", "/v3/groups/g_ro/history", None),
+    ):
+        status, answer = await http(server, method, route, body, **read)
+        assert status == 403 and answer["code"] == "forbidden" and "full API key" in answer["msg"], route
+    assert len((await http(server, "GET", "/v3/groups/g_ro/history", **read))[1]["messages"]) == 1
+    assert (await http(server, "DELETE", "/v3/groups/g_ro/history", **full)) == (
+        200,
+        {"status": "removed", "group_id": "g_ro"},
+    )
+    assert (await http(server, "GET", "/v3/groups/g_ro/history", **read))[1]["messages"] == []
+    assert (await http(server, "POST", "/v3/publish", message, **full))[0] == 202
+    assert (await bob.recv_where(msg="not with this key"))["from_id"] is None
+
+
+async def test_removing_history_is_refused_with_history_off_or_a_bad_id(start_server):
+    server = await start_server(history_size=0)
+    status, body = await http(server, "DELETE", "/v3/groups/g_off/history")
+    assert status == 404 and body["code"] == "history_off"
+    status, body = await http(server, "DELETE", "/v3/groups/123/history")
+    assert status == 400 and body["code"] == "invalid_id"
+
+
 async def test_a_payload_too_deep_to_encode_is_a_400_not_a_500(server):
     deep = b'{"a":' * 300 + b"{}" + b"}" * 300
     status, body = await http(

@@ -344,6 +344,33 @@ async def test_messages_a_backend_published_are_recovered_too(servers):
     assert await away.messages_until("to all") == ["to the group", "to you", "to all"]
 
 
+async def test_removed_history_is_not_recovered_and_what_follows_is_numbered_on(servers):
+    first, second = await servers()
+    away, current = Recovering("g_rm", "c_away"), Recovering("g_rm", "c_current")
+    await away.connect(first)
+    await current.connect(second)
+    talker = await sender(second, "g_rm", "c_talk")
+    away.drop()
+    await talker.send(msg_type="msg", target="group", msg="removed")
+    await own_copy(talker, "removed")
+    assert await current.messages_until("removed") == ["removed"]
+    port = int(second("g", "c").split(":")[2].split("/")[0])
+    url = f"http://127.0.0.1:{port}/v3/groups/g_rm/history"
+    removed = await AsyncHTTPClient().fetch(url, method="DELETE", request_timeout=scaled(5))
+    assert orjson.loads(removed.body) == {"status": "removed", "group_id": "g_rm"}
+    assert orjson.loads((await AsyncHTTPClient().fetch(url)).body)["messages"] == []
+    recovery = await away.connect(first)  # it missed a message that is gone
+    assert recovery["streams"]["group"]["recovered"] is False and recovery["recovered"] is False
+    assert current.client is not None
+    current.client.close()
+    recovery = await current.connect(first)  # it missed nothing: the counter was kept
+    assert recovery["streams"]["group"]["recovered"] is True
+    before = int(current.positions["group"].split(":")[1])
+    await talker.send(msg_type="msg", target="group", msg="after")
+    assert await current.messages_until("after") == ["after"]
+    assert int(current.positions["group"].split(":")[1]) == before + 1
+
+
 async def test_memory_history_forgets_a_stream_nobody_used_for_its_keep_time():
     now = [1000.0]
     history = MemoryHistory(size=3, seconds=10, keep_seconds=60, present=lambda client_id: False, clock=lambda: now[0])

@@ -106,3 +106,14 @@ def test_an_allowed_origin_that_could_never_match_is_refused(origin):
 def test_origins_are_kept_as_browsers_send_them():
     settings = load_settings(["--allowed-origins", "https://App.Example/,http://localhost:3000, *"], {})
     assert settings.allowed_origins == ("https://app.example", "http://localhost:3000", "*")
+
+
+def test_a_read_only_key_needs_the_full_key_and_must_differ_from_it():
+    with pytest.raises(SettingsError, match="api_read_key needs api_key"):
+        load_settings(["--api-read-key", "r" * 16], {})
+    with pytest.raises(SettingsError, match="must differ"):
+        load_settings(["--api-key", KEY, "--api-read-key", KEY], {})
+    with pytest.raises(SettingsError, match="api_read_key must be at least 16 characters"):
+        load_settings(["--api-key", KEY, "--api-read-key", "short"], {})
+    settings = load_settings(["--api-key", KEY], {"AETHER_API_READ_KEY": "r" * 16})
+    assert settings.api_read_key == "r" * 16

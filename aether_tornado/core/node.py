@@ -203,6 +203,13 @@ class Node:
             return None
         return await self.history.latest(group_channel(group_id), limit, max_bytes, before)
 
+    async def remove_group_history(self, group_id: str) -> None:
+        """Drop a group's recorded messages (DELETE /v3/groups/{id}/history); nothing with history
+        off. Raises BridgeDown while Redis cannot be reached."""
+        if self.history is not None:
+            await self.history.remove(group_channel(group_id))
+            log.info("history of group %s removed by an operator", group_id)
+
     async def processes(self) -> list[dict[str, Any]]:
         """Every process that is up, as it last announced itself (this one as it is now), by node_id."""
         found = {self.node_id: self.announcement()}

@@ -129,6 +129,11 @@ class History(Protocol):
         """Up to ``limit`` of a stream's last messages within the window, before ``before`` if
         given, of at most ``max_bytes`` together (one message always)."""
 
+    async def remove(self, stream: Channel) -> None:
+        """Drop a stream's messages and keep its counter: what follows is numbered on, so a client
+        that missed nothing still recovers, and one that missed a removed message is told it did
+        not. Raises BridgeDown when the store is known to be unreachable."""
+
     async def keep(self, streams: Iterable[Channel]) -> None:
         """Keep these streams' counters while connections use them, published to or not."""
 

@@ -107,6 +107,11 @@ class MemoryHistory:
             taken.append(entry)
         return Page(_positioned(ring, taken), False)
 
+    async def remove(self, stream: Channel) -> None:
+        ring = self._live(stream, self._clock())
+        if ring is not None:
+            ring.entries.clear()
+
     async def keep(self, streams: Iterable[Channel]) -> None:
         """Keep these streams; forget those nobody published to or kept for ``keep_seconds``, and old messages."""
         now = self._clock()

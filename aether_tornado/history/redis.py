@@ -221,6 +221,9 @@ class RedisHistory:
         epoch, more, entries = reply[0].decode(), reply[1], [_entry(entry) for entry in reversed(reply[2])]
         return Page([(Position(epoch, entry.offset), entry.payload) for entry in entries], bool(more))
 
+    async def remove(self, stream: Channel) -> None:
+        await self._reply(self._redis.call(stream, b"DEL", self._keys(stream)[0]))
+
     async def keep(self, streams: Iterable[Channel]) -> None:
         for stream in streams:
             self._redis.command(stream, b"PEXPIRE", self._keys(stream)[1], self._keep_ttl)

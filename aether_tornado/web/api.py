@@ -11,6 +11,7 @@ from ..bridge import BridgeDown
 from ..core.node import Node
 from ..v3.channels import Position
 from ..v3.errors import (
+    FORBIDDEN,
     HISTORY_OFF,
     INVALID_ID,
     INVALID_JSON,
@@ -37,7 +38,7 @@ DISCONNECT_CODE, DISCONNECT_REASON = 4001, "disconnected by the server"
 # A close frame's reason is at most 123 bytes of UTF-8.
 MAX_REASON_BYTES = 123
 # An API error's HTTP status, by protocol error code; any other code is a 400.
-STATUS_OF = {RECIPIENT_OFFLINE: 404, UNAVAILABLE: 503, UNAUTHORIZED: 401}
+STATUS_OF = {RECIPIENT_OFFLINE: 404, UNAVAILABLE: 503, UNAUTHORIZED: 401, FORBIDDEN: 403}
 
 
 class JSONHandler(SecureHandler):
@@ -57,16 +58,27 @@ class JSONHandler(SecureHandler):
 
 
 class BackendHandler(JSONHandler):
-    """A ``/v3/`` route for backends: needs ``Authorization: Bearer <api key>`` when one is set."""
+    """A ``/v3/`` route for backends: needs ``Authorization: Bearer <api key>`` when one is set.
+
+    The read-only key (``api_read_key``) opens what only reads (GET); what changes something
+    (POST, DELETE) needs the full key.
+    """
 
     def prepare(self) -> None:
         super().prepare()
-        key = self.node.settings.api_key
-        if key is None or self._finished:
+        settings = self.node.settings
+        if settings.api_key is None or self._finished:
             return
-        given = self.request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        access = key_access(settings.api_key, settings.api_read_key, self.request.headers.get("Authorization", ""))
+        if access is None:
             self.fail(ProtocolError(UNAUTHORIZED, "A valid 'Authorization: Bearer <api key>' header is required."))
+        elif access == "read" and self.request.method not in ("GET", "HEAD"):
+            self.fail(
+                ProtocolError(
+                    FORBIDDEN,
+                    "This key only reads: publishing, disconnecting and removing history need the full API key.",
+                )
+            )
 
     def json_refused(self) -> bool:
         """Answer 415 unless the body is JSON: a page on another site can POST text/plain without
@@ -79,6 +91,17 @@ class BackendHandler(JSONHandler):
                   "errors": []}
         )  # fmt: skip
         return True
+
+
+def key_access(api_key: str, read_key: str | None, authorization: str) -> str | None:
+    """``full`` for the API key, ``read`` for the read-only key, None for anything else;
+    each compared in constant time."""
+    given = authorization.encode()
+    if hmac.compare_digest(given, f"Bearer {api_key}".encode()):
+        return "full"
+    if read_key is not None and hmac.compare_digest(given, f"Bearer {read_key}".encode()):
+        return "read"
+    return None
 
 
 class Publish(BackendHandler):
@@ -196,19 +219,13 @@ class GroupHistory(BackendHandler):
     Each message is as a recovering client gets it, with its ``position``. ``limit`` defaults
     to 100 and may be up to ``history_size``; a page holds at most HISTORY_PAGE_BYTES of
     messages, and ``more`` says whether older ones are left: ask again with ``before`` set to
-    the first message's position.
+    the first message's position. ``DELETE`` removes the group's recorded messages.
     """
 
     async def get(self, group_id: str) -> None:
-        why = id_problem(group_id)
-        if why is not None:
-            problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
-            return self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
+        if not self._history_of(group_id):
+            return None
         size = self.node.settings.history_size
-        if not size:
-            return self.reply(
-                404, {"code": HISTORY_OFF, "msg": "History is turned off (history_size 0).", "errors": []}
-            )
         text = self.get_query_argument("limit", str(min(DEFAULT_LIMIT, size)))
         if not (text.isascii() and text.isdigit() and 1 <= int(text) <= size):
             required = f"required to be a whole number from 1 to {size}"
@@ -233,6 +250,27 @@ class GroupHistory(BackendHandler):
         self.set_header("Content-Type", "application/json")
         more = b"true" if page.more else b"false"
         self.finish(b'{"group_id":%s,"messages":[%s],"more":%s}' % (orjson.dumps(group_id), messages, more))
+
+    async def delete(self, group_id: str) -> None:
+        if not self._history_of(group_id):
+            return None
+        try:
+            await self.node.remove_group_history(group_id)
+        except BridgeDown:
+            return self.fail(ProtocolError(UNAVAILABLE, "Redis cannot be reached now; retry later."))
+        self.reply(200, {"status": "removed", "group_id": group_id})
+
+    def _history_of(self, group_id: str) -> bool:
+        """Whether ``group_id`` names a group whose history may be kept; if not, say why."""
+        why = id_problem(group_id)
+        if why is not None:
+            problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
+            self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
+            return False
+        if not self.node.settings.history_size:
+            self.reply(404, {"code": HISTORY_OFF, "msg": "History is turned off (history_size 0).", "errors": []})
+            return False
+        return True
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         return value.decode("utf-8", "replace")
