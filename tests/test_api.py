@@ -4,7 +4,7 @@ import asyncio
 
 import orjson
 import pytest
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
 from .conftest import ws_url
 from .httpapi import fetch_with, http
@@ -258,7 +258,7 @@ async def test_disconnect_closes_every_connection_of_a_client_with_the_code_and_
     await watcher.recv_where(event="join", client_id="c_kick")
     order = {"code": 4003, "reason": "kicked by ops"}
     status, body = await http(server, "POST", "/v3/clients/c_kick/disconnect", order)
-    assert (status, body) == (202, {"status": "accepted", "client_id": "c_kick", **order})
+    assert (status, body) == (202, {"status": "accepted", "client_id": "c_kick", **order, "ban_seconds": 0})
     for tab in tabs:
         assert await tab.closed() == (4003, "kicked by ops")
     leave = await watcher.recv_where(event="leave", client_id="c_kick")
@@ -272,6 +272,57 @@ async def test_a_disconnect_without_a_code_closes_with_4001(server):
     tab = await Client.joined(ws_url(server, "g_ops", "c_default"))
     assert (await http(server, "POST", "/v3/clients/c_default/disconnect", {}))[0] == 202
     assert await tab.closed() == (4001, "disconnected by the server")
+
+
+async def handshake_refusal(server, group_id: str, client_id: str) -> HTTPResponse:
+    """The answer to a WebSocket handshake the server must refuse."""
+    with pytest.raises(HTTPClientError) as refused:
+        await Client.connect(ws_url(server, group_id, client_id))
+    assert refused.value.response is not None
+    return refused.value.response
+
+
+async def test_a_ban_closes_for_good_and_refuses_the_client_s_handshakes_until_it_ends(server):
+    watcher = await member(server, "g_ban", "c_watch")
+    tab = await member(server, "g_ban", "c_banned")
+    await watcher.recv_where(event="join", client_id="c_banned")
+    status, body = await http(server, "POST", "/v3/clients/c_banned/disconnect", {"ban_seconds": 1})
+    assert (status, body) == (
+        202,
+        {"status": "accepted", "client_id": "c_banned", "code": 4403, "reason": "banned by the server",
+         "ban_seconds": 1},
+    )  # fmt: skip
+    assert await tab.closed() == (4403, "banned by the server")
+    assert (await watcher.recv_where(event="leave", client_id="c_banned"))["payload"]["reason"] == "closed"
+    refused = await handshake_refusal(server, "g_other", "c_banned")
+    assert refused.code == 403 and refused.headers["Retry-After"] == "1"
+    answer = orjson.loads(refused.body)
+    assert answer["code"] == "banned" and "c_banned is banned" in answer["msg"]
+    await Client.joined(ws_url(server, "g_ban", "c_other"))  # nobody else is
+    await asyncio.sleep(1.1)  # the ban's end is what is tested
+    await Client.joined(ws_url(server, "g_ban", "c_banned"))
+
+
+async def test_a_client_with_no_connection_can_be_banned_ahead(server):
+    order = {"ban_seconds": 60, "code": 4499, "reason": "spam"}
+    assert (await http(server, "POST", "/v3/clients/c_later/disconnect", order))[0] == 202
+    refused = await handshake_refusal(server, "g_x", "c_later")
+    assert refused.code == 403 and orjson.loads(refused.body)["code"] == "banned"
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"ban_seconds": -1}, ["ban_seconds"]),
+        ({"ban_seconds": 1.5}, ["ban_seconds"]),
+        ({"ban_seconds": "60"}, ["ban_seconds"]),
+        ({"ban_seconds": 30 * 24 * 3600 + 1}, ["ban_seconds"]),
+        ({"ban_seconds": 60, "code": 4001}, ["code"]),  # a ban must close with a code clients keep out on
+    ],
+)
+async def test_a_bad_ban_is_a_400_naming_the_problem(server, body, fields):
+    status, answer = await http(server, "POST", "/v3/clients/c_x/disconnect", body)
+    assert status == 400 and [problem["field"] for problem in answer["errors"]] == fields
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from aether_tornado.client import AetherClient, QueueFull, Refused
+from aether_tornado.client import AetherClient, Disconnected, QueueFull, Refused
 from aether_tornado.history import redis as history_redis
 from aether_tornado.v3.schema import WSMessageV3, encode, utc_timestamp
 
+from .httpapi import http
 from .processes import ServerProcess, free_port
 from .timing import scaled, until
 from .wsclient import Client
@@ -69,6 +70,34 @@ async def test_a_refused_token_stops_the_client(start_server):
         await client.wait_open()
     assert caught.value.code == "unauthorized"
     await client.close()
+
+
+@pytest.mark.parametrize("code", [4400, 4403, 4499])
+async def test_a_final_close_code_stops_the_client_and_a_ban_refuses_it(server, code):
+    client = AetherClient(base(server), "g_py", "c_final", backoff_initial=0.01)
+    async with client:
+        order = {"code": code, "reason": "go away"} | ({"ban_seconds": 60} if code == 4403 else {})
+        assert (await http(server, "POST", "/v3/clients/c_final/disconnect", order))[0] == 202
+        with pytest.raises(Disconnected) as caught:
+            while True:
+                await client.recv(5)
+        assert (caught.value.close_code, caught.value.reason) == (code, "go away")
+        assert client.state == "closed"
+    assert await http(server, "GET", "/v3/groups/g_py/presence") == (200, {"group_id": "g_py", "clients": []})
+    if code == 4403:
+        with pytest.raises(Refused) as refused:
+            async with AetherClient(base(server), "g_py", "c_final"):
+                pass
+        assert refused.value.code == "banned"
+
+
+async def test_a_close_code_under_4400_is_not_final(server):
+    async with AetherClient(base(server), "g_py", "c_back", backoff_initial=0.01) as client:
+        assert (await client.recv(5))["payload"]["event"] == "snapshot"
+        assert (await http(server, "POST", "/v3/clients/c_back/disconnect", {"code": 4399}))[0] == 202
+        while (await client.recv(5))["payload"]["event"] != "snapshot":  # the next connection's
+            pass
+        assert client.state == "open"
 
 
 async def test_it_reconnects_after_a_restart_and_sends_what_was_queued():

@@ -9,7 +9,7 @@ import orjson
 import redis
 import redis.asyncio
 from redis.crc import key_slot
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from aether_tornado.app import PRESENCE_CONNECTIONS
 from aether_tornado.presence.redis import BUCKETS
@@ -216,6 +216,28 @@ async def test_a_disconnect_reaches_the_client_on_any_process(start_bridged_proc
     assert response.code == 202
     for tab in tabs:  # the one on this process, and the one on the other
         assert await tab.closed() == (4100, "maintenance")
+
+
+async def test_a_ban_holds_on_every_process_and_on_one_started_after_it(start_bridged_process):
+    first, second = await start_bridged_process(), await start_bridged_process()
+    tab = await Client.joined(second.url("g_ban", "c_banned"))
+    response = await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{first.port}/v3/clients/c_banned/disconnect",
+        method="POST",
+        body=orjson.dumps({"ban_seconds": 600}),
+        headers={"Content-Type": "application/json"},
+        request_timeout=scaled(5),
+    )
+    assert response.code == 202
+    assert await tab.closed() == (4403, "banned by the server")
+    third = await start_bridged_process()
+    for process in (first, second, third):
+        try:
+            await Client.connect(process.url("g_ban", "c_banned"))
+        except HTTPClientError as refused:
+            assert refused.code == 403 and orjson.loads(refused.response.body)["code"] == "banned"
+        else:
+            raise AssertionError(f"a banned client connected to {process.port}")
 
 
 async def test_an_order_on_the_control_channel_that_is_not_understood_is_logged_and_ignored(

@@ -7,7 +7,8 @@
 
 It reconnects with capped exponential backoff and full jitter, stops for good when the
 server refuses the handshake for a reason a retry cannot fix (a bad ID, a bad token, a
-forbidden origin), sends a heartbeat every 30 s, keeps the presence roster, and queues
+forbidden origin, a ban) or closes the connection with a final code (4400 to 4499, an
+operator's ban among them: ``Disconnected``), sends a heartbeat every 30 s, keeps the presence roster, and queues
 messages while reconnecting, up to a bound.
 
 It recovers what it missed while away (``recover=True``, the default): it keeps the
@@ -42,11 +43,13 @@ from ..v3.ids import id_problem
 log = logging.getLogger(__name__)
 
 # Handshake refusals that no retry can fix.
-FINAL_REFUSALS = {"invalid_id", "unauthorized", "forbidden_origin"}
+FINAL_REFUSALS = {"invalid_id", "unauthorized", "forbidden_origin", "banned"}
 # The stream a recorded message belongs to, by its target.
 STREAM_OF_TARGET = {"group": "group", "direct": "client", "broadcast": "broadcast"}
 # The server closes a connection with this code when its token expires.
 TOKEN_EXPIRED = 3000
+# Close codes that mean "do not come back" (an operator's ban among them): the client stops.
+FINAL_CLOSE_CODES = range(4400, 4500)
 
 
 class Refused(Exception):
@@ -56,6 +59,15 @@ class Refused(Exception):
         super().__init__(f"{code}: {msg}")
         self.code = code
         self.msg = msg
+
+
+class Disconnected(Refused):
+    """The server closed the connection with a final close code (4400 to 4499): no retry."""
+
+    def __init__(self, close_code: int, reason: str) -> None:
+        super().__init__("disconnected", f"closed for good by the server: {close_code} {reason}".rstrip())
+        self.close_code = close_code
+        self.reason = reason
 
 
 class QueueFull(Exception):
@@ -240,6 +252,12 @@ class AetherClient:
                 else:
                     opened = time.monotonic()
                     await self._serve(self._conn)
+                    if (code := self._conn.close_code) in FINAL_CLOSE_CODES:
+                        assert code is not None  # a range holds no None
+                        self.state = "closed"
+                        ended = Disconnected(code, self._conn.close_reason or "")
+                        self._deliver(ended)
+                        raise ended
                     self.state = "reconnecting"
                     if self._conn.close_code == TOKEN_EXPIRED and self._token_provider is not None:
                         self._token_wanted, attempt = True, 0  # a fresh token, and back at once

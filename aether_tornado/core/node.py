@@ -26,6 +26,7 @@ from ..history import History, Page, Recovery
 from ..history.proof import Proofs
 from ..metrics import Metrics
 from ..presence import Lease, Presence
+from ..presence.bans import MAX_BANS, Bans, TooManyBans
 from ..v3 import messages
 from ..v3.channels import (
     BROADCAST_CHANNEL,
@@ -38,9 +39,11 @@ from ..v3.channels import (
     streams_of,
 )
 from ..v3.errors import (
+    OVER_CAPACITY,
     REASON_IDLE,
     REASON_SHUTDOWN,
     RECIPIENT_OFFLINE,
+    UNAVAILABLE,
     ProtocolError,
 )
 from ..v3.schema import utc_timestamp
@@ -89,6 +92,7 @@ class Node:
         self._restored_at: float | None = None
         secret = settings.recovery_secret
         self.proofs = Proofs(None if secret is None else secret.encode())
+        self.bans = Bans()  # every handshake checks them: an operator's bans, held here too
         # WebSockets this process holds or is opening: what the connection limit counts.
         self.sockets = 0
         self.started_at = utc_timestamp()
@@ -344,19 +348,33 @@ class Node:
             self._detached.set()
         log.debug("closed %s/%s", conn.group_id, conn.client_id, extra=_log_fields(conn))
 
-    async def disconnect(self, client_id: str, code: int, reason: str) -> None:
-        """Close every connection of ``client_id`` on every process (POST /v3/clients/{id}/disconnect).
+    async def disconnect(self, client_id: str, code: int, reason: str, ban_seconds: float = 0) -> None:
+        """Close every connection of ``client_id`` on every process (POST /v3/clients/{id}/disconnect),
+        and with ``ban_seconds`` refuse its handshakes on every process for that long.
 
-        Raises ProtocolError ``recipient_offline`` when it has none anywhere. The client may
-        connect again: to keep it out, stop issuing it tokens.
+        Raises ProtocolError: ``recipient_offline`` when, without a ban, it has no connection
+        anywhere; ``unavailable`` when a ban cannot reach the other processes (Redis is away),
+        or ``over_capacity`` when MAX_BANS are in force: no ban is then taken.
         """
         local = list(self.hub.client(client_id))
-        if not local and not await self.presence.present_anywhere(client_id):
+        until = None
+        if ban_seconds:
+            until = time.time() + ban_seconds
+            if not self.bans.has_room(client_id):
+                raise ProtocolError(OVER_CAPACITY, f"No more bans can be taken: {MAX_BANS} are in force.")
+            try:
+                await self.presence.ban(client_id, until)
+                self.bans.add(client_id, until)
+            except ConnectionError:
+                raise ProtocolError(
+                    UNAVAILABLE, "Redis cannot be reached now, so a ban would hold on one process only; retry later."
+                ) from None
+        elif not local and not await self.presence.present_anywhere(client_id):
             problem = [{"field": "client_id", "problem": "has no open connection"}]
             raise ProtocolError(RECIPIENT_OFFLINE, f"{client_id} has no open connection.", problem)
         for conn in local:
             conn.close(code, reason)
-        order = orjson.dumps({"disconnect": client_id, "code": code, "reason": reason})
+        order = orjson.dumps({"disconnect": client_id, "code": code, "reason": reason, "until": until})
         with contextlib.suppress(BridgeDown):  # at most once, as any message across an outage
             await self.bridge.publish(CONTROL_CHANNEL, order)
 
@@ -364,13 +382,21 @@ class Node:
         """An order another process published on the control channel."""
         try:
             order = orjson.loads(payload)
-            client_id, code, reason = order["disconnect"], order["code"], order["reason"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            client_id, code, reason, until = order["disconnect"], order["code"], order["reason"], order.get("until")
+            if until is not None:
+                self.bans.add(client_id, float(until))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, TooManyBans):
             log.warning("an order on the control channel was not understood: %r", payload[:200])
             return
         for conn in list(self.hub.client(client_id)):
             conn.close(code, reason)
         log.info("disconnected %s on an operator's order (%d %s)", client_id, code, reason)
+
+    async def _load_bans(self) -> None:
+        """Take the bans in force from the store: those ordered while this process was away."""
+        for client_id, until in await self.presence.bans(MAX_BANS):
+            with contextlib.suppress(TooManyBans):
+                self.bans.add(client_id, until)
 
     def _on_bridge_message(
         self, channel: Channel, payload: bytes, published_at: float, position: Position | None, own: bool
@@ -411,6 +437,7 @@ class Node:
             self.proofs.secret = await self.history.share_secret(self.proofs.secret)
         if not clean_start or self.presence.down:
             await self.presence.resync()
+        await self._load_bans()
         await self._announce()
         if clean_start:
             return

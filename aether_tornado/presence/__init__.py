@@ -1,5 +1,5 @@
-"""Presence: which client_ids hold at least one open connection in a group, and which
-processes are up (each announces itself, for the operator's view).
+"""Presence: which client_ids hold at least one open connection in a group, which processes
+are up (each announces itself, for the operator's view), and which clients are banned.
 
 Each open connection holds a lease, keyed by ``Lease.key``, refreshed while it is open.
 Guarantee: ``join`` says ``first`` exactly once per presence span (the client's first
@@ -60,6 +60,13 @@ class Presence(Protocol):
 
     async def processes(self) -> list[bytes]:
         """The announcements of the processes that are up, in no particular order."""
+
+    async def ban(self, client_id: str, until: float) -> None:
+        """Keep, for every process, that ``client_id`` is banned until ``until`` (seconds since the
+        epoch). Raises ConnectionError while the shared store is away."""
+
+    async def bans(self, most: int) -> list[tuple[str, float]]:
+        """Up to ``most`` bans in force, each (client_id, until); none while the store is away."""
 
     @property
     def down(self) -> bool:

@@ -17,6 +17,7 @@ class MemoryPresence:
         self._groups_of: dict[str, int] = {}
         # node_id -> (announcement, when it runs out): this process's own
         self._announced: dict[str, tuple[bytes, float]] = {}
+        self._banned: dict[str, float] = {}  # client_id -> until, seconds since the epoch
 
     async def join(self, lease: Lease) -> Joined:
         first = self._put(lease, self._clock() + self._lease_seconds)
@@ -75,6 +76,14 @@ class MemoryPresence:
     async def processes(self) -> list[bytes]:
         now = self._clock()
         return [announcement for announcement, until in self._announced.values() if until > now]
+
+    async def ban(self, client_id: str, until: float) -> None:
+        self._banned[client_id] = max(until, self._banned.get(client_id, 0.0))
+
+    async def bans(self, most: int) -> list[tuple[str, float]]:
+        now = time.time()
+        self._banned = {client_id: until for client_id, until in self._banned.items() if until > now}
+        return list(self._banned.items())[:most]
 
     down = False  # nothing is shared, so nothing can be away
     backlog = 0

@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 from ..redis.link import Link
 from . import Joined, Lease
+from .bans import MAX_BAN_SECONDS
 from .batch import IterationBatch
 from .memory import MemoryPresence
 
@@ -221,6 +222,33 @@ class RedisPresence:
                 self._lost(error)
         return await self._local.processes()
 
+    async def ban(self, client_id: str, until: float) -> None:
+        if self.down:
+            raise ConnectionError("Redis is unreachable: a ban could not reach the other processes")
+        pipeline = self._redis.pipeline(transaction=False)
+        pipeline.zremrangebyscore(self._bans_key(), "-inf", _now_ms())
+        pipeline.zadd(self._bans_key(), {client_id: int(until * 1000)}, gt=True)  # a longer ban stays
+        pipeline.pexpire(self._bans_key(), int(MAX_BAN_SECONDS * 1000))  # past every ban in it
+        try:
+            await self._bounded(pipeline.execute)
+        except (RedisError, OSError) as error:
+            self._lost(error)
+            raise ConnectionError(f"a ban could not be kept in Redis: {error}") from error
+
+    async def bans(self, most: int) -> list[tuple[str, float]]:
+        if self.down:
+            return []
+        try:
+            found = await self._bounded(
+                functools.partial(
+                    self._redis.zrangebyscore, self._bans_key(), _now_ms(), "+inf", 0, most, withscores=True
+                )
+            )
+        except (RedisError, OSError) as error:
+            self._lost(error)
+            return []
+        return [(client_id.decode(), until / 1000) for client_id, until in cast(list[tuple[bytes, float]], found)]
+
     async def resync(self) -> None:
         """After an outage: drop leases that ended meanwhile, put back this process's open ones.
 
@@ -397,6 +425,10 @@ class RedisPresence:
     def _process_keys(self) -> list[str]:
         """The processes' announcements and their expiries: one slot, so one shard, for all."""
         return [f"{self._prefix}{{processes}}:announced", f"{self._prefix}{{processes}}:until"]
+
+    def _bans_key(self) -> str:
+        """Banned client_ids scored by when each ban ends (ms since the epoch): one key, one shard."""
+        return f"{self._prefix}{{bans}}"
 
     def _groups_key(self, bucket: int) -> str:
         return f"{self._prefix}{{p{bucket}}}:groups"

@@ -61,6 +61,9 @@ export interface StateChange {
   code?: number;
   reason?: string;
   retryInMs?: number;
+  /** Set when the client stopped for good: a refusal no retry can fix, or a final close code
+   * (4400 to 4499, an operator's ban among them). */
+  final?: boolean;
 }
 
 export type Stream = "group" | "client" | "broadcast";

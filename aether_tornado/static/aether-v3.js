@@ -9,7 +9,8 @@
 //
 // It reconnects with capped exponential backoff and full jitter, stops when the server
 // refuses the handshake for a reason a retry cannot fix (a bad ID, a bad token, a
-// forbidden origin), sends a heartbeat every 30 s, keeps the presence roster from the
+// forbidden origin, a ban) or closes with a final code (4400 to 4499, an operator's ban
+// among them: the "error" event's code is "disconnected"), sends a heartbeat every 30 s, keeps the presence roster from the
 // snapshot and join/leave events, and queues messages while reconnecting, up to a bound.
 //
 // It recovers what it missed while away (recover: true, the default): it keeps the position
@@ -26,9 +27,11 @@
 
 const VISION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 // Handshake refusals that no retry can fix: the client stops and reports them.
-const FINAL_REFUSALS = new Set(["invalid_id", "unauthorized", "forbidden_origin"]);
+const FINAL_REFUSALS = new Set(["invalid_id", "unauthorized", "forbidden_origin", "banned"]);
 // The server closes a connection with this code when its token expires.
 const TOKEN_EXPIRED = 3000;
+// Close codes that mean "do not come back" (an operator's ban among them): the client stops.
+const FINAL_CLOSE = { from: 4400, to: 4499 };
 // The stream a recorded message belongs to, by its target.
 const STREAM_OF_TARGET = { group: "group", direct: "client", broadcast: "broadcast" };
 
@@ -179,6 +182,10 @@ export class AetherClient {
       const ended = { code: event.code, reason: event.reason };
       this.emit("close", ended);
       if (this.state === "closed") return;
+      if (event.code >= FINAL_CLOSE.from && event.code <= FINAL_CLOSE.to) {
+        this.stop({ code: "disconnected", msg: `closed for good by the server: ${event.code} ${event.reason}`.trim() }, ended);
+        return;
+      }
       if (event.code === TOKEN_EXPIRED && this.getToken) {
         this.tokenWanted = true; // a fresh token, and back at once: recovery fills the gap
         this.attempt = 0;
@@ -214,8 +221,8 @@ export class AetherClient {
     }
   }
 
-  stop(refusal) {
-    this.setState("closed", { reason: `${refusal.code}: ${refusal.msg}` });
+  stop(refusal, ended = {}) {
+    this.setState("closed", { ...ended, reason: `${refusal.code}: ${refusal.msg}`, final: true });
     this.queue.length = 0;
     this.clearRoster();
     this.emit("error", new AetherError(refusal.code, refusal.msg));

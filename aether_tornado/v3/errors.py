@@ -21,12 +21,16 @@ NOT_WEBSOCKET: Final = "not_websocket"
 INVALID_POSITION: Final = "invalid_position"
 HISTORY_OFF: Final = "history_off"
 INVALID_LIMIT: Final = "invalid_limit"
+BANNED: Final = "banned"
 # A request for a host the server does not answer for (allowed_hosts): HTTP 421.
 MISDIRECTED: Final = "misdirected_request"
 
 # The close codes of RFC 6455 are frames.CloseCode. The client's token expired (IANA's 3000,
 # "Unauthorized"): it gets a fresh one and reconnects at once.
 CLOSE_TOKEN_EXPIRED: Final = 3000
+# Application close codes the clients treat as final: they do not reconnect (a ban's among them).
+FINAL_CLOSE_CODES: Final = range(4400, 4500)
+CLOSE_BANNED: Final = 4403
 
 # The reasons sent with close codes (besides the socket's own, in ws/websocket.py).
 REASON_IDLE: Final = "idle timeout"
@@ -34,6 +38,7 @@ REASON_SHUTDOWN: Final = "server shutdown"
 REASON_RATE: Final = "rate limit exceeded"
 REASON_INTERNAL: Final = "internal error"
 REASON_TOKEN_EXPIRED: Final = "token expired"
+REASON_BANNED: Final = "banned by the server"
 
 
 class ProtocolError(Exception):

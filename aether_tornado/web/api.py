@@ -3,14 +3,17 @@
 import functools
 import hmac
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from ..bridge import BridgeDown
 from ..core.node import Node
+from ..presence.bans import MAX_BAN_SECONDS
 from ..v3.channels import Position
 from ..v3.errors import (
+    CLOSE_BANNED,
+    FINAL_CLOSE_CODES,
     FORBIDDEN,
     HISTORY_OFF,
     INVALID_ID,
@@ -18,6 +21,7 @@ from ..v3.errors import (
     INVALID_LIMIT,
     INVALID_MESSAGE,
     INVALID_POSITION,
+    REASON_BANNED,
     RECIPIENT_OFFLINE,
     UNAUTHORIZED,
     UNAVAILABLE,
@@ -120,25 +124,41 @@ class Publish(BackendHandler):
 class ClientDisconnect(BackendHandler):
     """``POST /v3/clients/{client_id}/disconnect``: close all its connections, on every process.
 
-    The body is a JSON object, ``{}`` or with ``code`` (4000 to 4999) and ``reason``.
+    The body is a JSON object, ``{}`` or with ``code`` (4000 to 4999), ``reason`` and
+    ``ban_seconds`` (its handshakes refused that long, everywhere; the code then a final one).
     """
 
     async def post(self, client_id: str) -> None:
         if self.json_refused():
             return None
         try:
-            code, reason = _disconnect_order(client_id, self.request.body)
-            await self.node.disconnect(client_id, code, reason)
+            order = _disconnect_order(client_id, self.request.body)
+            await self.node.disconnect(client_id, order.code, order.reason, order.ban_seconds)
         except ProtocolError as problem:
             return self.fail(problem)
-        self.reply(202, {"status": "accepted", "client_id": client_id, "code": code, "reason": reason})
+        self.reply(
+            202,
+            {
+                "status": "accepted",
+                "client_id": client_id,
+                "code": order.code,
+                "reason": order.reason,
+                "ban_seconds": order.ban_seconds,
+            },
+        )
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         return value.decode("utf-8", "replace")
 
 
-def _disconnect_order(client_id: str, body: bytes) -> tuple[int, str]:
-    """The close code and reason a disconnect asks for. Raises ProtocolError with every problem."""
+class DisconnectOrder(NamedTuple):
+    code: int
+    reason: str
+    ban_seconds: int
+
+
+def _disconnect_order(client_id: str, body: bytes) -> DisconnectOrder:
+    """What a disconnect asks for. Raises ProtocolError with every problem."""
     why = id_problem(client_id)
     if why is not None:
         problem = [{"field": "client_id", "problem": f"not a Vision ID: {why}"}]
@@ -149,16 +169,23 @@ def _disconnect_order(client_id: str, body: bytes) -> tuple[int, str]:
         raise ProtocolError(INVALID_JSON, "The body is not valid JSON.") from None
     if not isinstance(order, dict):
         raise ProtocolError(INVALID_JSON, "The body must be a JSON object.")
-    code, reason = order.pop("code", DISCONNECT_CODE), order.pop("reason", DISCONNECT_REASON)
+    ban_seconds = order.pop("ban_seconds", 0)
+    banning = type(ban_seconds) is int and ban_seconds > 0
+    code = order.pop("code", CLOSE_BANNED if banning else DISCONNECT_CODE)
+    reason = order.pop("reason", REASON_BANNED if banning else DISCONNECT_REASON)
     problems = [{"field": key, "problem": "unknown key"} for key in sorted(order)]
     if type(code) is not int or not 4000 <= code <= 4999:
         problems.append({"field": "code", "problem": "must be an integer from 4000 to 4999"})
+    elif banning and code not in FINAL_CLOSE_CODES:
+        problems.append({"field": "code", "problem": "must be from 4400 to 4499 with a ban, so clients do not retry"})
     if not isinstance(reason, str) or len(reason.encode()) > MAX_REASON_BYTES:
         problems.append({"field": "reason", "problem": f"must be a string of at most {MAX_REASON_BYTES} bytes"})
+    if type(ban_seconds) is not int or not 0 <= ban_seconds <= MAX_BAN_SECONDS:
+        problems.append({"field": "ban_seconds", "problem": f"must be a whole number from 0 to {MAX_BAN_SECONDS}"})
     if problems:
         text = "; ".join(f"{item['field']} {item['problem']}" for item in problems)
         raise ProtocolError(INVALID_MESSAGE, text, problems)
-    return code, reason
+    return DisconnectOrder(code, reason, ban_seconds)
 
 
 class Processes(BackendHandler):

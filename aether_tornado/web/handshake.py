@@ -3,9 +3,9 @@
 A connection whose first bytes are ``GET /v3/ws/`` never reaches Tornado (accept.py sends it
 here): its request head is read by a ws/upgrade.py reader and decided below, in the order and
 with the answers the protocol gives (docs/protocol.md, section 1): the host, the path and
-its IDs, the origin, the token, the recovery positions, the upgrade itself, then capacity.
-Every refusal is JSON, as the API's are, and logged as Tornado logs a request; an accepted
-socket becomes a ClientSession at once, on the transport it was accepted on.
+its IDs, the origin, the token, a ban, the recovery positions, the upgrade itself, then
+capacity. Every refusal is JSON, as the API's are, and logged as Tornado logs a request; an
+accepted socket becomes a ClientSession at once, on the transport it was accepted on.
 
 A handshake can also come on a connection Tornado already serves: a proxy such as nginx
 sends its next request on a connection it keeps alive. Tornado routes it to ``KeptAlive``,
@@ -15,6 +15,7 @@ which decides the same way, then takes the socket from Tornado.
 import asyncio
 import errno
 import logging
+import math
 import re
 import socket
 from typing import NamedTuple
@@ -29,6 +30,7 @@ from ..core.node import Node
 from ..core.session import ClientSession, Handshake
 from ..v3.channels import STREAMS, Position
 from ..v3.errors import (
+    BANNED,
     FORBIDDEN_ORIGIN,
     INVALID_ID,
     INVALID_POSITION,
@@ -131,6 +133,10 @@ class Handshakes:
             except AuthError as error:
                 return self.refuse(401, UNAUTHORIZED, str(error))
             may_broadcast, expires = grant.may_broadcast, grant.expires
+        if banned := self.node.bans.remaining(client_id):
+            seconds = math.ceil(banned)
+            msg = f"{client_id} is banned by an operator for {seconds} more seconds."
+            return self.refuse(403, BANNED, msg, headers=(("Retry-After", str(seconds)),))
         try:
             since = recover_positions(_query_argument(query, "recover"))
         except ValueError as error:
