@@ -24,9 +24,9 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-# What a log line may never show: a token in a query, a bearer credential, a URL's password
-# (the part between "user:" and "@"; a host's port is no secret).
-_SECRETS = re.compile(r"(?i)(token=|bearer\s+)[^&\s\"'@]+|(://[^:/@\s]*:)[^@\s/]+(?=@)")
+# What a log line may never show: a token or an API key in a query, a bearer credential, a
+# URL's password (the part between "user:" and "@"; a host's port is no secret).
+_SECRETS = re.compile(r"(?i)(token=|(?<![a-z])key=|bearer\s+)[^&\s\"'@]+|(://[^:/@\s]*:)[^@\s/]+(?=@)")
 
 
 class RedactSecrets(logging.Filter):

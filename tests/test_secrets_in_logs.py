@@ -36,12 +36,18 @@ async def test_tokens_and_keys_never_reach_the_log(redis_server):
         )
         assert (await with_header.recv())["payload"]["event"] == "snapshot"  # the header is enough
         with_header.close()
-        await server.logged("open g_log/c_other")  # logged after every line above
+        watch = f"{url}/v3/ws/watch/group/g_log?key={API_KEY}x"  # a wrong key, refused and logged
+        assert (await fetch(watch, raise_error=False)).code == 401
+        bad_watch = await fetch(f"{url}/v3/ws/watch/group/g_log/x?key={API_KEY}", raise_error=False)
+        assert bad_watch.code == 404
+        await server.logged("open g_log/c_other")
+        await server.logged("404 GET /v3/ws/watch/group/g_log/x ")  # logged after every line above
         log = "".join(server.log)
         assert "401 GET /v3/ws/group/g_log/client/c_log " in log
         assert "/v3/publish?token=*** " in log  # Tornado's own warning, masked
         assert f"serving ws://127.0.0.1:{server.port}/v3/ws/" in log  # a port is no password
         assert "redis://:***@127.0.0.1:" in log
+        assert "401 GET /v3/ws/watch/group/g_log " in log
         for secret in (token, token.split(".")[2], API_KEY, "w" * 20, "hunter2-password", SECRET):
             assert secret not in log
     finally:

@@ -38,6 +38,9 @@ class Connection(Protocol):
 
     group_id: VisionId
     client_id: VisionId
+    # An operator's watcher: it gets its group's traffic and presence, holds no lease, and is
+    # indexed by its group only, so no roster, direct message or disconnect order finds it.
+    watching: bool
     lease_key: str
     sender: Sender  # marks what it sends, for its order across a cluster's shards
     last_seen: float
@@ -113,7 +116,7 @@ class Hub:
         self._all.add(conn)
         return Added(
             _add(self._groups, conn.group_id, conn),
-            _add(self._clients, conn.client_id, conn),
+            not conn.watching and _add(self._clients, conn.client_id, conn),
         )
 
     def remove(self, conn: Connection) -> Removed:
@@ -122,7 +125,7 @@ class Hub:
         self._all.discard(conn)
         return Removed(
             _remove(self._groups, conn.group_id, conn),
-            _remove(self._clients, conn.client_id, conn),
+            not conn.watching and _remove(self._clients, conn.client_id, conn),
         )
 
     def group(self, group_id: str) -> Collection[Connection]:

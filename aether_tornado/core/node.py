@@ -261,6 +261,10 @@ class Node:
             # Recorded messages reach this process's connections through these subscriptions only.
             with contextlib.suppress(BridgeDown, TimeoutError):
                 await self.bridge.synced()
+        if conn.watching:  # no lease: it sees who is present, and nobody sees it
+            conn.release(frame_of(messages.snapshot(conn.group_id, await self.presence.members(conn.group_id))))
+            log.debug("watching %s", conn.group_id, extra=_log_fields(conn))
+            return
         # The snapshot is who was present once the lease was taken: every change after that
         # reaches the connection as an event, held back until the snapshot is out.
         joined = await self.presence.join(lease_of(conn))
@@ -342,7 +346,7 @@ class Node:
                 await self.bridge.unsubscribe(group_channel(conn.group_id))
             if removed.last_of_client:
                 await self.bridge.unsubscribe(client_channel(conn.client_id))
-            if await self.presence.leave(lease_of(conn)):
+            if not conn.watching and await self.presence.leave(lease_of(conn)):
                 self.router.to_group(conn.group_id, messages.left(conn.group_id, conn.client_id, "closed"))
         finally:
             self._detached.set()
@@ -451,7 +455,7 @@ class Node:
             self.metrics.deliveries.inc(amount=self.hub.deliver(self.hub.group(group_id), frame))
 
     def _leases(self) -> list[Lease]:
-        return [lease_of(conn) for conn in self.hub.all()]
+        return [lease_of(conn) for conn in self.hub.all() if not conn.watching]
 
     # Housekeeping.
 

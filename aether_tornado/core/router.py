@@ -110,6 +110,8 @@ class Router:
         message. For a direct message it is a future of its answer: the ProtocolError to send
         back once it is known that nobody took it, or None.
         """
+        if conn.watching:
+            return self._answer_watcher(conn, message)
         _check_identity(conn, message)
         if message.target == "broadcast":
             self._check_broadcast(conn)
@@ -193,6 +195,17 @@ class Router:
             RECIPIENT_OFFLINE,
             f"{to_id} has no open connection.",
             [{"field": "to_id", "problem": "has no open connection"}],
+        )
+
+    def _answer_watcher(self, conn: Connection, message: WSMessageV3) -> Rest:
+        """A watcher may keep its connection alive and ask who is present; it sends nothing on."""
+        if message.msg_type == "heartbeat":
+            self._send_one(conn, messages.heartbeat_reply(conn.group_id, message))  # no lease to extend
+            return None
+        if message.msg_type == "presence":
+            return self._answer_presence(conn)
+        raise ProtocolError(
+            FORBIDDEN, "A watcher only watches: it may send heartbeats and presence queries, nothing to others."
         )
 
     async def _answer_heartbeat(self, conn: Connection, message: WSMessageV3) -> None:

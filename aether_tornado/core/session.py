@@ -56,6 +56,7 @@ class Handshake(NamedTuple):
     since: tuple[Position | None, ...] | None = None
     proof: str | None = None
     expires: float | None = None
+    watching: bool = False  # an operator's watcher (hub.Connection.watching)
 
 
 def socket_limits(settings: Settings) -> Limits:
@@ -106,6 +107,7 @@ class ClientSession:
         "settings",
         "since",
         "socket",
+        "watching",
     )
 
     # Queue one ready-made frame; never blocks, never raises (hub.Connection.send). Until the
@@ -137,6 +139,7 @@ class ClientSession:
             handshake.client_id,
             handshake.may_broadcast,
         )
+        self.watching = handshake.watching
         self.since: Sequence[Position | None] | None = handshake.since
         self.proof = handshake.proof
         self._expires = handshake.expires

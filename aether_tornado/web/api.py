@@ -1,7 +1,6 @@
 """The HTTP side: the backend API (docs/protocol.md, "The HTTP API"), health, metrics and the index page."""
 
 import functools
-import hmac
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +28,7 @@ from ..v3.errors import (
 )
 from ..v3.ids import id_problem, is_id_prefix
 from ..v3.schema import decode
+from .auth import key_access
 from .headers import SecureHandler, page_policy
 
 # Messages GET /v3/groups/{id}/history returns without a limit, and groups GET /v3/groups.
@@ -73,7 +73,9 @@ class BackendHandler(JSONHandler):
         settings = self.node.settings
         if settings.api_key is None or self._finished:
             return
-        access = key_access(settings.api_key, settings.api_read_key, self.request.headers.get("Authorization", ""))
+        authorization = self.request.headers.get("Authorization", "")
+        bearer, _, presented = authorization.partition(" ")
+        access = key_access(settings.api_key, settings.api_read_key, presented if bearer == "Bearer" else "")
         if access is None:
             self.fail(ProtocolError(UNAUTHORIZED, "A valid 'Authorization: Bearer <api key>' header is required."))
         elif access == "read" and self.request.method not in ("GET", "HEAD"):
@@ -95,17 +97,6 @@ class BackendHandler(JSONHandler):
                   "errors": []}
         )  # fmt: skip
         return True
-
-
-def key_access(api_key: str, read_key: str | None, authorization: str) -> str | None:
-    """``full`` for the API key, ``read`` for the read-only key, None for anything else;
-    each compared in constant time."""
-    given = authorization.encode()
-    if hmac.compare_digest(given, f"Bearer {api_key}".encode()):
-        return "full"
-    if read_key is not None and hmac.compare_digest(given, f"Bearer {read_key}".encode()):
-        return "read"
-    return None
 
 
 class Publish(BackendHandler):

@@ -42,7 +42,7 @@ from ..v3.ids import id_problem
 from ..v3.schema import VisionId
 from ..ws.upgrade import Head, Refusal, UpgradeReader, handshake_response, upgrade_problem
 from ..ws.websocket import Flusher, Limits, WebSocketProtocol
-from .auth import AuthError, verify_token
+from .auth import AuthError, key_access, verify_token
 from .headers import DEFAULT_HEADERS, log_answer, misdirected, not_found
 from .tornado_internals import take_socket
 
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 # What a connection's first bytes are when it is a V3 handshake.
 PREFIX = b"GET /v3/ws/"
 _PATH = re.compile(r"/v3/ws/group/([^/]+)/client/([^/]+)")
+# An operator's watcher of a group (hub.Connection.watching), and the client_id its logs show.
+_WATCH_PATH = re.compile(r"/v3/ws/watch/group/([^/]+)")
+WATCHER = "operator"
 # Control characters in a query argument become spaces, as Tornado's get_query_argument does.
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f]")
 _SECURE_HEADERS = tuple(DEFAULT_HEADERS.items())
@@ -114,10 +117,13 @@ class Handshakes:
         wrong_host = misdirected(head.headers.get("Host", ""), self._hosts)
         if wrong_host is not None:
             return _refusal(421, wrong_host)
-        match = _PATH.fullmatch(head.path)
-        if match is None:
+        watching = False
+        if (match := _PATH.fullmatch(head.path)) is not None:
+            group_id, client_id = (_path_argument(value) for value in match.groups())
+        elif (match := _WATCH_PATH.fullmatch(head.path)) is not None:
+            group_id, client_id, watching = _path_argument(match[1]), WATCHER, True
+        else:
             return _refusal(404, not_found(head.path))
-        group_id, client_id = (_path_argument(value) for value in match.groups())
         query = parse_qs_bytes(head.query, keep_blank_values=True)
         for field, value in (("group_id", group_id), ("client_id", client_id)):
             why = id_problem(value)
@@ -126,6 +132,8 @@ class Handshakes:
         origin = head.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin, head):
             return self.refuse(403, FORBIDDEN_ORIGIN, f"Origin {origin} is not allowed to connect.")
+        if watching:
+            return self._admit_watcher(head, query, VisionId(group_id))
         may_broadcast, expires = True, None
         if self.settings.jwt_secret is not None:
             try:
@@ -141,16 +149,30 @@ class Handshakes:
             since = recover_positions(_query_argument(query, "recover"))
         except ValueError as error:
             return self.refuse(400, INVALID_POSITION, f"recover: {error}", "recover")
+        proof = _query_argument(query, "proof") if since is not None else None
+        handshake = Handshake(VisionId(group_id), VisionId(client_id), may_broadcast, since, proof, expires)
+        return self._upgrade(head, handshake)
+
+    def _admit_watcher(self, head: Head, query: dict[str, list[bytes]], group_id: VisionId) -> Admitted | Refusal:
+        """An operator's watcher: its API key (or the read-only key) instead of a token."""
+        api_key = self.settings.api_key
+        if (
+            api_key is not None
+            and key_access(api_key, self.settings.api_read_key, _query_argument(query, "key") or "") is None
+        ):
+            return self.refuse(401, UNAUTHORIZED, "Watching a group needs the API key (or the read-only key) as ?key=.")
+        return self._upgrade(head, Handshake(group_id, VisionId(WATCHER), False, watching=True))
+
+    def _upgrade(self, head: Head, handshake: Handshake) -> Admitted | Refusal:
+        """The last checks, common to clients and watchers: the upgrade itself, then capacity."""
         problem = upgrade_problem(head.headers)
         if problem is not None:
             status, msg = problem
             version = (("Sec-WebSocket-Version", "13"),) if status == 426 else ()
             return self.refuse(status, NOT_WEBSOCKET, msg, headers=version)
         if self.node.sockets >= self.settings.max_connections:
-            log.warning("refused %s/%s: at the connection limit", group_id, client_id)
+            log.warning("refused %s/%s: at the connection limit", handshake.group_id, handshake.client_id)
             return self.refuse(503, OVER_CAPACITY, _OVER_CAPACITY)
-        proof = _query_argument(query, "proof") if since is not None else None
-        handshake = Handshake(VisionId(group_id), VisionId(client_id), may_broadcast, since, proof, expires)
         return Admitted(handshake, head.headers["Sec-WebSocket-Key"])
 
     def refuse(
