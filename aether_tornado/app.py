@@ -121,6 +121,7 @@ def make_app(node: Node, handshakes: Handshakes) -> tornado.web.Application:
             # Only a handshake on a connection kept alive by a proxy: the others never reach Tornado.
             (r"/v3/ws/.*", KeptAlive, {"handshakes": handshakes}),
             (r"/", Asset, {"name": "index"}),
+            (r"/favicon\.ico", Asset, {"name": "favicon"}),
             (r"/v3/client/(aether-v3\.js|aether-v3\.d\.ts)", Asset, {"allowed_origins": settings.allowed_origins}),
             *console,
             (r"/v3/operator", Asset, {"name": "operator"}),

@@ -9,6 +9,7 @@ import pytest
 from aether_tornado.v3.schema import WSMessageV3, encode, utc_timestamp
 
 from .conftest import CHROMIUM_MISSING, evaluate, ws_url
+from .httpapi import http
 from .processes import free_port
 from .timing import scaled
 from .wsclient import Client
@@ -236,3 +237,91 @@ async def test_the_browser_client_renews_its_token_with_get_token_and_misses_not
     assert 3000 in await evaluate(page, "() => closes")  # the server closed it at expiry
     assert len(issued) >= 2
     await page.close()
+
+
+async def test_the_browser_client_retries_at_once_when_asked(page, server):
+    """A backoff that would last for days: ``retryNow`` connects at once instead."""
+    await evaluate(
+        page,
+        """async () => {
+          const { AetherClient } = await import("/v3/client/aether-v3.js");
+          const days = { backoffInitialMs: 1e9, backoffMaxMs: 1e9 };
+          window.client = new AetherClient({ groupId: "g_now", clientId: "c_now", ...days });
+          window.states = [];
+          client.on("state", (state, why) => states.push([state, why.attempt ?? null]));
+          await new Promise((resolve) => { client.on("open", resolve); client.connect(); });
+        }""",
+    )
+    assert (await http(server, "POST", "/v3/clients/c_now/disconnect", {"code": 4001}))[0] == 202
+    states = await evaluate(
+        page,
+        """async () => {
+          while (client.state !== "reconnecting") await new Promise((resolve) => setTimeout(resolve, 10));
+          const opened = new Promise((resolve) => client.on("open", resolve));
+          client.retryNow();
+          await opened;
+          return states;
+        }""",
+    )
+    assert states == [["connecting", None], ["open", None], ["reconnecting", 1], ["open", None]]
+
+
+async def test_the_browser_client_stops_on_a_final_close_and_on_a_ban(page, server):
+    await evaluate(
+        page,
+        """async () => {
+          const { AetherClient } = await import("/v3/client/aether-v3.js");
+          window.client = new AetherClient({ groupId: "g_ban", clientId: "c_ban", backoffInitialMs: 10 });
+          window.ended = new Promise((resolve) => client.on("error", (error) => resolve(error.code)));
+          window.stopped = new Promise((resolve) => {
+            client.on("state", (state, why) => state === "closed" && resolve(why));
+          });
+          await new Promise((resolve) => { client.on("open", resolve); client.connect(); });
+        }""",
+    )
+    order = {"ban_seconds": 60, "reason": "spam"}
+    assert (await http(server, "POST", "/v3/clients/c_ban/disconnect", order))[0] == 202
+    code, why, later = await evaluate(
+        page,
+        """async () => {
+          const code = await ended;
+          const why = await stopped;
+          await new Promise((resolve) => setTimeout(resolve, 300));  // no reconnect in the meantime
+          return [code, why, client.state];
+        }""",
+    )
+    assert (code, later) == ("disconnected", "closed")
+    assert why["final"] is True and why["code"] == 4403 and "4403 spam" in why["reason"]
+    assert server.node.connection_count == 0
+    refused = await evaluate(
+        page,
+        """async () => {
+          const { AetherClient } = await import("/v3/client/aether-v3.js");
+          const again = new AetherClient({ groupId: "g_ban", clientId: "c_ban" });
+          const error = new Promise((resolve) => again.on("error", (e) => resolve(e.code)));
+          again.connect();
+          return [await error, again.state];
+        }""",
+    )
+    assert refused == ["banned", "closed"]
+
+
+async def test_the_browser_client_watches_a_group_without_joining_it(page, server):
+    member = await Client.joined(ws_url(server, "g_watched", "c_member"))
+    await member.recv_where(event="join", client_id="c_member")
+    seen = await evaluate(
+        page,
+        """async () => {
+          const { AetherClient } = await import("/v3/client/aether-v3.js");
+          window.watcher = new AetherClient({ groupId: "g_watched", watch: true });
+          window.said = new Promise((resolve) => watcher.on("msg", (message) => resolve(message.msg)));
+          const roster = new Promise((resolve) => watcher.on("roster", resolve));
+          watcher.connect();
+          return [await roster, watcher.endpoint];
+        }""",
+    )
+    assert seen == [["c_member"], f"ws://127.0.0.1:{server.port}/v3/ws/watch/group/g_watched"]
+    await member.send(msg_type="msg", target="group", msg="watched")
+    assert await evaluate(page, "() => said") == "watched"
+    await member.recv_where(msg="watched")
+    await member.nothing_within(0.2)  # no join of the watcher

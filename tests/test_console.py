@@ -1,6 +1,7 @@
 """The console page and the browser client in a real Chromium, driven by Playwright."""
 
 import asyncio
+import re
 import subprocess
 from pathlib import Path
 
@@ -39,7 +40,8 @@ async def roster(page) -> list[str]:
 
 async def send(page, target: str, msg: str, to_id: str = "") -> None:
     await page.select_option("#target", target)
-    await page.fill("#to_id", to_id)
+    if target == "direct":
+        await page.fill("#to_id", to_id)
     await page.fill("#msg", msg)
     await page.click("#send-button")
 
@@ -66,7 +68,13 @@ async def test_two_consoles_see_each_other_talk_and_reconnect_by_themselves(brow
         server.kill()
         await alice.wait_for_selector("#state:text('reconnecting')")
         # Why, and when the next try comes: a killed server closes without a close frame (1006).
-        await alice.wait_for_selector("#log .error:has-text('reconnecting: close code 1006, next try in')")
+        await alice.wait_for_selector("#log .error:has-text('reconnecting: close code 1006, attempt 1, next try in')")
+        # The banner says so at every moment, with a countdown and a way to try at once.
+        banner = alice.locator("#banner")
+        await expect(banner).to_have_class(re.compile("problem"))
+        countdown = re.compile(r"reconnecting, attempt \d+, (next try in \d+\.\d s|trying now)")
+        await expect(banner).to_contain_text(countdown)
+        await expect(alice.locator("#retry-now")).to_be_visible()
         await bob.wait_for_selector("#state:text('reconnecting')")
         await send(bob, "group", "typed while away")
         await bob.wait_for_selector("#log div:has-text('queued until connected')")  # not "sent"
@@ -75,7 +83,7 @@ async def test_two_consoles_see_each_other_talk_and_reconnect_by_themselves(brow
             await page.wait_for_selector("#state:text('open')", timeout=scaled(30) * 1000)
             await expect(page.locator("#roster li")).to_have_count(2, timeout=scaled(10) * 1000)
         # Sent once bob is back (alice may be back later, and this server kept no history).
-        await bob.wait_for_selector("#log div:has-text('\"from_id\":\"c_bob\"'):has-text('typed while away')")
+        await bob.wait_for_selector("#log div.rtt:has-text('you → g_browser'):has-text('typed while away')")
         await send(bob, "group", "after the restart")
         await alice.wait_for_selector("#log div:has-text('after the restart')")
     finally:
@@ -158,13 +166,26 @@ async def test_the_console_shows_what_it_recovered_after_a_lost_connection(brows
 async def test_the_console_form_guides_heartbeats_and_does_not_reconnect_an_open_connection(browser, server):
     page = await open_console(browser, server.port, "c_form")
     await expect(page.locator("#connect-button")).to_be_disabled()  # Connect again would drop this one
+    # What does not apply to a message is closed and cleared: nothing typed for another kind leaves with it.
+    await expect(page.locator("#to_id")).to_be_disabled()  # target group
+    await expect(page.locator("#cmd")).to_be_disabled()  # msg_type msg
+    await page.fill("#payload", '{"left": "over"}')
     await page.select_option("#msg_type", "heartbeat")
     await expect(page.locator("#target")).to_have_value("echo")
-    await expect(page.locator("#target")).to_be_disabled()
+    for field in ("#target", "#msg", "#payload", "#to_id", "#cmd"):
+        await expect(page.locator(field)).to_be_disabled()
+    for field in ("#msg", "#payload"):
+        await expect(page.locator(field)).to_have_value("")
     await page.click("#send-button")
-    await page.wait_for_selector('#log div:has-text(\'"msg_type":"heartbeat","target":"echo","from_id":null\')')
-    await page.select_option("#msg_type", "msg")
+    sent = page.locator("#log div.sent").first
+    await expect(sent).to_contain_text("sent #1 heartbeat → you")
+    assert await sent.locator("pre").text_content() == '{\n  "msg_type": "heartbeat",\n  "target": "echo"\n}'
+    await page.wait_for_selector("#log div.heartbeat:has-text('answered')")
+    await page.select_option("#msg_type", "cmd")
     await expect(page.locator("#target")).to_be_enabled()
+    await expect(page.locator("#cmd")).to_be_enabled()
+    await page.select_option("#target", "direct")
+    await expect(page.locator("#to_id")).to_be_enabled()
     await page.click("#disconnect-button")
     await page.wait_for_selector("#state:text('closed')")
     await page.wait_for_selector("#log div:has-text('closed: close code 1000, reason \"client closed\"')")
@@ -195,15 +216,97 @@ async def test_the_console_fits_a_phone_follows_dark_mode_and_names_its_parts(br
     await expect(page.get_by_role("log")).to_have_attribute("aria-live", "polite")
     await expect(page.get_by_role("form", name="Send a message")).to_have_count(1)
     await expect(page.get_by_role("status")).to_have_text("idle")
+    # Connected, the form folds away: what is sent, and its answer, show without scrolling.
+    await page.fill("#group", "g_browser")
+    await page.fill("#client", "c_phone")
+    await page.click("#connect-button")
+    await page.wait_for_selector("#state:text('open')")
+    await expect(page.locator("#connection")).not_to_have_attribute("open", "")
+    await send(page, "group", "on the phone")
+    await page.wait_for_selector("#log div.rtt:has-text('on the phone')")
+    answer = await page.locator("#log div.rtt").first.bounding_box()
+    assert answer is not None and answer["y"] + answer["height"] <= 844, answer
     OUTPUT.mkdir(exist_ok=True)
     await page.screenshot(path=str(OUTPUT / "console-phone-dark.png"), full_page=True)
     await page.close()
 
 
+async def test_the_console_has_an_icon_and_its_form_fields_line_up(browser, server):
+    page = await watched_page(browser, viewport={"width": 1280, "height": 800})
+    missing = []
+    page.on("response", lambda response: response.status == 404 and missing.append(response.url))
+    await page.goto(f"http://127.0.0.1:{server.port}/v3/console")
+    icon = await page.request.get(f"http://127.0.0.1:{server.port}/favicon.ico")
+    assert icon.status == 200 and icon.headers["content-type"] == "image/svg+xml"
+    tops = await evaluate(
+        page,
+        """() => ["msg_type", "target", "to_id", "cmd"].map(
+             (id) => document.getElementById(id).getBoundingClientRect().top)""",
+    )
+    assert len(set(tops)) == 1, tops  # one row, one height
+    assert missing == []
+    await page.close()
+
+
+async def test_the_log_says_what_each_line_is_and_marks_direct_messages_to_me(browser, server):
+    page = await open_console(browser, server.port, "c_me")
+    bob = await Client.joined(f"ws://127.0.0.1:{server.port}/v3/ws/group/g_browser/client/c_bob")
+    joined = page.locator("#log div.presence:has-text('c_bob joined g_browser')")
+    await expect(joined.locator(".badge")).to_have_text("join")
+    await bob.send(msg_type="msg", target="group", msg="hi", payload={"n": 1})
+    await bob.send(msg_type="msg", target="direct", to_id="c_me", msg="psst")
+    await bob.send(msg_type="cmd", target="broadcast", cmd="RELOAD")
+    group = page.locator("#log div.group").first
+    await expect(group).to_contain_text('c_bob → g_browser: "hi" · payload 7 B')
+    await expect(group.locator(".badge")).to_have_text("group")
+    direct = page.locator("#log div.direct-to-me")
+    await expect(direct).to_contain_text('c_bob → you: "psst"')
+    await expect(direct.locator(".badge")).to_have_text("direct to you")
+    broadcast = page.locator("#log div.broadcast")
+    await expect(broadcast).to_contain_text("c_bob → everybody: cmd RELOAD")
+    colours = await evaluate(
+        page,
+        """() => ["group", "direct-to-me", "broadcast"].map((kind) =>
+             getComputedStyle(document.querySelector(`#log div.${kind} .badge`)).color)""",
+    )
+    assert len(set(colours)) == 3  # distinct in colour as well as in words
+    await direct.locator("summary").click()  # the raw frame on expand
+    await expect(direct.locator("pre")).to_contain_text('"to_id": "c_me"')
+    await page.close()
+
+
+async def test_a_watching_console_sees_the_group_and_nobody_sees_it(browser):
+    server = await ServerProcess.launch("--api-key", "console-key-of-16-chars")
+    try:
+        member = await Client.joined(server.url("g_watch", "c_member"))
+        await member.recv_where(event="join", client_id="c_member")
+        page = await watched_page(browser)
+        await page.goto(f"http://127.0.0.1:{server.port}/v3/console?group=g_watch&watch=1")
+        await expect(page.locator("#client")).to_be_disabled()
+        await page.fill("#api-key", "console-key-of-16-chars")
+        await page.click("#connect-button")
+        await page.wait_for_selector("#state:text('open')")
+        await expect(page.locator("#roster li")).to_have_text(["c_member"])
+        await expect(page.locator("#banner-state")).to_have_text("Connected to g_watch (watching, not a member).")
+        closed = await evaluate(
+            page, "() => [...document.getElementById('msg_type').options].filter((o) => o.disabled).map((o) => o.text)"
+        )
+        assert closed == ["msg", "cmd"]  # a watcher sends nothing on
+        await member.send(msg_type="msg", target="group", msg="seen by the watcher")
+        await page.wait_for_selector("#log div.group:has-text('c_member → g_watch: \"seen by the watcher\"')")
+        await page.click("#send-button")  # a heartbeat: all a watcher may send
+        await page.wait_for_selector("#log div.heartbeat:has-text('answered')")
+        await member.recv_where(msg="seen by the watcher")
+        await member.nothing_within(0.3)  # no join, no heartbeat, nothing
+        assert page.csp_violations == []
+    finally:
+        await server.stopped()
+
+
 async def test_the_console_log_shortens_pretty_prints_filters_pauses_and_clears(browser, server):
     page = await open_console(browser, server.port, "c_tools")
     await send(page, "group", "x" * 2000 + " END")
-    own_copy = page.locator('#log div[data-category=message]:has-text(\'"from_id":"c_tools"\')')
+    own_copy = page.locator("#log div.group:has-text('you → g_browser')")
     await expect(own_copy.locator("summary")).to_contain_text("more characters)")  # shortened
     await own_copy.locator("summary").click()
     await expect(own_copy.locator("pre")).to_contain_text('"msg_type": "msg"')  # pretty-printed
@@ -236,7 +339,7 @@ async def test_copy_as_curl_gives_a_command_that_publishes_the_same_message(brow
     await page.click("#curl")
     line = page.locator("#log div[data-category=connection]:has-text('curl -X POST')")
     full = line.locator("pre")
-    text = await (full if await full.count() else line).inner_text()
+    text = await (full if await full.count() else line).text_content()
     command = text[text.index("curl ") :]
     result = await asyncio.to_thread(
         subprocess.run, ["sh", "-c", command], capture_output=True, text=True, timeout=10, env={"PATH": "/usr/bin:/bin"}
@@ -284,7 +387,6 @@ async def test_the_console_adds_nothing_to_messages_and_tells_which_message_each
     await page.fill("#msg", "lost")
     await page.click("#send-button")
     await page.select_option("#target", "group")
-    await page.fill("#to_id", "")
     await page.fill("#msg", "after the lost one")
     await page.click("#send-button")
     await page.wait_for_selector("#log .error:has-text('recipient_offline'):has-text('answer to #3')")
@@ -311,7 +413,8 @@ async def test_a_link_opens_a_connected_console_and_problems_show_in_a_banner(br
     await page.goto(f"http://127.0.0.1:{process.port}/v3/console?group=g_link&client=c_linked")
     await page.wait_for_selector("#state:text('open')")
     await expect(page.locator("#roster li")).to_have_text(["c_bob", "c_linked"])
-    await expect(page.locator("#banner")).to_be_hidden()
+    await expect(page.locator("#banner")).not_to_have_class(re.compile("problem"))
+    await expect(page.locator("#banner-state")).to_have_text("Connected to g_link as c_linked.")
 
     # Filter by sender: only what c_bob sent.
     await bob.send(msg_type="msg", target="group", msg="from bob")

@@ -4,8 +4,8 @@ from aether_tornado.core.hub import Added, Hub, Removed
 
 
 class Conn:
-    def __init__(self, group_id: str, client_id: str) -> None:
-        self.group_id, self.client_id = group_id, client_id
+    def __init__(self, group_id: str, client_id: str, watching: bool = False) -> None:
+        self.group_id, self.client_id, self.watching = group_id, client_id, watching
         self.frames: list[bytes] = []
 
     def send(self, frame: bytes) -> None:
@@ -35,3 +35,14 @@ def test_deliver_hands_the_same_frame_to_every_connection():
     assert hub.deliver(hub.group("g"), frame) == 3
     assert all(conn.frames[0] is frame for conn in conns)
     assert hub.deliver(hub.group("missing"), frame) == 0
+
+
+def test_a_watcher_is_indexed_by_its_group_only():
+    hub = Hub()
+    member, watcher = Conn("g", "a"), Conn("g", "operator", watching=True)
+    assert hub.add(watcher) == Added(True, False)
+    assert hub.add(member) == Added(False, True)
+    assert set(hub.group("g")) == {member, watcher} and list(hub.clients()) == ["a"]
+    assert hub.client("operator") == ()
+    assert hub.remove(watcher) == Removed(False, False)
+    assert hub.remove(member) == Removed(True, True)

@@ -30,6 +30,7 @@ class Session:
     def __init__(self, node: Node, group_id: str, client_id: str) -> None:
         self.node = node
         self.group_id, self.client_id = VisionId(group_id), VisionId(client_id)
+        self.watching = False
         self.lease_key = node.new_lease_key()
         self.sender: Sender = node.new_sender()
         now = time.monotonic()

@@ -61,6 +61,8 @@ export interface StateChange {
   code?: number;
   reason?: string;
   retryInMs?: number;
+  /** Which retry is coming, from 1, while reconnecting. */
+  attempt?: number;
   /** Set when the client stopped for good: a refusal no retry can fix, or a final close code
    * (4400 to 4499, an operator's ban among them). */
   final?: boolean;
@@ -90,7 +92,8 @@ export class AetherError extends Error {
 
 export interface AetherClientOptions {
   groupId: string;
-  clientId: string;
+  /** Required, unless `watch`. */
+  clientId?: string;
   /** A token for servers that require one (sent as ?token=). */
   token?: string | null;
   /**
@@ -106,8 +109,16 @@ export interface AetherClientOptions {
   backoffMaxMs?: number;
   /** Messages kept while reconnecting; one more is an AetherError "queue_full". */
   maxQueue?: number;
-  /** Recover what was missed while reconnecting (default true). */
+  /** Recover what was missed while reconnecting (default true; never for a watcher). */
   recover?: boolean;
+  /**
+   * Watch the group without joining it (an operator's tool): its traffic and presence, in no
+   * roster; only heartbeats and presence queries may be sent. Needs `apiKey` when the server
+   * has an API key. `clientId` is then ignored.
+   */
+  watch?: boolean;
+  /** The API key or the read-only key, for `watch` (sent as ?key=). */
+  apiKey?: string | null;
 }
 
 export interface Handlers {
@@ -139,6 +150,8 @@ export class AetherClient {
   /** The last position received per stream, presented on reconnecting. */
   readonly positions: Partial<Record<Stream, string>>;
   connect(): this;
+  /** While reconnecting, tries at once instead of waiting out the backoff. */
+  retryNow(): void;
   /** Closes for good: "close" fires once, queued messages are dropped, the roster empties. */
   close(): void;
   on<K extends keyof Handlers>(type: K, handler: Handlers[K]): () => void;

@@ -30,6 +30,8 @@ const VISION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const FINAL_REFUSALS = new Set(["invalid_id", "unauthorized", "forbidden_origin", "banned"]);
 // The server closes a connection with this code when its token expires.
 const TOKEN_EXPIRED = 3000;
+// The client_id a watcher's connection shows: a watcher joins no roster (watch: true).
+const WATCHER = "operator";
 // Close codes that mean "do not come back" (an operator's ban among them): the client stops.
 const FINAL_CLOSE = { from: 4400, to: 4499 };
 // The stream a recorded message belongs to, by its target.
@@ -67,13 +69,18 @@ export class AetherClient {
     backoffMaxMs = 30000,
     maxQueue = 100,
     recover = true,
+    watch = false,
+    apiKey = null,
   }) {
+    if (watch) clientId = WATCHER;
     for (const [field, value] of [["groupId", groupId], ["clientId", clientId]]) {
       const problem = visionIdProblem(value);
       if (problem) throw new AetherError("invalid_id", `${field} ${problem}`);
     }
     Object.assign(this, { groupId, clientId, token, getToken, heartbeatMs, backoffInitialMs, backoffMaxMs, maxQueue });
-    this.recover = recover;
+    this.watch = watch;
+    this.apiKey = apiKey;
+    this.recover = recover && !watch; // a watcher holds no position of its own
     this.url = url.replace(/\/+$/, "");
     this.state = "idle"; // idle, connecting, open, reconnecting, closed
     this.roster = [];
@@ -90,6 +97,10 @@ export class AetherClient {
   }
 
   get endpoint() {
+    if (this.watch) {
+      const key = this.apiKey ? `?key=${encodeURIComponent(this.apiKey)}` : "";
+      return `${this.url}/v3/ws/watch/group/${encodeURIComponent(this.groupId)}${key}`;
+    }
     const path = `/v3/ws/group/${encodeURIComponent(this.groupId)}/client/${encodeURIComponent(this.clientId)}`;
     const query = [];
     if (this.token) query.push(`token=${encodeURIComponent(this.token)}`);
@@ -232,8 +243,13 @@ export class AetherClient {
   retry(ended, retryInMs = this.backoffMs()) {
     if (this.state === "closed") return;
     this.attempt += 1;
-    this.setState("reconnecting", { ...ended, retryInMs });
+    this.setState("reconnecting", { ...ended, retryInMs, attempt: this.attempt });
     this.timers.retry = setTimeout(() => this.connect(), retryInMs);
+  }
+
+  // While reconnecting: try now instead of waiting out the backoff.
+  retryNow() {
+    if (this.state === "reconnecting" && !this.socket) this.connect();
   }
 
   backoffMs() {

@@ -326,6 +326,7 @@ ASSETS: dict[str, tuple[str, str]] = {
     "operator": ("pages/operator.html", "text/html; charset=utf-8"),
     "aether-v3.js": ("static/aether-v3.js", "text/javascript; charset=utf-8"),
     "aether-v3.d.ts": ("static/aether-v3.d.ts", "text/plain; charset=utf-8"),
+    "favicon": ("static/favicon.svg", "image/svg+xml"),
 }
 
 

@@ -28,7 +28,8 @@ client.on("presence", (message: PresenceMessage) => {
 });
 
 client.on("state", (state, why) => {
-  if (state === "reconnecting") console.log(`closed ${why.code} ${why.reason}, next try in ${why.retryInMs} ms`);
+  if (state === "reconnecting") console.log(`closed ${why.code} ${why.reason}, try ${why.attempt} in ${why.retryInMs} ms`);
+  if (state === "closed" && why.final) console.log("stopped for good");
 });
 client.on("close", ({ code, reason }) => console.log(code, reason));
 client.on("error", (error: AetherError) => console.log(error.code, error.errors.map((item) => item.field)));
@@ -40,3 +41,9 @@ client.command("RELOAD_UI", { target: "group", payload: { page: "home" } });
 const off = client.on("roster", (clients: string[]) => console.log(clients.length));
 off();
 client.close();
+
+// An operator's tool watches a group without joining it.
+const watcher = new AetherClient({ groupId: "g_demo", watch: true, apiKey: "read-only-key-of-16" });
+watcher.on("presence", (message: PresenceMessage) => console.log(message.payload.event));
+watcher.connect();
+watcher.retryNow();
