@@ -31,7 +31,18 @@ from .redis.link import Link
 from .redis.resp import Address
 from .sd_notify import notify
 from .web.accept import Acceptor
-from .web.api import Asset, ClientDisconnect, GroupHistory, GroupPresence, Groups, Health, Metrics, Processes, Publish
+from .web.api import (
+    Asset,
+    ClientDisconnect,
+    Connections,
+    GroupHistory,
+    GroupPresence,
+    Groups,
+    Health,
+    Metrics,
+    Processes,
+    Publish,
+)
 from .web.handlers import NotFound
 from .web.handshake import Handshakes, KeptAlive
 from .web.headers import log_answer
@@ -129,6 +140,7 @@ def make_app(node: Node, handshakes: Handshakes) -> tornado.web.Application:
             (r"/metrics", Metrics, {"node": node}),
             (r"/v3/publish", Publish, {"node": node}),
             (r"/v3/processes", Processes, {"node": node}),
+            (r"/v3/connections", Connections, {"node": node}),
             (r"/v3/groups", Groups, {"node": node}),
             (r"/v3/groups/([^/]+)/presence", GroupPresence, {"node": node}),
             (r"/v3/clients/([^/]+)/disconnect", ClientDisconnect, {"node": node}),

@@ -91,14 +91,19 @@ async def test_api_key_guards_every_v3_route_but_not_health_or_metrics(start_ser
     assert (await http(server, "GET", "/metrics"))[0] == 200
 
 
+KEY, READ_KEY = "s3cret-of-16-chars", "r3ad-only-of-16-chars"
+
+
 async def test_the_read_only_key_reads_everything_and_changes_nothing(start_server):
-    full, read = {"Authorization": "Bearer s3cret-of-16-chars"}, {"Authorization": "Bearer r3ad-only-of-16-chars"}
+    full, read = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Bearer {READ_KEY}"}
     server = await start_server(api_key=full["Authorization"][7:], api_read_key=read["Authorization"][7:])
     bob = await member(server, "g_ro", "c_bob")
     await bob.send(msg_type="msg", target="group", msg="kept")
     await bob.recv_where(msg="kept")
     for route in ("/v3/groups/g_ro/presence", "/v3/groups", "/v3/processes"):
         assert (await http(server, "GET", route, **read))[0] == 200, route
+    assert (await http(server, "GET", "/v3/processes", **read))[1]["access"] == "read"
+    assert (await http(server, "GET", "/v3/processes", **full))[1]["access"] == "full"
     status, body = await http(server, "GET", "/v3/groups/g_ro/history", **read)
     assert status == 200 and [message["msg"] for message in body["messages"]] == ["kept"]
     message = {"msg_type": "msg", "target": "group", "group_id": "g_ro", "msg": "not with this key"}
@@ -362,8 +367,11 @@ async def test_processes_shows_this_one_with_what_it_holds_and_its_rates(start_s
 
     async def rates() -> dict:
         status, body = await http(server, "GET", "/v3/processes")
-        assert status == 200 and body["redis"] == "none"
+        assert status == 200 and body["redis"] == "none" and body["access"] == "open"
         (process,) = body["processes"]
+        recent = process["recent"]  # what the operator's chart starts from
+        assert recent["every_seconds"] == 10 and recent["connections"][0] == 0  # the sample at start
+        assert set(recent) == {"every_seconds", "connections", "messages_in", "messages_out", "deliveries", "errors"}
         assert process["node_id"] == body["answered_by"] == server.node.node_id
         assert (process["connections"], process["clients"], process["groups"]) == (3, 2, 2)
         assert process["bridge"] == "memory" and process["version"] and process["pid"] > 0
@@ -421,3 +429,31 @@ async def test_a_bad_groups_query_is_a_400_naming_every_problem(server, query, c
     status, answer = await http(server, "GET", f"/v3/groups?{query}")
     assert status == 400 and answer["code"] == code
     assert [problem["field"] for problem in answer["errors"]] == fields
+
+
+async def test_connections_describes_each_connection_of_a_group_or_a_client(start_server):
+    server = await start_server(api_key=KEY, api_read_key=READ_KEY)
+    alice = await Client.joined(ws_url(server, "g_inv", "c_alice"), headers={"User-Agent": "test-agent/1"})
+    await Client.joined(ws_url(server, "g_inv", "c_bob"))
+    await Client.joined(ws_url(server, "g_elsewhere", "c_alice"))
+    await Client.joined(f"ws://127.0.0.1:{server.port}/v3/ws/watch/group/g_inv?key={READ_KEY}")
+    await alice.send(msg_type="msg", target="group", msg="hi")
+    await alice.recv_where(msg="hi")
+    status, body = await http(server, "GET", "/v3/connections?group_id=g_inv", Authorization=f"Bearer {READ_KEY}")
+    assert status == 200 and body["more"] is False and body["missing"] == []
+    listed = body["connections"]
+    assert [(item["client_id"], item["watching"]) for item in listed] == [
+        (None, True),
+        ("c_alice", False),
+        ("c_bob", False),
+    ]
+    first = listed[1]
+    assert first["node_id"] == server.node.node_id and first["address"] == "127.0.0.1"
+    assert first["user_agent"] == "test-agent/1" and first["messages_in"] == 1 and first["bytes_in"] > 0
+    assert first["connected_at"].endswith("Z") and first["queued_bytes"] == 0 and first["recovers"] is False
+    status, body = await http(server, "GET", "/v3/connections?client_id=c_alice", Authorization=f"Bearer {KEY}")
+    assert [item["group_id"] for item in body["connections"]] == ["g_elsewhere", "g_inv"]
+    status, body = await http(server, "GET", "/v3/connections?limit=2", Authorization=f"Bearer {KEY}")
+    assert len(body["connections"]) == 2 and body["more"] is True
+    status, body = await http(server, "GET", "/v3/connections?group_id=1&limit=0", Authorization=f"Bearer {KEY}")
+    assert status == 400 and [error["field"] for error in body["errors"]] == ["group_id", "limit"]

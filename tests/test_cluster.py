@@ -121,6 +121,8 @@ async def test_redis_unreachable_at_start(redis_server, start_process):
     assert (await carol.recv_where(msg="across"))["from_id"] == "c_alice"
     view = await until_answer(lambda: get(other, "/v3/processes"), lambda view: len(view["processes"]) == 2)
     assert sorted(process["connections"] for process in view["processes"]) == [1, 2]
+    # Announced again as soon as it was back, with its bridge up, as its /healthz says.
+    assert [process["bridge"] for process in view["processes"]] == ["up", "up"]
     assert (await get(other, "/v3/groups"))["groups"] == [{"group_id": "g_u", "clients": 3}]
 
 
@@ -238,6 +240,29 @@ async def test_a_ban_holds_on_every_process_and_on_one_started_after_it(start_br
             assert refused.code == 403 and orjson.loads(refused.response.body)["code"] == "banned"
         else:
             raise AssertionError(f"a banned client connected to {process.port}")
+
+
+async def test_connections_are_gathered_from_every_process_and_a_silent_one_is_named(start_bridged_process):
+    first, second = await start_bridged_process(), await start_bridged_process()
+    for process, client_id in ((first, "c_one"), (second, "c_two")):
+        await Client.joined(process.url("g_inv", client_id))
+    await until_answer(lambda: get(first, "/v3/processes"), lambda body: len(body["processes"]) == 2, timeout=10)
+    listing = await get(first, "/v3/connections?group_id=g_inv")
+    assert [(item["client_id"], item["node_id"]) for item in listing["connections"]] == [
+        ("c_one", (await health(first))["node_id"]),
+        ("c_two", (await health(second))["node_id"]),
+    ]
+    assert listing["missing"] == []
+    silent = (await health(second))["node_id"]
+    second.process.send_signal(signal.SIGSTOP)  # announced as up, but answers nothing
+    try:
+        started = time.monotonic()
+        listing = await get(first, "/v3/connections?group_id=g_inv")
+        assert time.monotonic() - started < scaled(3)  # waited a moment, not for ever
+        assert [item["client_id"] for item in listing["connections"]] == ["c_one"]
+        assert listing["missing"] == [silent]
+    finally:
+        second.process.send_signal(signal.SIGCONT)
 
 
 async def test_an_order_on_the_control_channel_that_is_not_understood_is_logged_and_ignored(

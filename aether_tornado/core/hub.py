@@ -50,6 +50,16 @@ class Connection(Protocol):
     positions: list[Position | None] | None
     since: Sequence[Position | None] | None
     proof: str | None
+    # For the operator's view (inventory.py): where it came from, since when, what it sent.
+    address: str
+    user_agent: str
+    connected_at: float  # seconds since the epoch
+    received: int  # messages
+    received_bytes: int
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be written to it."""
 
     @property
     def held_bytes(self) -> int:

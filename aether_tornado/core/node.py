@@ -24,7 +24,7 @@ from ..bridge.order import Sender
 from ..config import Settings
 from ..history import History, Page, Recovery
 from ..history.proof import Proofs
-from ..metrics import Metrics
+from ..metrics import Metrics, Recent
 from ..presence import Lease, Presence
 from ..presence.bans import MAX_BANS, Bans, TooManyBans
 from ..v3 import messages
@@ -50,6 +50,7 @@ from ..v3.schema import utc_timestamp
 from ..ws.frames import CloseCode
 from . import recovery
 from .hub import Added, Connection, Hub
+from .inventory import Inventory
 from .router import Router, frame_of, lease_of
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Node:
         self._announce_every = min(ANNOUNCE_SECONDS, settings.lease_seconds / 3)
         # How long an announcement holds: a process not seen announced for that long is gone.
         self._announcement_life = 3 * self._announce_every
+        self._recent = Recent()  # the last minutes of rates, for the operator's chart
         self.metrics = Metrics(
             connections=lambda: len(hub),
             bridge_up=lambda: float(bridge.link.up),
@@ -108,6 +110,8 @@ class Node:
         self.router = Router(
             settings, hub, bridge, presence, history, self.metrics, self.new_sender(), self.spawn, self._peers_missing
         )
+        self.inventory = Inventory(node_id, hub, bridge, self._processes_up)
+        bridge.link.when_restored(self._announce_restored)
 
     @property
     def connection_count(self) -> int:
@@ -189,6 +193,7 @@ class Node:
             "bridge": self.bridge_state,
             "bridge_backlog_bytes": self.bridge.backlog_bytes,
             "per_second": self.metrics.rates.per_second,
+            "recent": self._recent.as_dict(),
         }
 
     async def members(self, group_id: str) -> list[str]:
@@ -223,20 +228,27 @@ class Node:
         return sorted(found.values(), key=lambda process: process["node_id"])
 
     async def _announce(self) -> None:
-        self.metrics.rates.read()
+        self._recent.add(len(self.hub), self.metrics.rates.read())
         up = await self.presence.announce(self.node_id, orjson.dumps(self.announcement()), self._announcement_life)
         now = time.monotonic()
         self._peers.update(dict.fromkeys(up, now))
         if not self.presence.down:  # while Redis is away, nobody is seen: nobody is forgotten
             self._peers = {node: seen for node, seen in self._peers.items() if seen > now - self._announcement_life}
 
+    def _announce_restored(self) -> None:
+        """Redis is back and this process's state with it: say so now, not at the next interval."""
+        self.spawn(self._announce())
+
+    async def _processes_up(self) -> list[str]:
+        """The node_ids of the processes announced as up (only this one while Redis is away)."""
+        return [orjson.loads(announcement)["node_id"] for announcement in await self.presence.processes()]
+
     async def _peers_missing(self) -> bool:
         """Whether, shortly after Redis came back, a process this one knew has not announced itself
         again: it may hold clients whose leases it has not put back yet."""
         if self._restored_at is None or time.monotonic() - self._restored_at > self._announcement_life:
             return False
-        up = {orjson.loads(announcement)["node_id"] for announcement in await self.presence.processes()}
-        return bool(self._peers.keys() - up - {self.node_id})
+        return bool(self._peers.keys() - set(await self._processes_up()) - {self.node_id})
 
     # Connections coming and going.
 
@@ -383,9 +395,13 @@ class Node:
             await self.bridge.publish(CONTROL_CHANNEL, order)
 
     def _obey(self, payload: bytes) -> None:
-        """An order another process published on the control channel."""
+        """An order another process published on the control channel: a disconnect, or a
+        question about connections (or its answer) for the operator's view."""
         try:
             order = orjson.loads(payload)
+            if "ask" in order or "answer" in order:
+                self.inventory.obey(order)
+                return
             client_id, code, reason, until = order["disconnect"], order["code"], order["reason"], order.get("until")
             if until is not None:
                 self.bans.add(client_id, float(until))
@@ -429,7 +445,8 @@ class Node:
 
         A clean start (first connection, no clients yet) has no snapshots to repair, and a
         resync notice would send every client of every other process a needless one. The
-        announcement that follows tells the others that this process's leases are back.
+        announcement once the bridge is up again (``_announce_restored``) tells the others that
+        this process's leases are back, with its bridge up.
         """
         clean_start = not self._bridge_was_up and not len(self.hub)
         if self._bridge_was_up:  # the others seen before may be putting themselves back too
@@ -442,7 +459,6 @@ class Node:
         if not clean_start or self.presence.down:
             await self.presence.resync()
         await self._load_bans()
-        await self._announce()
         if clean_start:
             return
         with contextlib.suppress(BridgeDown):

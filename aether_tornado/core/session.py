@@ -57,6 +57,8 @@ class Handshake(NamedTuple):
     proof: str | None = None
     expires: float | None = None
     watching: bool = False  # an operator's watcher (hub.Connection.watching)
+    address: str = ""  # the client's IP address, a proxy's X-Real-Ip if it sent one
+    user_agent: str = ""
 
 
 def socket_limits(settings: Settings) -> Limits:
@@ -93,7 +95,9 @@ class ClientSession:
         "_stalled",
         "_stalled_on_answers",
         "_strikes",
+        "address",
         "client_id",
+        "connected_at",
         "group_id",
         "last_seen",
         "lease_key",
@@ -101,12 +105,15 @@ class ClientSession:
         "node",
         "positions",
         "proof",
+        "received",
+        "received_bytes",
         "router",
         "send",
         "sender",
         "settings",
         "since",
         "socket",
+        "user_agent",
         "watching",
     )
 
@@ -140,6 +147,9 @@ class ClientSession:
             handshake.may_broadcast,
         )
         self.watching = handshake.watching
+        self.address, self.user_agent = handshake.address, handshake.user_agent
+        self.connected_at = time.time()
+        self.received = self.received_bytes = 0
         self.since: Sequence[Position | None] | None = handshake.since
         self.proof = handshake.proof
         self._expires = handshake.expires
@@ -203,6 +213,8 @@ class ClientSession:
     def on_message(self, opcode: int, payload: bytes | str) -> None:
         now = time.monotonic()
         self.last_seen = now
+        self.received += 1
+        self.received_bytes += len(payload)
         if not self._bucket.take(now):
             return self._rate_limited()
         self._strikes = 0

@@ -26,6 +26,7 @@ class Link:
         self.connected = False  # the bridge's connections are there to use, resynced or not yet
         self.up = False  # every backend works across processes
         self._listeners: list[OnLost] = []
+        self._on_restored: list[Callable[[], None]] = []
 
     @property
     def state(self) -> LinkState:
@@ -35,11 +36,18 @@ class Link:
         """Have ``listener`` hear every loss; it is told of each failed call, so it must not mind twice."""
         self._listeners.append(listener)
 
+    def when_restored(self, listener: Callable[[], None]) -> None:
+        """Have ``listener`` hear each time every backend works across processes again."""
+        self._on_restored.append(listener)
+
     def subscribed(self) -> None:
         self.connected, self.up = True, False
 
     def restored(self) -> None:
         self.up = self.connected  # not if lost meanwhile
+        if self.up:
+            for listener in self._on_restored:
+                listener()
 
     def closed(self) -> None:
         """Down for good, by choice: nobody needs telling."""

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from ..bridge import BridgeDown
+from ..core.inventory import MAX_LISTED, Wanted
 from ..core.node import Node
 from ..presence.bans import MAX_BAN_SECONDS
 from ..v3.channels import Position
@@ -68,6 +69,9 @@ class BackendHandler(JSONHandler):
     (POST, DELETE) needs the full key.
     """
 
+    # What the request may do: everything on an API without a key (``open``), or what its key opens.
+    access: str = "open"
+
     def prepare(self) -> None:
         super().prepare()
         settings = self.node.settings
@@ -76,6 +80,7 @@ class BackendHandler(JSONHandler):
         authorization = self.request.headers.get("Authorization", "")
         bearer, _, presented = authorization.partition(" ")
         access = key_access(settings.api_key, settings.api_read_key, presented if bearer == "Bearer" else "")
+        self.access = access or "none"
         if access is None:
             self.fail(ProtocolError(UNAUTHORIZED, "A valid 'Authorization: Bearer <api key>' header is required."))
         elif access == "read" and self.request.method not in ("GET", "HEAD"):
@@ -180,14 +185,20 @@ def _disconnect_order(client_id: str, body: bytes) -> DisconnectOrder:
 
 
 class Processes(BackendHandler):
-    """``GET /v3/processes``: every process that is up, with its connections, bridge and rates."""
+    """``GET /v3/processes``: every process that is up, with its connections, bridge and rates,
+    and what the request's key opens (``access``: ``open`` without an API key, ``full``, ``read``)."""
 
     async def get(self) -> None:
         settings = self.node.settings
         redis = "none" if settings.redis_url is None else "cluster" if settings.redis_cluster else "standalone"
         self.reply(
             200,
-            {"processes": await self.node.processes(), "redis": redis, "answered_by": self.node.node_id},
+            {
+                "processes": await self.node.processes(),
+                "redis": redis,
+                "answered_by": self.node.node_id,
+                "access": self.access,
+            },
         )
 
 
@@ -215,6 +226,29 @@ class Groups(BackendHandler):
         found, total = await self.node.groups(prefix, most + 1)  # one more tells if there are more
         groups = [{"group_id": group_id, "clients": clients} for group_id, clients in found[:most]]
         self.reply(200, {"groups": groups, "total": total, "more": len(found) > most})
+
+
+class Connections(BackendHandler):
+    """``GET /v3/connections?group_id=&client_id=&limit=``: open connections, cluster-wide, each
+    described by its process; of a group, of a client, or all, up to ``limit`` (100 unless told,
+    at most 1000). ``missing`` names processes that did not answer in time."""
+
+    async def get(self) -> None:
+        problems = []
+        ids = {name: self.get_query_argument(name, None) for name in ("group_id", "client_id")}
+        for name, value in ids.items():
+            if value is not None and (why := id_problem(value)) is not None:
+                problems.append({"field": name, "problem": f"not a Vision ID: {why}"})
+        limit = self.get_query_argument("limit", str(DEFAULT_LIMIT))
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LISTED):
+            problems.append({"field": "limit", "problem": f"required to be a whole number from 1 to {MAX_LISTED}"})
+        if problems:
+            text = "; ".join(f"{item['field']} {item['problem']}" for item in problems)
+            return self.fail(
+                ProtocolError(INVALID_LIMIT if problems[0]["field"] == "limit" else INVALID_ID, text, problems)
+            )
+        listing = await self.node.inventory.gather(Wanted(ids["group_id"], ids["client_id"], int(limit)))
+        self.reply(200, {"connections": listing.connections, "more": listing.more, "missing": listing.missing})
 
 
 class GroupPresence(BackendHandler):

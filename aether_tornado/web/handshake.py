@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import socket
+import sys
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -58,6 +59,8 @@ WATCHER = "operator"
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f]")
 _SECURE_HEADERS = tuple(DEFAULT_HEADERS.items())
 _OVER_CAPACITY = "The server is at its connection limit; retry later."
+# The most of a User-Agent header a connection keeps for the operator's view.
+MAX_USER_AGENT = 200
 
 
 class Admitted(NamedTuple):
@@ -150,7 +153,9 @@ class Handshakes:
         except ValueError as error:
             return self.refuse(400, INVALID_POSITION, f"recover: {error}", "recover")
         proof = _query_argument(query, "proof") if since is not None else None
-        handshake = Handshake(VisionId(group_id), VisionId(client_id), may_broadcast, since, proof, expires)
+        handshake = Handshake(
+            VisionId(group_id), VisionId(client_id), may_broadcast, since, proof, expires, False, *_origin_of(head)
+        )
         return self._upgrade(head, handshake)
 
     def _admit_watcher(self, head: Head, query: dict[str, list[bytes]], group_id: VisionId) -> Admitted | Refusal:
@@ -161,7 +166,9 @@ class Handshakes:
             and key_access(api_key, self.settings.api_read_key, _query_argument(query, "key") or "") is None
         ):
             return self.refuse(401, UNAUTHORIZED, "Watching a group needs the API key (or the read-only key) as ?key=.")
-        return self._upgrade(head, Handshake(group_id, VisionId(WATCHER), False, watching=True))
+        address, user_agent = _origin_of(head)
+        handshake = Handshake(group_id, VisionId(WATCHER), False, watching=True, address=address, user_agent=user_agent)
+        return self._upgrade(head, handshake)
 
     def _upgrade(self, head: Head, handshake: Handshake) -> Admitted | Refusal:
         """The last checks, common to clients and watchers: the upgrade itself, then capacity."""
@@ -229,6 +236,12 @@ def _log_refusal(head: Head, refusal: Refusal) -> None:
     """As Tornado's answers are logged (app.py)."""
     elapsed = 1000 * (asyncio.get_running_loop().time() - head.started)
     log_answer(refusal.status, head.method, head.path, _remote_ip(head), elapsed)
+
+
+def _origin_of(head: Head) -> tuple[str, str]:
+    """Where a connection comes from, for the operator's view: its address and its user agent
+    (cut to MAX_USER_AGENT characters, and shared by the many connections that send the same)."""
+    return _remote_ip(head), sys.intern(head.headers.get("User-Agent", "")[:MAX_USER_AGENT])
 
 
 def _remote_ip(head: Head) -> str:
