@@ -2,11 +2,13 @@
 
 import asyncio
 import itertools
+import re
 from pathlib import Path
 
 from playwright.async_api import expect
 
 from .conftest import CHROMIUM_MISSING, evaluate, watched_page
+from .httpapi import http
 from .processes import ServerProcess
 from .wsclient import Client
 
@@ -20,6 +22,12 @@ async def open_operator(browser, port: int, **options):
     page = await watched_page(browser, **options)
     await page.goto(f"http://127.0.0.1:{port}/v3/operator")
     return page
+
+
+async def get(server, path: str, key: str | None = None):
+    status, body = await http(server, "GET", path, **({"Authorization": f"Bearer {key}"} if key else {}))
+    assert status == 200, (path, body)
+    return body
 
 
 def cells(page, table: str):
@@ -78,14 +86,23 @@ async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_cli
         await expect(cells(page, "groups").nth(1)).to_have_text("2")
         await page.click("#groups button:text('Open')")
         await expect(page.locator("#group-heading")).to_have_text("Group g_ops")
-        await expect(page.locator("#members li span")).to_have_text(["c_alice", "c_bob"])
+        members = page.locator("#members tbody tr")
+        await expect(members.locator("td:first-child")).to_have_text(["c_alice", "c_bob"])
+        node_id = (await get(server, "/healthz"))["node_id"]
+        first_member = ["c_alice", "1", node_id, re.compile(r"\d+ s"), "Disconnect..."]
+        await expect(members.first.locator("td")).to_have_text(first_member)
+        await expect(page.locator("#connections tbody tr")).to_have_count(2)  # each connection, described
+        await expect(page.locator("#connections tbody tr").first.locator("td").nth(2)).to_have_text("127.0.0.1")
+        await expect(page.locator("#pub-group")).to_have_value("g_ops")  # publishing to it is one click away
         await expect(page.locator("#history li")).to_have_count(20)  # the latest, newest first
         await expect(page.locator("#history li").first).to_contain_text("c_alice msg: busy")
+        await expect(page.locator("#chart-x")).to_have_text("10 min ago5 min agonow")  # labelled axes
+        await expect(page.locator("#chart-top")).not_to_have_text("-")
+        await expect(page.locator("#access")).to_be_hidden()  # the full key: nothing to warn about
         OUTPUT.mkdir(exist_ok=True)
         await page.screenshot(path=str(OUTPUT / "operator.png"), full_page=True)
 
         # Publish as a backend does; the server's refusal in words.
-        await page.fill("#pub-group", "g_ops")
         await page.fill("#pub-cmd", "RELOAD")
         await page.fill("#pub-payload", '{"why": "operator"}')
         await page.click("#publish button[type=submit]")
@@ -107,13 +124,30 @@ async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_cli
         await page.click("#disconnect button[type=submit]")
         await expect(page.locator("#outcome")).to_have_text('Disconnected c_bob with 4001 "maintenance".')
         assert await bob.closed() == (4001, "maintenance")
-        await expect(page.locator("#members li span")).to_have_text(["c_alice"])
+        await expect(members.locator("td:first-child")).to_have_text(["c_alice"])
         # A client that is not there: the problem in words, not only in colour.
         await page.click("#disconnect button[type=submit]")
         await expect(page.locator("#outcome")).to_have_text(
             "c_bob was not disconnected: 404 recipient_offline: c_bob has no open connection."
         )
         await expect(page.locator("#outcome")).to_have_class("error")
+
+        # A ban: its code becomes a final one, and the client may not come back.
+        await page.fill("#client_id", "c_alice")
+        await page.fill("#reason", "spam")
+        await page.fill("#ban", "60")
+        await expect(page.locator("#code")).to_have_value("4403")
+        await page.click("#disconnect button[type=submit]")
+        await expect(page.locator("#outcome")).to_have_text('Disconnected c_alice with 4403 "spam"; banned for 60 s.')
+        assert await alice.closed() == (4403, "spam")
+
+        # Removing the group's history asks once more.
+        await page.click("#remove-history")
+        await expect(page.locator("#remove-history")).to_contain_text("click again")
+        assert (await get(server, "/v3/groups/g_ops/history", KEY))["messages"] != []
+        await page.click("#remove-history")
+        await expect(page.locator("#removed")).to_have_text("Removed the recorded messages of g_ops.")
+        assert (await get(server, "/v3/groups/g_ops/history", KEY))["messages"] == []
         assert page.csp_violations == []
     finally:
         await server.stopped()
@@ -152,3 +186,47 @@ async def test_the_operator_page_fits_a_phone_in_dark_mode(browser, server):
     OUTPUT.mkdir(exist_ok=True)
     await page.screenshot(path=str(OUTPUT / "operator-phone-dark.png"), full_page=True)
     assert page.csp_violations == []
+
+
+async def test_the_page_says_when_the_api_is_open_and_a_read_only_key_changes_nothing(browser):
+    server = await ServerProcess.launch()  # loopback, no key: the API is open
+    try:
+        page = await open_operator(browser, server.port)
+        await expect(page.locator("#access")).to_contain_text("the API is open: anyone who can reach this port")
+        await expect(page.locator("#access")).to_contain_text("--api-key")
+        await expect(page.locator("#key")).to_be_hidden()  # no field that looks needed
+    finally:
+        await server.stopped()
+    read_key = "read-only-key-of-16-chars"
+    server = await ServerProcess.launch("--api-key", KEY, "--api-read-key", read_key)
+    try:
+        await Client.joined(server.url("g_ro", "c_ro"))
+        page = await open_operator(browser, server.port)
+        await page.fill("#key", read_key)
+        await page.click("#key-form button[type=submit]")
+        await expect(page.locator("#access")).to_contain_text("read-only key: you can look at everything")
+        await expect(page.locator("#groups tbody tr")).to_have_count(1)
+        for form in ("#publish", "#disconnect"):
+            await expect(page.locator(f"{form} button[type=submit]")).to_be_disabled()
+        await page.click("#groups button:text('Open')")
+        await expect(page.locator("#members tbody tr")).to_have_count(1)
+        await expect(page.locator("#remove-history")).to_be_disabled()
+        assert page.csp_violations == []
+    finally:
+        await server.stopped()
+
+
+async def test_the_chart_starts_from_the_processes_own_last_minutes(browser):
+    server = await ServerProcess.launch("--lease-seconds", "3")
+    try:
+        clients = [await Client.joined(server.url("g_chart", f"c_{n}")) for n in range(3)]
+        # Each process keeps a sample every 10 s from its start: the first is there at once.
+        page = await open_operator(browser, server.port)
+        await expect(page.locator("#chart-caption")).to_contain_text("Connections over the last 10 minutes: now 3")
+        points = await page.locator("#chart-line").get_attribute("points")
+        assert points is not None and len(points.split()) >= 2  # a past and now, on the first load
+        await page.select_option("#series", "messages_in")
+        await expect(page.locator("#chart-caption")).to_contain_text("Messages in / s over the last 10 minutes")
+        assert clients
+    finally:
+        await server.stopped()

@@ -50,7 +50,8 @@ async def test_every_page_passes_axe_in_both_colour_schemes_wide_and_narrow(brow
         await page.goto(f"http://127.0.0.1:{server.port}/v3/operator")
         await page.wait_for_selector("#groups button")
         await page.click("#groups button")
-        await page.wait_for_selector("#members li")
+        await page.wait_for_selector("#members tbody tr")
+        await page.wait_for_selector("#connections tbody tr")
         assert await violations(page) == []
     finally:
         await context.close()
