@@ -1,16 +1,20 @@
 """A real browser (Debian's Chromium, driven by Playwright) uses the server from its pages."""
 
 import asyncio
+import re
 import time
+from pathlib import Path
 
 import jwt
 import pytest
+import tornado.web
+from playwright.async_api import expect
 
 from aether_tornado.v3.schema import WSMessageV3, encode, utc_timestamp
 
 from .conftest import CHROMIUM_MISSING, evaluate, ws_url
 from .httpapi import http
-from .processes import free_port
+from .processes import ServerProcess, free_port
 from .timing import scaled
 from .wsclient import Client
 
@@ -325,3 +329,37 @@ async def test_the_browser_client_watches_a_group_without_joining_it(page, serve
     assert await evaluate(page, "() => said") == "watched"
     await member.recv_where(msg="watched")
     await member.nothing_within(0.2)  # no join of the watcher
+
+
+async def test_the_readme_s_page_on_another_origin_connects_and_receives(browser):
+    """The README's snippet for a frontend served elsewhere, run as written but for the ports."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("**From a page on another origin**") :]
+    command = re.search(r"```sh\n(.*?)```", section, re.DOTALL)[1].strip()
+    snippet = re.search(r"```html\n(.*?)```", section, re.DOTALL)[1]
+    assert command == "aether-tornado --allowed-origins http://localhost:3000"
+    page_port = free_port()
+    origin = f"http://127.0.0.1:{page_port}"
+    server = await ServerProcess.launch("--allowed-origins", origin)
+    try:
+        html = snippet.replace("127.0.0.1:8888", f"127.0.0.1:{server.port}")
+
+        class Frontend(tornado.web.RequestHandler):
+            def get(self) -> None:
+                self.finish(f"<!doctype html><html><head><title>app</title></head><body>{html}</body></html>")
+
+        frontend = tornado.web.Application([(r"/", Frontend)]).listen(page_port, "127.0.0.1")
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(scaled(10) * 1000)
+            await page.goto(f"{origin}/")
+            bob = await Client.joined(server.url("g_demo", "c_bob"))
+            await bob.recv_where(event="join", client_id="c_bob")
+            await expect(page).to_have_title("2 present")
+            await bob.send(msg_type="msg", target="group", msg="hello from elsewhere")
+            await expect(page.locator("body")).to_contain_text("c_bob: hello from elsewhere")
+            await page.close()
+        finally:
+            frontend.stop()
+    finally:
+        await server.stopped()

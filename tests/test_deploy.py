@@ -234,15 +234,18 @@ async def test_nginx_keeps_the_backend_api_to_its_allow_list_and_tokens_out_of_i
     assert allowed.code == 202
     assert allowed.headers["Server"] == "nginx"  # server_tokens off: no version
     backend_routes = [("/publish", "POST"), ("/groups/g_x/presence", "GET"), ("/groups", "GET"),
-                      ("/processes", "GET"), ("/clients/c_x/disconnect", "POST")]  # fmt: skip
+                      ("/processes", "GET"), ("/connections", "GET"), ("/groups/g_x/history", "DELETE"),
+                      ("/clients/c_x/disconnect", "POST")]  # fmt: skip
     for path, method in backend_routes:
         elsewhere = await fetch(
             f"{api}{path}", method=method, body=body if method == "POST" else None, headers=json,
             network_interface="127.0.0.2", raise_error=False,
         )  # fmt: skip
         assert elsewhere.code == 403, path  # from an address not on the allow-list
-    for path in ("/groups", "/processes"):  # the operator's page's data, from this machine
+    for path in ("/groups", "/processes", "/connections"):  # the operator's page's data, from this machine
         assert (await fetch(f"{api}{path}", raise_error=False)).code == 200, path
+    icon = await fetch(f"http://127.0.0.1:{port}/favicon.ico", network_interface="127.0.0.2", raise_error=False)
+    assert icon.code == 200 and icon.headers["Content-Type"] == "image/svg+xml"  # no 404 for every page
     disconnect = await fetch(f"{api}/clients/c_x/disconnect", method="POST", body=b"{}", headers=json,
                              raise_error=False)  # fmt: skip
     assert disconnect.code == 404  # reached the app: nobody to disconnect
@@ -294,7 +297,8 @@ async def test_the_console_behind_nginx_shows_no_problem_when_healthz_is_kept_fr
     log = prefix / "aether-tornado.access.log"
     # Two health checks refused (the page checks every 5 s): the first one's answer was handled long ago.
     await until(lambda: log.read_text().count('"GET /healthz HTTP/1.1" 403') >= 2, timeout=15)
-    await expect(page.locator("#banner")).to_be_hidden()
+    await expect(page.locator("#banner")).not_to_have_class(re.compile("problem"))
+    await expect(page.locator("#banner-health")).to_be_empty()
     await page.close()
 
 
