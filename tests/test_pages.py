@@ -44,10 +44,15 @@ async def test_every_page_passes_axe_in_both_colour_schemes_wide_and_narrow(brow
         await page.fill("#payload", '{"k": 1}')
         await page.click("#send-button")
         await page.wait_for_selector("#log .rtt")
+        await watcher.send(msg_type="msg", target="direct", to_id="c_console", msg="to you")
+        await watcher.send(msg_type="cmd", target="broadcast", cmd="RELOAD")
+        await page.wait_for_selector("#log .direct-to-me")  # every kind's colour, in this scheme
+        await page.wait_for_selector("#log .broadcast")
         await page.click("#log summary >> nth=0")  # an opened line too
         assert await violations(page) == []
 
         await page.goto(f"http://127.0.0.1:{server.port}/v3/operator")
+        await page.wait_for_selector("#access:has-text('the API is open')")  # the warning too
         await page.wait_for_selector("#groups button")
         await page.click("#groups button")
         await page.wait_for_selector("#members tbody tr")
