@@ -16,6 +16,7 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
+from aether_tornado.history import Appended
 from aether_tornado.history.memory import MemoryHistory
 from aether_tornado.v3.channels import Position
 from aether_tornado.v3.schema import FIELDS
@@ -371,12 +372,18 @@ async def test_removed_history_is_not_recovered_and_what_follows_is_numbered_on(
     assert int(current.positions["group"].split(":")[1]) == before + 1
 
 
-async def test_memory_history_forgets_a_stream_nobody_used_for_its_keep_time():
-    now = [1000.0]
+def two_recorded(now: list[float]) -> tuple[MemoryHistory, list[Appended]]:
+    """A memory history on a clock the test moves (``now[0]``), with two messages in ``group:g``."""
     history = MemoryHistory(size=3, seconds=10, keep_seconds=60, present=lambda client_id: False, clock=lambda: now[0])
-    appended = []
+    appended: list[Appended] = []
     for text in (b'{"n":1}', b'{"n":2}'):
         history.append("group:g", text, appended.append)
+    return history, appended
+
+
+async def test_memory_history_forgets_a_stream_nobody_used_for_its_keep_time():
+    now = [1000.0]
+    history, appended = two_recorded(now)
     position = appended[-1].position
     assert [
         entry.offset for entry in (await history.recover([("group:g", Position(position.epoch, 0))], 99))[0].missed
@@ -395,10 +402,7 @@ async def test_memory_history_forgets_a_stream_nobody_used_for_its_keep_time():
 
 async def test_memory_history_does_not_recover_what_aged_out_of_its_ring():
     now = [1000.0]
-    history = MemoryHistory(size=3, seconds=10, keep_seconds=60, present=lambda client_id: False, clock=lambda: now[0])
-    appended = []
-    for text in (b'{"n":1}', b'{"n":2}'):
-        history.append("group:g", text, appended.append)
+    history, appended = two_recorded(now)
     first = appended[0].position
     now[0] += 11
     await history.keep(["group:g"])  # the window passed: both messages are dropped from the ring

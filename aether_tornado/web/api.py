@@ -91,6 +91,13 @@ class BackendHandler(JSONHandler):
                 )
             )
 
+    def refuse_query(self, problems: list[dict[str, str]]) -> None:
+        """Answer 400 naming every bad query argument: ``invalid_limit`` when the first is the
+        limit, ``invalid_id`` for an ID or a prefix of one."""
+        text = "; ".join(f"{item['field']} {item['problem']}" for item in problems)
+        code = INVALID_LIMIT if problems[0]["field"] == "limit" else INVALID_ID
+        self.fail(ProtocolError(code, text, problems))
+
     def json_refused(self) -> bool:
         """Answer 415 unless the body is JSON: a page on another site can POST text/plain without
         asking; it cannot send JSON unasked."""
@@ -218,10 +225,7 @@ class Groups(BackendHandler):
         if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_GROUPS):
             problems.append({"field": "limit", "problem": f"required to be a whole number from 1 to {MAX_GROUPS}"})
         if problems:
-            text = "; ".join(f"{item['field']} {item['problem']}" for item in problems)
-            return self.fail(
-                ProtocolError(INVALID_LIMIT if problems[0]["field"] == "limit" else INVALID_ID, text, problems)
-            )
+            return self.refuse_query(problems)
         most = int(limit)
         found, total = await self.node.groups(prefix, most + 1)  # one more tells if there are more
         groups = [{"group_id": group_id, "clients": clients} for group_id, clients in found[:most]]
@@ -243,10 +247,7 @@ class Connections(BackendHandler):
         if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LISTED):
             problems.append({"field": "limit", "problem": f"required to be a whole number from 1 to {MAX_LISTED}"})
         if problems:
-            text = "; ".join(f"{item['field']} {item['problem']}" for item in problems)
-            return self.fail(
-                ProtocolError(INVALID_LIMIT if problems[0]["field"] == "limit" else INVALID_ID, text, problems)
-            )
+            return self.refuse_query(problems)
         listing = await self.node.inventory.gather(Wanted(ids["group_id"], ids["client_id"], int(limit)))
         self.reply(200, {"connections": listing.connections, "more": listing.more, "missing": listing.missing})
 
