@@ -434,7 +434,7 @@ async def test_a_bad_groups_query_is_a_400_naming_every_problem(server, query, c
 async def test_connections_describes_each_connection_of_a_group_or_a_client(start_server):
     server = await start_server(api_key=KEY, api_read_key=READ_KEY)
     alice = await Client.joined(ws_url(server, "g_inv", "c_alice"), headers={"User-Agent": "test-agent/1"})
-    await Client.joined(ws_url(server, "g_inv", "c_bob"))
+    await Client.joined(ws_url(server, "g_inv", "c_bob"), headers={"X-Real-Ip": "10.1.2.3"})  # behind a proxy
     await Client.joined(ws_url(server, "g_elsewhere", "c_alice"))
     await Client.joined(f"ws://127.0.0.1:{server.port}/v3/ws/watch/group/g_inv?key={READ_KEY}")
     await alice.send(msg_type="msg", target="group", msg="hi")
@@ -447,6 +447,7 @@ async def test_connections_describes_each_connection_of_a_group_or_a_client(star
         ("c_alice", False),
         ("c_bob", False),
     ]
+    assert listed[2]["address"] == "10.1.2.3"
     first = listed[1]
     assert first["node_id"] == server.node.node_id and first["address"] == "127.0.0.1"
     assert first["user_agent"] == "test-agent/1" and first["messages_in"] == 1 and first["bytes_in"] > 0

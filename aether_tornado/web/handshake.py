@@ -240,8 +240,12 @@ def _log_refusal(head: Head, refusal: Refusal) -> None:
 
 def _origin_of(head: Head) -> tuple[str, str]:
     """Where a connection comes from, for the operator's view: its address and its user agent
-    (cut to MAX_USER_AGENT characters, and shared by the many connections that send the same)."""
-    return _remote_ip(head), sys.intern(head.headers.get("User-Agent", "")[:MAX_USER_AGENT])
+    (the agent cut to MAX_USER_AGENT characters; both shared by the many connections that send
+    the same, as those behind one proxy or of one browser do)."""
+    headers = head.headers
+    proxied = "X-Real-Ip" in headers or "X-Forwarded-For" in headers
+    address = _remote_ip(head) if proxied else head.peer
+    return sys.intern(address), sys.intern(headers.get("User-Agent", "")[:MAX_USER_AGENT])
 
 
 def _remote_ip(head: Head) -> str:
