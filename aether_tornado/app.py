@@ -33,6 +33,7 @@ from .sd_notify import notify
 from .web.accept import Acceptor
 from .web.api import (
     Asset,
+    ClientBan,
     ClientDisconnect,
     Connections,
     GroupHistory,
@@ -144,6 +145,7 @@ def make_app(node: Node, handshakes: Handshakes) -> tornado.web.Application:
             (r"/v3/groups", Groups, {"node": node}),
             (r"/v3/groups/([^/]+)/presence", GroupPresence, {"node": node}),
             (r"/v3/clients/([^/]+)/disconnect", ClientDisconnect, {"node": node}),
+            (r"/v3/clients/([^/]+)/ban", ClientBan, {"node": node}),
             (r"/v3/groups/([^/]+)/history", GroupHistory, {"node": node}),
         ],
         default_handler_class=NotFound,

@@ -315,6 +315,28 @@ async def test_a_client_with_no_connection_can_be_banned_ahead(server):
     assert refused.code == 403 and orjson.loads(refused.body)["code"] == "banned"
 
 
+async def test_a_ban_is_read_and_lifted_early(start_server):
+    server = await start_server(api_key=KEY, api_read_key=READ_KEY)
+    full, read = {"Authorization": f"Bearer {KEY}"}, {"Authorization": f"Bearer {READ_KEY}"}
+    assert (await http(server, "POST", "/v3/clients/c_early/disconnect", {"ban_seconds": 600}, **full))[0] == 202
+    assert await http(server, "GET", "/v3/clients/c_early/ban", **read) == (
+        200,
+        {"client_id": "c_early", "banned_for": 600},
+    )
+    status, body = await http(server, "DELETE", "/v3/clients/c_early/ban", **read)
+    assert status == 403 and body["code"] == "forbidden"  # lifting one changes something
+    assert await http(server, "DELETE", "/v3/clients/c_early/ban", **full) == (
+        200,
+        {"status": "lifted", "client_id": "c_early", "was_banned": True},
+    )
+    assert (await http(server, "GET", "/v3/clients/c_early/ban", **read))[1]["banned_for"] == 0
+    await Client.joined(ws_url(server, "g_x", "c_early"))  # welcome again
+    again = await http(server, "DELETE", "/v3/clients/c_early/ban", **full)
+    assert again == (200, {"status": "lifted", "client_id": "c_early", "was_banned": False})
+    status, body = await http(server, "GET", "/v3/clients/123/ban", **read)
+    assert status == 400 and body["code"] == "invalid_id"
+
+
 @pytest.mark.parametrize(
     ("body", "fields"),
     [

@@ -1,6 +1,7 @@
 """Several processes on one Redis act as one server, through crashes and Redis outages."""
 
 import asyncio
+import functools
 import signal
 import struct
 import time
@@ -240,6 +241,15 @@ async def test_a_ban_holds_on_every_process_and_on_one_started_after_it(start_br
             assert refused.code == 403 and orjson.loads(refused.response.body)["code"] == "banned"
         else:
             raise AssertionError(f"a banned client connected to {process.port}")
+    # Lifted on one process, it is lifted on all, and on one started after.
+    lifted = await AsyncHTTPClient().fetch(
+        f"http://127.0.0.1:{third.port}/v3/clients/c_banned/ban", method="DELETE", request_timeout=scaled(5)
+    )
+    assert orjson.loads(lifted.body)["was_banned"] is True
+    for process in (first, second, third, await start_bridged_process()):
+        ban = functools.partial(get, process, "/v3/clients/c_banned/ban")
+        await until_answer(ban, lambda answer: answer["banned_for"] == 0)
+        await Client.joined(process.url("g_ban", "c_banned"))
 
 
 async def test_connections_are_gathered_from_every_process_and_a_silent_one_is_named(start_bridged_process):

@@ -140,6 +140,9 @@ async def test_the_operator_sees_the_cluster_opens_a_group_and_disconnects_a_cli
         await page.click("#disconnect button[type=submit]")
         await expect(page.locator("#outcome")).to_have_text('Disconnected c_alice with 4403 "spam"; banned for 60 s.')
         assert await alice.closed() == (4403, "spam")
+        await page.click("#lift-ban")
+        await expect(page.locator("#outcome")).to_have_text("Lifted the ban of c_alice.")
+        await Client.joined(server.url("g_ops", "c_alice"))  # welcome again
 
         # Removing the group's history asks once more.
         await page.click("#remove-history")

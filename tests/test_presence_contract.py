@@ -2,6 +2,7 @@
 
 import asyncio
 import signal
+import time
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
@@ -240,3 +241,14 @@ async def test_a_resync_cut_short_by_another_outage_keeps_what_it_had_left_to_dr
     assert not here.down and here.backlog == 0
     assert await elsewhere.members("g") == []
     await redis.aclose()
+
+
+async def test_bans_are_kept_read_and_lifted(presence):
+    now = time.time()
+    await presence.ban("c_banned", now + 60)
+    await presence.ban("c_banned", now + 30)  # a shorter one does not cut a longer one short
+    await presence.ban("c_gone", now - 1)  # over already
+    (banned,) = await presence.bans(10)
+    assert banned[0] == "c_banned" and abs(banned[1] - (now + 60)) < 0.01
+    await presence.unban("c_banned")
+    assert await presence.bans(10) == []

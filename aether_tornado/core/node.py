@@ -394,13 +394,32 @@ class Node:
         with contextlib.suppress(BridgeDown):  # at most once, as any message across an outage
             await self.bridge.publish(CONTROL_CHANNEL, order)
 
+    async def lift_ban(self, client_id: str) -> bool:
+        """End ``client_id``'s ban on every process (DELETE /v3/clients/{id}/ban); whether one was
+        in force here. Raises ProtocolError ``unavailable`` while Redis cannot be reached."""
+        try:
+            await self.presence.unban(client_id)
+        except ConnectionError:
+            raise ProtocolError(
+                UNAVAILABLE, "Redis cannot be reached now, so the ban would end on one process only; retry later."
+            ) from None
+        lifted = self.bans.lift(client_id)
+        with contextlib.suppress(BridgeDown):  # the others read the store again after an outage
+            await self.bridge.publish(CONTROL_CHANNEL, orjson.dumps({"unban": client_id}))
+        log.info("ban of %s lifted by an operator", client_id)
+        return lifted
+
     def _obey(self, payload: bytes) -> None:
-        """An order another process published on the control channel: a disconnect, or a
-        question about connections (or its answer) for the operator's view."""
+        """An order another process published on the control channel: a disconnect (with a ban,
+        maybe), a ban lifted, or a question about connections (or its answer) for the operator's
+        view."""
         try:
             order = orjson.loads(payload)
             if "ask" in order or "answer" in order:
                 self.inventory.obey(order)
+                return
+            if "unban" in order:
+                self.bans.lift(order["unban"])
                 return
             client_id, code, reason, until = order["disconnect"], order["code"], order["reason"], order.get("until")
             if until is not None:
@@ -413,10 +432,10 @@ class Node:
         log.info("disconnected %s on an operator's order (%d %s)", client_id, code, reason)
 
     async def _load_bans(self) -> None:
-        """Take the bans in force from the store: those ordered while this process was away."""
-        for client_id, until in await self.presence.bans(MAX_BANS):
-            with contextlib.suppress(TooManyBans):
-                self.bans.add(client_id, until)
+        """Hold the bans the store holds: those ordered, or lifted, while this process was away.
+        While it cannot be read, the bans held here stay."""
+        with contextlib.suppress(ConnectionError):
+            self.bans.replace(await self.presence.bans(MAX_BANS))
 
     def _on_bridge_message(
         self, channel: Channel, payload: bytes, published_at: float, position: Position | None, own: bool

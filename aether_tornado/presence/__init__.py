@@ -65,8 +65,13 @@ class Presence(Protocol):
         """Keep, for every process, that ``client_id`` is banned until ``until`` (seconds since the
         epoch). Raises ConnectionError while the shared store is away."""
 
+    async def unban(self, client_id: str) -> None:
+        """End ``client_id``'s ban for every process. Raises ConnectionError while the shared
+        store is away."""
+
     async def bans(self, most: int) -> list[tuple[str, float]]:
-        """Up to ``most`` bans in force, each (client_id, until); none while the store is away."""
+        """Up to ``most`` bans in force, each (client_id, until). Raises ConnectionError while the
+        shared store is away."""
 
     @property
     def down(self) -> bool:

@@ -1,9 +1,9 @@
 """Clients an operator has banned, and until when: what every handshake checks, in memory.
 
 A ban is kept in presence's store (Redis, across processes) and here, where a handshake
-reads it without a round trip. The process that takes a ban tells the others at once on the
-control channel; a process that starts later, or missed the order during an outage, reads
-every ban from the store when it (re)connects.
+reads it without a round trip. The process that takes or lifts a ban tells the others at once
+on the control channel; a process that starts later, or missed an order during an outage,
+takes every ban from the store when it (re)connects.
 """
 
 import time
@@ -39,6 +39,15 @@ class Bans:
         if not self.has_room(client_id):
             raise TooManyBans(f"{MAX_BANS} bans are in force")
         self._until[client_id] = max(until, self._until.get(client_id, 0.0))
+
+    def replace(self, bans: list[tuple[str, float]]) -> None:
+        """Hold these bans (client_id, until) and no others: the store's, read after an outage,
+        which may have lifted some meanwhile. The first MAX_BANS are kept."""
+        self._until = dict(bans[:MAX_BANS])
+
+    def lift(self, client_id: str) -> bool:
+        """End ``client_id``'s ban now; whether one was in force."""
+        return self._until.pop(client_id, 0.0) > self._clock()
 
     def remaining(self, client_id: str) -> float:
         """Seconds left of ``client_id``'s ban; 0 when it is not banned."""

@@ -80,6 +80,9 @@ class MemoryPresence:
     async def ban(self, client_id: str, until: float) -> None:
         self._banned[client_id] = max(until, self._banned.get(client_id, 0.0))
 
+    async def unban(self, client_id: str) -> None:
+        self._banned.pop(client_id, None)
+
     async def bans(self, most: int) -> list[tuple[str, float]]:
         now = time.time()
         self._banned = {client_id: until for client_id, until in self._banned.items() if until > now}

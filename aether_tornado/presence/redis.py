@@ -235,9 +235,18 @@ class RedisPresence:
             self._lost(error)
             raise ConnectionError(f"a ban could not be kept in Redis: {error}") from error
 
+    async def unban(self, client_id: str) -> None:
+        if self.down:
+            raise ConnectionError("Redis is unreachable: lifting a ban could not reach the other processes")
+        try:
+            await self._bounded(functools.partial(self._redis.zrem, self._bans_key(), client_id))
+        except (RedisError, OSError) as error:
+            self._lost(error)
+            raise ConnectionError(f"a ban could not be lifted in Redis: {error}") from error
+
     async def bans(self, most: int) -> list[tuple[str, float]]:
         if self.down:
-            return []
+            raise ConnectionError("Redis is unreachable: the bans in force cannot be read")
         try:
             found = await self._bounded(
                 functools.partial(
@@ -246,7 +255,7 @@ class RedisPresence:
             )
         except (RedisError, OSError) as error:
             self._lost(error)
-            return []
+            raise ConnectionError(f"the bans in force could not be read: {error}") from error
         return [(client_id.decode(), until / 1000) for client_id, until in cast(list[tuple[bytes, float]], found)]
 
     async def resync(self) -> None:

@@ -1,6 +1,7 @@
 """The HTTP side: the backend API (docs/protocol.md, "The HTTP API"), health, metrics and the index page."""
 
 import functools
+import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -149,6 +150,34 @@ class ClientDisconnect(BackendHandler):
                 "ban_seconds": order.ban_seconds,
             },
         )
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        return value.decode("utf-8", "replace")
+
+
+class ClientBan(BackendHandler):
+    """``GET /v3/clients/{client_id}/ban``: the seconds left of its ban (0: none);
+    ``DELETE``: lift it on every process."""
+
+    def get(self, client_id: str) -> None:
+        if self._valid(client_id):
+            self.reply(200, {"client_id": client_id, "banned_for": math.ceil(self.node.bans.remaining(client_id))})
+
+    async def delete(self, client_id: str) -> None:
+        if not self._valid(client_id):
+            return None
+        try:
+            lifted = await self.node.lift_ban(client_id)
+        except ProtocolError as problem:
+            return self.fail(problem)
+        self.reply(200, {"status": "lifted", "client_id": client_id, "was_banned": lifted})
+
+    def _valid(self, client_id: str) -> bool:
+        why = id_problem(client_id)
+        if why is not None:
+            problem = [{"field": "client_id", "problem": f"not a Vision ID: {why}"}]
+            self.fail(ProtocolError(INVALID_ID, f"client_id is not a Vision ID: {why}", problem))
+        return why is None
 
     def decode_argument(self, value: bytes, name: str | None = None) -> str:
         return value.decode("utf-8", "replace")
