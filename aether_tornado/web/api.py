@@ -81,16 +81,28 @@ class BackendHandler(JSONHandler):
         authorization = self.request.headers.get("Authorization", "")
         bearer, _, presented = authorization.partition(" ")
         access = key_access(settings.api_key, settings.api_read_key, presented if bearer == "Bearer" else "")
-        self.access = access or "none"
         if access is None:
             self.fail(ProtocolError(UNAUTHORIZED, "A valid 'Authorization: Bearer <api key>' header is required."))
-        elif access == "read" and self.request.method not in ("GET", "HEAD"):
+            return
+        self.access = access
+        if access == "read" and self.request.method not in ("GET", "HEAD"):
             self.fail(
                 ProtocolError(
                     FORBIDDEN,
                     "This key only reads: publishing, disconnecting and removing history need the full API key.",
                 )
             )
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """An ID in the path, decoded: undecodable bytes become U+FFFD, which the ID check refuses."""
+        return value.decode("utf-8", "replace")
+
+    def id_refused(self, field: str, value: str) -> bool:
+        """Answer 400 ``invalid_id`` unless ``value`` is a Vision ID; whether it did."""
+        problem = _invalid_id(field, value)
+        if problem is not None:
+            self.fail(problem)
+        return problem is not None
 
     def refuse_query(self, problems: list[dict[str, str]]) -> None:
         """Answer 400 naming every bad query argument: ``invalid_limit`` when the first is the
@@ -151,20 +163,17 @@ class ClientDisconnect(BackendHandler):
             },
         )
 
-    def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        return value.decode("utf-8", "replace")
-
 
 class ClientBan(BackendHandler):
     """``GET /v3/clients/{client_id}/ban``: the seconds left of its ban (0: none);
     ``DELETE``: lift it on every process."""
 
     def get(self, client_id: str) -> None:
-        if self._valid(client_id):
+        if not self.id_refused("client_id", client_id):
             self.reply(200, {"client_id": client_id, "banned_for": math.ceil(self.node.bans.remaining(client_id))})
 
     async def delete(self, client_id: str) -> None:
-        if not self._valid(client_id):
+        if self.id_refused("client_id", client_id):
             return None
         try:
             lifted = await self.node.lift_ban(client_id)
@@ -172,15 +181,19 @@ class ClientBan(BackendHandler):
             return self.fail(problem)
         self.reply(200, {"status": "lifted", "client_id": client_id, "was_banned": lifted})
 
-    def _valid(self, client_id: str) -> bool:
-        why = id_problem(client_id)
-        if why is not None:
-            problem = [{"field": "client_id", "problem": f"not a Vision ID: {why}"}]
-            self.fail(ProtocolError(INVALID_ID, f"client_id is not a Vision ID: {why}", problem))
-        return why is None
 
-    def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        return value.decode("utf-8", "replace")
+def _invalid_id(field: str, value: str) -> ProtocolError | None:
+    """``invalid_id`` naming ``field``, unless ``value`` is a Vision ID."""
+    why = id_problem(value)
+    if why is None:
+        return None
+    problem = [{"field": field, "problem": f"not a Vision ID: {why}"}]
+    return ProtocolError(INVALID_ID, f"{field} is not a Vision ID: {why}", problem)
+
+
+def _whole_number(text: str, most: int) -> bool:
+    """Whether a query argument is a whole number from 1 to ``most``."""
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= most
 
 
 class DisconnectOrder(NamedTuple):
@@ -191,10 +204,8 @@ class DisconnectOrder(NamedTuple):
 
 def _disconnect_order(client_id: str, body: bytes) -> DisconnectOrder:
     """What a disconnect asks for. Raises ProtocolError with every problem."""
-    why = id_problem(client_id)
-    if why is not None:
-        problem = [{"field": "client_id", "problem": f"not a Vision ID: {why}"}]
-        raise ProtocolError(INVALID_ID, f"client_id is not a Vision ID: {why}", problem)
+    if (problem := _invalid_id("client_id", client_id)) is not None:
+        raise problem
     try:
         order = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError:
@@ -251,7 +262,7 @@ class Groups(BackendHandler):
         problems = []
         if not is_id_prefix(prefix):
             problems.append({"field": "prefix", "problem": "may contain only A-Z a-z 0-9 _ - (up to 64)"})
-        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_GROUPS):
+        if not _whole_number(limit, MAX_GROUPS):
             problems.append({"field": "limit", "problem": f"required to be a whole number from 1 to {MAX_GROUPS}"})
         if problems:
             return self.refuse_query(problems)
@@ -270,10 +281,10 @@ class Connections(BackendHandler):
         problems = []
         ids = {name: self.get_query_argument(name, None) for name in ("group_id", "client_id")}
         for name, value in ids.items():
-            if value is not None and (why := id_problem(value)) is not None:
-                problems.append({"field": name, "problem": f"not a Vision ID: {why}"})
+            if value is not None and (problem := _invalid_id(name, value)) is not None:
+                problems += problem.problems
         limit = self.get_query_argument("limit", str(DEFAULT_LIMIT))
-        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= MAX_LISTED):
+        if not _whole_number(limit, MAX_LISTED):
             problems.append({"field": "limit", "problem": f"required to be a whole number from 1 to {MAX_LISTED}"})
         if problems:
             return self.refuse_query(problems)
@@ -285,14 +296,9 @@ class GroupPresence(BackendHandler):
     """``GET /v3/groups/{group_id}/presence``: who is in a group, cluster-wide."""
 
     async def get(self, group_id: str) -> None:
-        why = id_problem(group_id)
-        if why is not None:
-            problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
-            return self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
+        if self.id_refused("group_id", group_id):
+            return None
         self.reply(200, {"group_id": group_id, "clients": await self.node.members(group_id)})
-
-    def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        return value.decode("utf-8", "replace")
 
 
 class GroupHistory(BackendHandler):
@@ -309,7 +315,7 @@ class GroupHistory(BackendHandler):
             return None
         size = self.node.settings.history_size
         text = self.get_query_argument("limit", str(min(DEFAULT_LIMIT, size)))
-        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= size):
+        if not _whole_number(text, size):
             required = f"required to be a whole number from 1 to {size}"
             return self.fail(
                 ProtocolError(INVALID_LIMIT, f"limit is {required}.", [{"field": "limit", "problem": required}])
@@ -344,18 +350,12 @@ class GroupHistory(BackendHandler):
 
     def _history_of(self, group_id: str) -> bool:
         """Whether ``group_id`` names a group whose history may be kept; if not, say why."""
-        why = id_problem(group_id)
-        if why is not None:
-            problem = [{"field": "group_id", "problem": f"not a Vision ID: {why}"}]
-            self.fail(ProtocolError(INVALID_ID, f"group_id is not a Vision ID: {why}", problem))
+        if self.id_refused("group_id", group_id):
             return False
         if not self.node.settings.history_size:
             self.reply(404, {"code": HISTORY_OFF, "msg": "History is turned off (history_size 0).", "errors": []})
             return False
         return True
-
-    def decode_argument(self, value: bytes, name: str | None = None) -> str:
-        return value.decode("utf-8", "replace")
 
 
 class Health(JSONHandler):
