@@ -9,7 +9,6 @@ answers with at most MAX_LISTED connections, and the asker keeps at most what wa
 import asyncio
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -17,6 +16,7 @@ import attrs
 import orjson
 
 from ..bridge import CONTROL_CHANNEL, Bridge, BridgeDown
+from ..v3.schema import utc_at
 from .hub import Connection, Hub
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,10 @@ class Wanted:
         )
 
 
+# One process's answer: the connections it lists, and whether more matched there.
+Answer = tuple[list[dict[str, Any]], bool]
+
+
 @attrs.frozen
 class Listing:
     connections: list[dict[str, Any]]
@@ -58,11 +62,10 @@ class Inventory:
         self._bridge = bridge
         self._processes_up = processes_up
         self._numbers = itertools.count(1)
-        # Questions this process asked and awaits answers to: id -> node_id -> answer.
-        self._asked: dict[str, dict[str, tuple[list[dict[str, Any]], bool]]] = {}
-        self._answered: dict[str, asyncio.Event] = {}
+        # Questions this process asked and awaits answers to: id -> (node_id -> answer, set on each).
+        self._asked: dict[str, tuple[dict[str, Answer], asyncio.Event]] = {}
 
-    def local(self, wanted: Wanted) -> tuple[list[dict[str, Any]], bool]:
+    def local(self, wanted: Wanted) -> Answer:
         """This process's connections that match, described, at most MAX_LISTED and the limit;
         and whether more matched."""
         most = min(wanted.limit, MAX_LISTED)
@@ -77,7 +80,7 @@ class Inventory:
             "group_id": conn.group_id,
             "client_id": None if conn.watching else conn.client_id,
             "watching": conn.watching,
-            "connected_at": _utc(conn.connected_at),
+            "connected_at": utc_at(conn.connected_at),
             "address": conn.address,
             "user_agent": conn.user_agent,
             "messages_in": conn.received,
@@ -101,21 +104,22 @@ class Inventory:
         more = more or len(connections) > wanted.limit
         return Listing(connections[: wanted.limit], more, sorted(missing))
 
-    async def _ask(self, wanted: Wanted, others: set[str]) -> dict[str, tuple[list[dict[str, Any]], bool]]:
+    async def _ask(self, wanted: Wanted, others: set[str]) -> dict[str, Answer]:
         question = f"{self._node_id}:{next(self._numbers)}"
-        answers: dict[str, tuple[list[dict[str, Any]], bool]] = {}
-        self._asked[question], self._answered[question] = answers, asyncio.Event()
+        answers: dict[str, Answer] = {}
+        answered = asyncio.Event()
+        self._asked[question] = answers, answered
         order = {"ask": "connections", "id": question, "wanted": attrs.asdict(wanted)}
         try:
             self._bridge.send(CONTROL_CHANNEL, orjson.dumps(order))
             async with asyncio.timeout(ANSWER_DEADLINE):
                 while not others <= answers.keys():
-                    await self._answered[question].wait()
-                    self._answered[question].clear()
+                    await answered.wait()
+                    answered.clear()
         except (BridgeDown, TimeoutError):
             pass  # those that did not answer are named as missing
         finally:
-            del self._asked[question], self._answered[question]
+            del self._asked[question]
         return answers
 
     def obey(self, order: dict[str, Any]) -> None:
@@ -132,10 +136,11 @@ class Inventory:
             except BridgeDown:
                 log.debug("could not answer %s: Redis is unreachable", question)
             return
-        answers = self._asked.get(order["answer"])
-        if answers is not None:  # a question of ours still awaited
+        awaited = self._asked.get(order["answer"])
+        if awaited is not None:  # a question of ours, still awaited
+            answers, answered = awaited
             answers[order["node_id"]] = (list(order["connections"]), bool(order["more"]))
-            self._answered[order["answer"]].set()
+            answered.set()
 
     def _pool(self, wanted: Wanted) -> Iterable[Connection]:
         """Where to look: the smallest index that holds every match."""
@@ -144,9 +149,3 @@ class Inventory:
         if wanted.group_id is not None:
             return self._hub.group(wanted.group_id)
         return self._hub.all()
-
-
-def _utc(seconds: float) -> str:
-    """Seconds since the epoch as ``sent_at`` writes times: ISO 8601 UTC with milliseconds."""
-    whole, millis = divmod(round(seconds * 1000), 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

@@ -229,6 +229,13 @@ def _encode(message: WSMessageV3) -> bytes:
 # are stamped within one millisecond, and strftime runs once a second.
 _millisecond: list[Any] = [-1, ""]
 _second: list[Any] = [-1, ""]
+_UTC_SECONDS = "%Y-%m-%dT%H:%M:%S"
+
+
+def utc_at(seconds: float) -> str:
+    """A time (seconds since the epoch) as ``sent_at`` writes one."""
+    whole, millis = divmod(round(seconds * 1000), 1000)
+    return f"{time.strftime(_UTC_SECONDS, time.gmtime(whole))}.{millis:03d}Z"
 
 
 def utc_timestamp() -> str:
@@ -237,7 +244,7 @@ def utc_timestamp() -> str:
     if millis != _millisecond[0]:
         seconds, rest = divmod(millis, 1000)
         if seconds != _second[0]:
-            _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+            _second[:] = [seconds, time.strftime(_UTC_SECONDS, time.gmtime(seconds))]
         _millisecond[:] = [millis, f"{_second[1]}.{rest:03d}Z"]
     stamp: str = _millisecond[1]
     return stamp
