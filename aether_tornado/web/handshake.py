@@ -90,11 +90,7 @@ class Handshakes:
 
     async def _serve(self, sock: socket.socket) -> None:
         reader = UpgradeReader(self.decide, self._timeout, self._ended)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: reader, sock=sock)
-        except OSError:  # the connection died before it had a transport
-            sock.close()
+        if not await _hand_over(sock, reader):
             self._ended()
 
     def _ended(self) -> None:
@@ -214,14 +210,8 @@ class KeptAlive(tornado.web.RequestHandler):
                 raise
             log.warning("refused a handshake: out of file descriptors (%s)", error.strerror)
             return self._answer(self.handshakes.refuse(503, OVER_CAPACITY, _OVER_CAPACITY))
-        protocol = self.handshakes.open(admitted, early)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=sock)
-        except OSError:  # gone before it had a transport: the session never opened, its slot is free
-            sock.close()
-            self.handshakes.node.sockets -= 1
+        if not await _hand_over(sock, self.handshakes.open(admitted, early)):
+            self.handshakes.node.sockets -= 1  # the session never opened: its slot is free
         return None
 
     def _answer(self, refusal: Refusal) -> None:
@@ -230,6 +220,19 @@ class KeptAlive(tornado.web.RequestHandler):
         for name, value in refusal.headers:
             self.set_header(name, value)
         self.finish(refusal.body)
+
+
+async def _hand_over(sock: socket.socket, protocol: asyncio.Protocol) -> bool:
+    """Serve an accepted socket with ``protocol``, writes sent without delay; False (and the
+    socket closed) if the connection died before it had a transport."""
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock=sock)
+    except OSError:
+        sock.close()
+        return False
+    return True
 
 
 def _log_refusal(head: Head, refusal: Refusal) -> None:
@@ -242,16 +245,16 @@ def _origin_of(head: Head) -> tuple[str, str]:
     """Where a connection comes from, for the operator's view: its address and its user agent
     (the agent cut to MAX_USER_AGENT characters; both shared by the many connections that send
     the same, as those behind one proxy or of one browser do)."""
-    headers = head.headers
-    proxied = "X-Real-Ip" in headers or "X-Forwarded-For" in headers
-    address = _remote_ip(head) if proxied else head.peer
-    return sys.intern(address), sys.intern(headers.get("User-Agent", "")[:MAX_USER_AGENT])
+    return sys.intern(_remote_ip(head)), sys.intern(head.headers.get("User-Agent", "")[:MAX_USER_AGENT])
 
 
 def _remote_ip(head: Head) -> str:
     """The client's address as Tornado's ``xheaders`` gives it: a proxy's X-Real-Ip or X-Forwarded-For."""
-    forwarded = head.headers.get("X-Forwarded-For", head.peer).split(",")[-1].strip()
-    ip = head.headers.get("X-Real-Ip", forwarded)
+    headers = head.headers
+    if "X-Real-Ip" not in headers and "X-Forwarded-For" not in headers:
+        return head.peer  # not through a proxy: nothing to parse or check
+    forwarded = headers.get("X-Forwarded-For", head.peer).split(",")[-1].strip()
+    ip = headers.get("X-Real-Ip", forwarded)
     return ip if is_valid_ip(ip) else head.peer
 
 
