@@ -38,6 +38,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketError, websocket_connect
 
+from ..v3.errors import CLOSE_TOKEN_EXPIRED, FINAL_CLOSE_CODES
 from ..v3.ids import id_problem
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,6 @@ log = logging.getLogger(__name__)
 FINAL_REFUSALS = {"invalid_id", "unauthorized", "forbidden_origin", "banned"}
 # The stream a recorded message belongs to, by its target.
 STREAM_OF_TARGET = {"group": "group", "direct": "client", "broadcast": "broadcast"}
-# The server closes a connection with this code when its token expires.
-TOKEN_EXPIRED = 3000
-# Close codes that mean "do not come back" (an operator's ban among them): the client stops.
-FINAL_CLOSE_CODES = range(4400, 4500)
 
 
 class Refused(Exception):
@@ -242,9 +239,7 @@ class AetherClient:
                     if refusal is not None and refusal.code == "unauthorized" and self._token_provider and not fresh:
                         self._token_wanted = True  # the token is stale: one fresh one is worth a try
                     elif refusal is not None:
-                        self.state = "closed"
-                        self._deliver(refusal)
-                        raise refusal from None
+                        raise self._stopped(refusal) from None
                 except (OSError, StreamClosedError, WebSocketError) as error:
                     if self._fail_fast and not attempt:
                         raise
@@ -252,14 +247,11 @@ class AetherClient:
                 else:
                     opened = time.monotonic()
                     await self._serve(self._conn)
-                    if (code := self._conn.close_code) in FINAL_CLOSE_CODES:
+                    if (code := self._conn.close_code) in FINAL_CLOSE_CODES:  # "do not come back"
                         assert code is not None  # a range holds no None
-                        self.state = "closed"
-                        ended = Disconnected(code, self._conn.close_reason or "")
-                        self._deliver(ended)
-                        raise ended
+                        raise self._stopped(Disconnected(code, self._conn.close_reason or ""))
                     self.state = "reconnecting"
-                    if self._conn.close_code == TOKEN_EXPIRED and self._token_provider is not None:
+                    if self._conn.close_code == CLOSE_TOKEN_EXPIRED and self._token_provider is not None:
                         self._token_wanted, attempt = True, 0  # a fresh token, and back at once
                         continue
                     if time.monotonic() - opened > self.backoff_max:  # it lasted: start backoff again
@@ -270,6 +262,12 @@ class AetherClient:
             self.state = "closed"
             self._deliver(Closed(f"the client stopped: {error!r}"))
             raise
+
+    def _stopped(self, why: Refused) -> Refused:
+        """Stop for good, telling the reader why; what to raise."""
+        self.state = "closed"
+        self._deliver(why)
+        return why
 
     async def _serve(self, conn: WebSocketClientConnection) -> None:
         self.state = "open"
